@@ -1,0 +1,299 @@
+//! Typed, validated settings.
+//!
+//! Settings come from one TOML file and then from `PETREL_*` environment
+//! variables (`PETREL_LIMITS__MAX_INFLIGHT=50` overrides `limits.max_inflight`).
+//! Unknown keys and out-of-range values stop the start with the key named, so a
+//! typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The largest topic a client may use. mqttbytes silently truncates the length
+/// field of strings over 65,535 bytes, so every limit stays well below that.
+const TOPIC_LENGTH_CEILING: usize = 65_535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(config::ConfigError),
+    #[error("invalid config: `{key}` {problem}")]
+    OutOfRange { key: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listeners, in order; `--port` overrides the first one's port.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<Listener>,
+    /// Where durable state lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Whether clients without a username may connect.
+    #[serde(default = "default_true")]
+    pub allow_anonymous: bool,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections at once; further sockets are closed at accept.
+    pub max_connections: usize,
+    /// Seconds a socket may stay open without sending CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Largest packet accepted from a client, in bytes (also sent to v5
+    /// clients as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Unacknowledged outbound QoS 1/2 messages per client; the effective
+    /// window is the smaller of this and the client's Receive Maximum.
+    pub max_inflight: u16,
+    /// Messages waiting per session beyond the inflight window.
+    pub max_queued_messages: usize,
+    /// Inbound QoS 2 messages a client may leave awaiting PUBREL (sent to v5
+    /// clients as Receive Maximum).
+    pub receive_maximum: u16,
+    /// Topic aliases a v5 client may set up towards the broker.
+    pub max_topic_alias: u16,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions_per_client: usize,
+    /// Upper bound on a client's keep alive; a v5 client asking for more (or
+    /// for 0) is told this value as Server Keep Alive. 0 means no bound.
+    pub max_keepalive_secs: u16,
+    /// Upper bound on a v5 session expiry interval, in seconds.
+    pub max_session_expiry_secs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            connect_timeout_secs: 10,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 20,
+            max_queued_messages: 1000,
+            receive_maximum: 100,
+            max_topic_alias: 10,
+            max_topic_length: 4096,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 1000,
+            max_keepalive_secs: 0,
+            max_session_expiry_secs: u32::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter such as `info` or `petrel=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+fn default_listeners() -> Vec<Listener> {
+    vec![Listener {
+        bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+    }]
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listeners: default_listeners(),
+            data_dir: default_data_dir(),
+            allow_anonymous: true,
+            limits: Limits::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path`, then applies `PETREL_*` environment overrides.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("PETREL")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let settings: Settings = built.try_deserialize().map_err(ConfigError::Invalid)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings for a broker on an ephemeral loopback port, as tests want it.
+    pub fn ephemeral() -> Settings {
+        Settings {
+            listeners: vec![Listener {
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            }],
+            ..Settings::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let out_of_range = |key: &'static str, problem: &str| {
+            Err(ConfigError::OutOfRange {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if self.listeners.is_empty() {
+            return out_of_range("listeners", "must name at least one listener");
+        }
+        if limits.max_packet_size < 64 || limits.max_packet_size > 268_435_455 {
+            return out_of_range("limits.max_packet_size", "must be 64 ..= 268435455");
+        }
+        if limits.max_inflight == 0 {
+            return out_of_range("limits.max_inflight", "must be at least 1");
+        }
+        if limits.receive_maximum == 0 {
+            return out_of_range("limits.receive_maximum", "must be at least 1");
+        }
+        if limits.max_queued_messages == 0 {
+            return out_of_range("limits.max_queued_messages", "must be at least 1");
+        }
+        if limits.max_topic_length == 0 || limits.max_topic_length > TOPIC_LENGTH_CEILING {
+            return out_of_range("limits.max_topic_length", "must be 1 ..= 65535");
+        }
+        if limits.max_topic_levels == 0 {
+            return out_of_range("limits.max_topic_levels", "must be at least 1");
+        }
+        if limits.connect_timeout_secs == 0 {
+            return out_of_range("limits.connect_timeout_secs", "must be at least 1");
+        }
+        if limits.max_connections == 0 {
+            return out_of_range("limits.max_connections", "must be at least 1");
+        }
+        if limits.max_subscriptions_per_client == 0 {
+            return out_of_range("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return out_of_range("log.level", "is not a valid log filter");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(text: &str) -> Result<Settings, ConfigError> {
+        let mut file = tempfile_in_target(text);
+        file.flush().unwrap();
+        Settings::load(&file.path)
+    }
+
+    struct TempFile {
+        path: PathBuf,
+        file: std::fs::File,
+    }
+    impl Write for TempFile {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.file.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn tempfile_in_target(text: &str) -> TempFile {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "petrel-config-test-{}-{n}.toml",
+            std::process::id()
+        ));
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        TempFile { path, file }
+    }
+
+    #[test]
+    fn shipped_default_config_loads() {
+        let settings = Settings::load(Path::new("config/petrel.toml")).unwrap();
+        assert_eq!(settings.listeners[0].bind.port(), 1883);
+        assert!(settings.allow_anonymous);
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = load_str("[limits]\nmax_inflihgt = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_inflihgt"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_rejected_with_its_key() {
+        let err = load_str("[limits]\nmax_inflight = \"many\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_inflight"), "{err}");
+        let err = load_str("[limits]\nmax_inflight = 0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_inflight"), "{err}");
+        let err = load_str("[limits]\nmax_topic_length = 70000\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_topic_length"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Settings::load(Path::new("/nonexistent/petrel.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/petrel.toml"), "{err}");
+    }
+}

@@ -1,0 +1,40 @@
+//! Shared harness for integration tests: a real broker on 127.0.0.1:0.
+//!
+//! `PETREL_TEST_BROKER=host:port` points the tests that use `start_broker()`
+//! at another running broker instead (for example a Mosquitto, to compare
+//! behaviour); tests that need particular settings always run petrel.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use petrel::{Broker, Settings};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    /// `None` when the tests run against an external broker.
+    pub petrel: Option<Broker>,
+}
+
+/// Starts a broker with the default settings on an ephemeral loopback port.
+pub async fn start_broker() -> TestBroker {
+    if let Ok(external) = std::env::var("PETREL_TEST_BROKER") {
+        let addr = external.parse().expect("PETREL_TEST_BROKER is host:port");
+        return TestBroker { addr, petrel: None };
+    }
+    start_broker_with(|_| {}).await
+}
+
+/// Starts petrel after letting the test adjust its settings.
+pub async fn start_broker_with(adjust: impl FnOnce(&mut Settings)) -> TestBroker {
+    let mut settings = Settings::ephemeral();
+    adjust(&mut settings);
+    let broker = Broker::start(settings).await.expect("broker starts");
+    TestBroker {
+        addr: broker.local_addrs()[0],
+        petrel: Some(broker),
+    }
+}
