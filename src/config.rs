@@ -219,7 +219,12 @@ impl Settings {
         if limits.max_subscriptions_per_client == 0 {
             return out_of_range("limits.max_subscriptions_per_client", "must be at least 1");
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return out_of_range("log.level", "is not a valid log filter");
         }
         Ok(())
@@ -294,6 +299,9 @@ mod tests {
     #[test]
     fn missing_file_is_named() {
         let err = Settings::load(Path::new("/nonexistent/petrel.toml")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/petrel.toml"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/petrel.toml"),
+            "{err}"
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod topic;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError};

@@ -29,7 +29,10 @@ impl Metrics {
 
 impl Broker {
     pub async fn start(_settings: Settings) -> Result<Broker, BrokerError> {
-        Ok(Broker { addrs: vec![], metrics: Metrics::default() })
+        Ok(Broker {
+            addrs: vec![],
+            metrics: Metrics::default(),
+        })
     }
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()

@@ -1,1 +1,234 @@
-//! protocol
+//! One internal packet model for MQTT 3.1.1 and 5.0, and the codec adapter
+//! that turns bytes into it and back.
+//!
+//! The session layer never sees which protocol version a packet came in as,
+//! except where the specs make behaviour differ (it reads `Version` then).
+
+mod codec;
+mod decode;
+mod encode;
+mod properties;
+pub mod reason;
+
+use bytes::Bytes;
+
+pub use codec::{Codec, DecodeError, EncodeError};
+pub use reason::ReasonCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QoS {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    pub fn from_bits(bits: u8) -> Option<QoS> {
+        match bits {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// Every packet petrel reads or writes, in both protocol versions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packet {
+    Connect(Box<Connect>),
+    ConnAck(ConnAck),
+    Publish(Publish),
+    PubAck(Ack),
+    PubRec(Ack),
+    PubRel(Ack),
+    PubComp(Ack),
+    Subscribe(Subscribe),
+    SubAck(SubAck),
+    Unsubscribe(Unsubscribe),
+    UnsubAck(UnsubAck),
+    PingReq,
+    PingResp,
+    Disconnect(Disconnect),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    pub version: Version,
+    pub client_id: String,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    /// Binary data by both specs, so not a `String`.
+    pub password: Option<Bytes>,
+    pub will: Option<Will>,
+    /// v5 only; 3.1.1 sessions are mapped onto it by the session layer.
+    pub session_expiry: u32,
+    pub receive_maximum: u16,
+    pub maximum_packet_size: Option<u32>,
+    pub topic_alias_maximum: u16,
+    pub request_response_information: bool,
+    pub request_problem_information: bool,
+    pub user_properties: Vec<(String, String)>,
+    pub authentication_method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub delay_interval: u32,
+    pub properties: MessageProperties,
+}
+
+/// The v5 properties that travel with an application message from publisher
+/// to subscriber.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty when the client sent only a topic alias.
+    pub topic: String,
+    /// 0 for QoS 0.
+    pub packet_id: u16,
+    pub topic_alias: Option<u16>,
+    /// Only on the way out: the identifiers of every matching subscription.
+    pub subscription_ids: Vec<u32>,
+    pub properties: MessageProperties,
+    pub payload: Bytes,
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: u16,
+    pub reason: ReasonCode,
+    pub reason_string: Option<String>,
+}
+
+impl Ack {
+    pub fn new(packet_id: u16, reason: ReasonCode) -> Ack {
+        Ack {
+            packet_id,
+            reason,
+            reason_string: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnAck {
+    pub session_present: bool,
+    pub reason: ReasonCode,
+    pub properties: ConnAckProperties,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnAckProperties {
+    pub session_expiry_interval: Option<u32>,
+    pub receive_maximum: Option<u16>,
+    pub maximum_qos: Option<u8>,
+    pub retain_available: Option<u8>,
+    pub maximum_packet_size: Option<u32>,
+    pub assigned_client_identifier: Option<String>,
+    pub topic_alias_maximum: Option<u16>,
+    pub reason_string: Option<String>,
+    pub wildcard_subscription_available: Option<u8>,
+    pub subscription_identifiers_available: Option<u8>,
+    pub shared_subscription_available: Option<u8>,
+    pub server_keep_alive: Option<u16>,
+    pub response_information: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetainHandling {
+    /// Send retained messages on every subscribe.
+    OnSubscribe,
+    /// Send them only when the subscription did not exist before.
+    OnNewSubscription,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+}
+
+impl SubscriptionOptions {
+    pub fn with_qos(qos: QoS) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::OnSubscribe,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    pub packet_id: u16,
+    pub filters: Vec<(String, SubscriptionOptions)>,
+    pub subscription_id: Option<u32>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubAck {
+    pub packet_id: u16,
+    /// One per filter, in order; on 3.1.1 only 0x00..=0x02 and 0x80 exist.
+    pub reasons: Vec<ReasonCode>,
+    pub reason_string: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsubscribe {
+    pub packet_id: u16,
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubAck {
+    pub packet_id: u16,
+    /// Sent only on v5.
+    pub reasons: Vec<ReasonCode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: ReasonCode,
+    pub session_expiry: Option<u32>,
+    pub reason_string: Option<String>,
+}
+
+impl Disconnect {
+    pub fn new(reason: ReasonCode) -> Disconnect {
+        Disconnect {
+            reason,
+            session_expiry: None,
+            reason_string: None,
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Framing, per-connection protocol version, and the error -> reason code map.
+
+use bytes::BytesMut;
+use mqttbytes::FixedHeader;
+
+use super::{Packet, ReasonCode, Version, decode, encode};
+
+/// Why an incoming packet was refused. Each maps to exactly one reason code in
+/// `reason()`: the one place decode failures become protocol answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("packet of {size} bytes exceeds the maximum packet size")]
+    TooLarge { size: usize },
+    #[error("unsupported protocol level {0}")]
+    UnsupportedVersion(u8),
+    #[error("unknown protocol name")]
+    BadProtocolName,
+}
+
+impl DecodeError {
+    pub fn reason(self) -> ReasonCode {
+        match self {
+            DecodeError::Malformed(_) => ReasonCode::MALFORMED_PACKET,
+            DecodeError::Protocol(_) => ReasonCode::PROTOCOL_ERROR,
+            DecodeError::TooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            DecodeError::UnsupportedVersion(_) | DecodeError::BadProtocolName => {
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+            }
+        }
+    }
+
+    pub(super) fn from_codec(error: mqttbytes::Error) -> DecodeError {
+        match error {
+            mqttbytes::Error::InvalidQoS(_) => DecodeError::Malformed("QoS 3"),
+            mqttbytes::Error::PacketIdZero => DecodeError::Malformed("packet identifier 0"),
+            mqttbytes::Error::TopicNotUtf8 => DecodeError::Malformed("string is not valid UTF-8"),
+            mqttbytes::Error::InvalidPropertyType(_) => {
+                DecodeError::Malformed("property not allowed in this packet")
+            }
+            mqttbytes::Error::SubscriptionIdZero => {
+                DecodeError::Protocol("subscription identifier 0")
+            }
+            _ => DecodeError::Malformed("undecodable packet"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("packet of {size} bytes exceeds the client's maximum packet size")]
+    TooLarge { size: usize },
+    #[error("packet cannot be encoded: {0}")]
+    Invalid(&'static str),
+}
+
+/// Reads and writes packets for one connection. The protocol version is fixed
+/// by the CONNECT and kept: mqttbytes cannot read one version's packets with
+/// the other's decoder.
+#[derive(Debug)]
+pub struct Codec {
+    version: Option<Version>,
+    max_incoming: usize,
+    max_outgoing: usize,
+}
+
+const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+impl Codec {
+    pub fn new(max_incoming: u32) -> Codec {
+        Codec {
+            version: None,
+            max_incoming: max_incoming as usize,
+            max_outgoing: MAX_REMAINING_LENGTH + 5,
+        }
+    }
+
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+
+    /// Limits outgoing packets to the client's Maximum Packet Size.
+    pub fn set_max_outgoing(&mut self, max: u32) {
+        self.max_outgoing = max as usize;
+    }
+
+    /// The next whole packet in `buf`, `Ok(None)` if more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let Some((byte1, header_len, remaining)) = frame_header(buf)? else {
+            return Ok(None);
+        };
+        let size = header_len + remaining;
+        if size > self.max_incoming {
+            return Err(DecodeError::TooLarge { size });
+        }
+        if buf.len() < size {
+            buf.reserve(size - buf.len());
+            return Ok(None);
+        }
+        let frame = buf.split_to(size).freeze();
+        let body = frame.slice(header_len..);
+        let packet_type = byte1 >> 4;
+        let flags = byte1 & 0x0F;
+        let expected_flags = match packet_type {
+            3 => flags,
+            6 | 8 | 10 => 0b0010,
+            _ => 0,
+        };
+        if flags != expected_flags {
+            return Err(DecodeError::Malformed("invalid fixed header flags"));
+        }
+        let Some(version) = self.version else {
+            if packet_type != 1 {
+                return Err(DecodeError::Protocol("first packet is not CONNECT"));
+            }
+            let connect = decode::connect(body)?;
+            self.version = Some(connect.version);
+            return Ok(Some(Packet::Connect(Box::new(connect))));
+        };
+        let header = FixedHeader::new(byte1, header_len - 1, remaining);
+        let packet = match packet_type {
+            1 => return Err(DecodeError::Protocol("second CONNECT")),
+            3 => Packet::Publish(decode::publish(version, header, byte1, frame, header_len)?),
+            4 => Packet::PubAck(decode::ack(version, body)?),
+            5 => Packet::PubRec(decode::ack(version, body)?),
+            6 => Packet::PubRel(decode::ack(version, body)?),
+            7 => Packet::PubComp(decode::ack(version, body)?),
+            8 => Packet::Subscribe(decode::subscribe(version, header, frame, header_len)?),
+            10 => Packet::Unsubscribe(decode::unsubscribe(version, header, frame, header_len)?),
+            12 => {
+                decode::empty(body)?;
+                Packet::PingReq
+            }
+            14 => Packet::Disconnect(decode::disconnect(version, body)?),
+            // AUTH: no authentication method is ever agreed, so it cannot come.
+            15 if version == Version::V5 => {
+                return Err(DecodeError::Protocol(
+                    "AUTH without an authentication method",
+                ));
+            }
+            2 | 9 | 11 | 13 => return Err(DecodeError::Protocol("server-only packet type")),
+            _ => return Err(DecodeError::Malformed("reserved packet type")),
+        };
+        Ok(Some(packet))
+    }
+
+    /// Appends `packet` to `out`. On error nothing is appended: mqttbytes may
+    /// leave partial bytes behind when it fails, so they are cut off here.
+    pub fn encode(&self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
+        let start = out.len();
+        let version = self.version.unwrap_or(Version::V311);
+        let result = encode::packet(version, packet, out);
+        let written = out.len() - start;
+        match result {
+            Err(error) => {
+                out.truncate(start);
+                Err(error)
+            }
+            Ok(()) if written > self.max_outgoing => {
+                out.truncate(start);
+                Err(EncodeError::TooLarge { size: written })
+            }
+            Ok(()) => Ok(written),
+        }
+    }
+}
+
+/// Reads the fixed header: (first byte, header length, remaining length), or
+/// `None` when it is not complete yet.
+fn frame_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, DecodeError> {
+    let Some(&byte1) = buf.first() else {
+        return Ok(None);
+    };
+    let mut remaining = 0usize;
+    for (i, shift) in [0, 7, 14, 21].into_iter().enumerate() {
+        let Some(&byte) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(Some((byte1, 2 + i, remaining)));
+        }
+    }
+    Err(DecodeError::Malformed(
+        "remaining length longer than 4 bytes",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Ack, Disconnect};
+
+    fn connected(version: Version) -> Codec {
+        let mut codec = Codec::new(1024);
+        let connect: &[u8] = match version {
+            Version::V311 => &[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0],
+            Version::V5 => &[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0],
+        };
+        let mut buf = BytesMut::from(connect);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Packet::Connect(_)))
+        ));
+        codec
+    }
+
+    fn decode_one(codec: &mut Codec, bytes: &[u8]) -> Result<Option<Packet>, DecodeError> {
+        codec.decode(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let mut codec = connected(Version::V311);
+        let mut buf = BytesMut::from(&[0x30, 0x05, 0x00][..]);
+        assert_eq!(codec.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&[0x01, b'a', b'x', b'y']);
+        let Ok(Some(Packet::Publish(publish))) = codec.decode(&mut buf) else {
+            panic!("publish expected");
+        };
+        assert_eq!(publish.topic, "a");
+        assert_eq!(&publish.payload[..], b"xy");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn five_byte_remaining_length_is_malformed() {
+        let mut codec = connected(Version::V311);
+        let result = decode_one(&mut codec, &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+        assert!(matches!(result, Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn oversized_packet_is_refused_before_it_arrives() {
+        let mut codec = connected(Version::V5);
+        let result = decode_one(&mut codec, &[0x30, 0x80, 0x10]);
+        assert_eq!(result, Err(DecodeError::TooLarge { size: 2051 }));
+    }
+
+    #[test]
+    fn v5_acks_and_disconnect_may_omit_reason_and_properties() {
+        let mut codec = connected(Version::V5);
+        assert_eq!(
+            decode_one(&mut codec, &[0xE0, 0x00]),
+            Ok(Some(Packet::Disconnect(Disconnect::new(
+                ReasonCode::NORMAL_DISCONNECTION
+            ))))
+        );
+        assert_eq!(
+            decode_one(&mut codec, &[0xE0, 0x01, 0x04]),
+            Ok(Some(Packet::Disconnect(Disconnect::new(
+                ReasonCode::DISCONNECT_WITH_WILL
+            ))))
+        );
+        assert_eq!(
+            decode_one(&mut codec, &[0x50, 0x02, 0x00, 0x07]),
+            Ok(Some(Packet::PubRec(Ack::new(7, ReasonCode::SUCCESS))))
+        );
+        assert_eq!(
+            decode_one(&mut codec, &[0x40, 0x03, 0x00, 0x07, 0x80]),
+            Ok(Some(Packet::PubAck(Ack::new(7, ReasonCode(0x80)))))
+        );
+    }
+
+    #[test]
+    fn v311_binary_password_is_accepted() {
+        let mut codec = Codec::new(1024);
+        let mut bytes = vec![0x10, 0];
+        bytes.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60]);
+        bytes.extend_from_slice(&[0, 1, b'c', 0, 1, b'u', 0, 2, 0xFF, 0xFE]);
+        bytes[1] = (bytes.len() - 2) as u8;
+        let Ok(Some(Packet::Connect(connect))) = decode_one(&mut codec, &bytes) else {
+            panic!("connect expected");
+        };
+        assert_eq!(connect.password.as_deref(), Some(&[0xFF, 0xFE][..]));
+    }
+
+    #[test]
+    fn connect_rules_mqttbytes_skips_are_enforced() {
+        let base = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0];
+        let mut reserved = base;
+        reserved[9] |= 1;
+        assert!(matches!(
+            decode_one(&mut Codec::new(1024), &reserved),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut password_only = base;
+        password_only[9] |= 0x40;
+        assert!(decode_one(&mut Codec::new(1024), &password_only).is_err());
+        let mut trailing = base.to_vec();
+        trailing.push(0);
+        trailing[1] += 1;
+        assert!(matches!(
+            decode_one(&mut Codec::new(1024), &trailing),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut level3 = base;
+        level3[8] = 3;
+        assert_eq!(
+            decode_one(&mut Codec::new(1024), &level3),
+            Err(DecodeError::UnsupportedVersion(3))
+        );
+    }
+
+    #[test]
+    fn packets_before_or_after_connect_follow_the_rules() {
+        assert_eq!(
+            decode_one(&mut Codec::new(1024), &[0xC0, 0x00]),
+            Err(DecodeError::Protocol("first packet is not CONNECT"))
+        );
+        let mut codec = connected(Version::V311);
+        assert_eq!(
+            decode_one(
+                &mut codec,
+                &[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0]
+            ),
+            Err(DecodeError::Protocol("second CONNECT"))
+        );
+        assert!(matches!(
+            decode_one(&mut codec, &[0xC1, 0x00]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn subscribe_rules_mqttbytes_skips_are_enforced() {
+        let mut codec = connected(Version::V311);
+        // Wrong flags.
+        assert!(decode_one(&mut codec, &[0x80, 0x06, 0, 1, 0, 1, b'a', 0]).is_err());
+        let mut codec = connected(Version::V311);
+        // No filters.
+        assert!(decode_one(&mut codec, &[0x82, 0x02, 0, 1]).is_err());
+        let mut codec = connected(Version::V311);
+        // Reserved option bits.
+        assert!(decode_one(&mut codec, &[0x82, 0x06, 0, 1, 0, 1, b'a', 0x04]).is_err());
+        let mut codec = connected(Version::V311);
+        assert!(matches!(
+            decode_one(&mut codec, &[0x82, 0x06, 0, 1, 0, 1, b'a', 0x01]),
+            Ok(Some(Packet::Subscribe(_)))
+        ));
+    }
+
+    #[test]
+    fn v5_property_rules_mqttbytes_skips_are_enforced() {
+        // PUBLISH "a" QoS 0 with Payload Format Indicator twice.
+        let mut codec = connected(Version::V5);
+        let duplicate = [0x30, 0x08, 0, 1, b'a', 4, 1, 1, 1, 1];
+        assert!(matches!(
+            decode_one(&mut codec, &duplicate),
+            Err(DecodeError::Protocol(_))
+        ));
+        // Property length 1 while a 2-byte property follows.
+        let mut codec = connected(Version::V5);
+        let short = [0x30, 0x06, 0, 1, b'a', 1, 1, 1];
+        assert!(decode_one(&mut codec, &short).is_err());
+        // Subscription identifier from a client.
+        let mut codec = connected(Version::V5);
+        let sub_id = [0x30, 0x06, 0, 1, b'a', 2, 11, 1];
+        assert!(decode_one(&mut codec, &sub_id).is_err());
+    }
+
+    #[test]
+    fn encoding_guards_the_client_maximum_packet_size() {
+        let mut codec = connected(Version::V5);
+        codec.set_max_outgoing(16);
+        let mut out = BytesMut::new();
+        let publish = crate::protocol::Publish {
+            dup: false,
+            qos: crate::protocol::QoS::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 0,
+            topic_alias: None,
+            subscription_ids: vec![],
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(&[0; 32]),
+        };
+        assert!(matches!(
+            codec.encode(&Packet::Publish(publish), &mut out),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,450 @@
+//! Reading client packets into the internal model.
+//!
+//! PUBLISH, SUBSCRIBE and UNSUBSCRIBE are first walked here to enforce the
+//! rules mqttbytes skips (reserved bits, exact property sections, at least one
+//! filter), then decoded by mqttbytes. CONNECT, the acknowledgements and
+//! DISCONNECT are read here entirely, because mqttbytes refuses forms the
+//! specs allow: binary passwords, and v5 acks and DISCONNECT without a reason
+//! code.
+
+use bytes::{Buf, Bytes};
+use mqttbytes::FixedHeader;
+
+use super::codec::DecodeError;
+use super::properties::{self, Properties};
+use super::{
+    Ack, Connect, Disconnect, MessageProperties, Publish, QoS, ReasonCode, RetainHandling,
+    Subscribe, SubscriptionOptions, Unsubscribe, Version, Will,
+};
+
+/// A cursor over one packet's bytes; every read checks the bounds.
+pub struct Reader {
+    bytes: Bytes,
+}
+
+const TRUNCATED: DecodeError = DecodeError::Malformed("packet ends early");
+
+impl Reader {
+    pub fn new(bytes: Bytes) -> Reader {
+        Reader { bytes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        if self.bytes.is_empty() {
+            return Err(TRUNCATED);
+        }
+        Ok(self.bytes.get_u8())
+    }
+
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
+        if self.bytes.len() < 2 {
+            return Err(TRUNCATED);
+        }
+        Ok(self.bytes.get_u16())
+    }
+
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        if self.bytes.len() < 4 {
+            return Err(TRUNCATED);
+        }
+        Ok(self.bytes.get_u32())
+    }
+
+    /// A variable byte integer: at most four bytes.
+    pub fn varint(&mut self) -> Result<u32, DecodeError> {
+        let mut value = 0u32;
+        for shift in [0, 7, 14, 21] {
+            let byte = self.u8()?;
+            value |= u32::from(byte & 0x7F) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
+    }
+
+    pub fn binary(&mut self) -> Result<Bytes, DecodeError> {
+        let length = usize::from(self.u16()?);
+        if self.bytes.len() < length {
+            return Err(TRUNCATED);
+        }
+        Ok(self.bytes.split_to(length))
+    }
+
+    /// A UTF-8 string; U+0000 is forbidden by both specs [MQTT-1.5.3-2].
+    pub fn string(&mut self) -> Result<String, DecodeError> {
+        let raw = self.binary()?;
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| DecodeError::Malformed("string is not valid UTF-8"))?;
+        if text.contains('\0') {
+            return Err(DecodeError::Malformed("string contains U+0000"));
+        }
+        Ok(text.to_owned())
+    }
+
+    /// The next `length` bytes as a reader of their own.
+    pub fn sub(&mut self, length: usize) -> Result<Reader, DecodeError> {
+        if self.bytes.len() < length {
+            return Err(TRUNCATED);
+        }
+        Ok(Reader::new(self.bytes.split_to(length)))
+    }
+
+    fn expect_end(&self) -> Result<(), DecodeError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Malformed("bytes after the end of the packet"))
+        }
+    }
+}
+
+fn packet_id(reader: &mut Reader) -> Result<u16, DecodeError> {
+    match reader.u16()? {
+        0 => Err(DecodeError::Malformed("packet identifier 0")),
+        id => Ok(id),
+    }
+}
+
+impl From<Properties> for MessageProperties {
+    fn from(p: Properties) -> MessageProperties {
+        MessageProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+        }
+    }
+}
+
+/// CONNECT, read completely by hand (see the module note).
+pub fn connect(body: Bytes) -> Result<Connect, DecodeError> {
+    let mut r = Reader::new(body);
+    let name = r.string()?;
+    let level = r.u8()?;
+    let version = match (name.as_str(), level) {
+        ("MQTT", 4) => Version::V311,
+        ("MQTT", 5) => Version::V5,
+        ("MQTT", level) | ("MQIsdp", level) => return Err(DecodeError::UnsupportedVersion(level)),
+        _ => return Err(DecodeError::BadProtocolName),
+    };
+    let flags = r.u8()?;
+    if flags & 0x01 != 0 {
+        return Err(DecodeError::Malformed("CONNECT reserved flag set"));
+    }
+    let clean_start = flags & 0x02 != 0;
+    let has_will = flags & 0x04 != 0;
+    let will_qos_bits = (flags >> 3) & 0x03;
+    let will_retain = flags & 0x20 != 0;
+    let has_password = flags & 0x40 != 0;
+    let has_username = flags & 0x80 != 0;
+    if !has_will && (will_qos_bits != 0 || will_retain) {
+        return Err(DecodeError::Malformed(
+            "will QoS or retain set without a will",
+        ));
+    }
+    let will_qos = QoS::from_bits(will_qos_bits).ok_or(DecodeError::Malformed("will QoS 3"))?;
+    if version == Version::V311 && has_password && !has_username {
+        return Err(DecodeError::Malformed("password without username"));
+    }
+    let keep_alive = r.u16()?;
+    let props = match version {
+        Version::V5 => properties::read(&mut r, properties::CONNECT)?,
+        Version::V311 => Properties::default(),
+    };
+    let client_id = r.string()?;
+    let will = if has_will {
+        let will_props = match version {
+            Version::V5 => properties::read(&mut r, properties::WILL)?,
+            Version::V311 => Properties::default(),
+        };
+        let delay_interval = will_props.will_delay_interval.unwrap_or(0);
+        let topic = r.string()?;
+        let payload = r.binary()?;
+        Some(Will {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            delay_interval,
+            properties: will_props.into(),
+        })
+    } else {
+        None
+    };
+    let username = if has_username {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary()?)
+    } else {
+        None
+    };
+    r.expect_end()?;
+    if props.authentication_data.is_some() && props.authentication_method.is_none() {
+        return Err(DecodeError::Protocol(
+            "authentication data without a method",
+        ));
+    }
+    Ok(Connect {
+        version,
+        client_id,
+        clean_start,
+        keep_alive,
+        username,
+        password,
+        will,
+        session_expiry: props.session_expiry_interval.unwrap_or(0),
+        receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        maximum_packet_size: props.maximum_packet_size,
+        topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
+        request_response_information: props.request_response_information == Some(1),
+        request_problem_information: props.request_problem_information != Some(0),
+        user_properties: props.user_properties,
+        authentication_method: props.authentication_method,
+    })
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP. v5 may omit the reason code (meaning
+/// success) and the properties.
+pub fn ack(version: Version, body: Bytes) -> Result<Ack, DecodeError> {
+    let mut r = Reader::new(body);
+    let packet_id = packet_id(&mut r)?;
+    let mut ack = Ack::new(packet_id, ReasonCode::SUCCESS);
+    if version == Version::V5 && !r.is_empty() {
+        ack.reason = ReasonCode(r.u8()?);
+        if !r.is_empty() {
+            ack.reason_string = properties::read(&mut r, properties::ACK)?.reason_string;
+        }
+    }
+    r.expect_end()?;
+    Ok(ack)
+}
+
+/// DISCONNECT. v5 may omit the reason code and the properties.
+pub fn disconnect(version: Version, body: Bytes) -> Result<Disconnect, DecodeError> {
+    let mut r = Reader::new(body);
+    let mut disconnect = Disconnect::new(ReasonCode::NORMAL_DISCONNECTION);
+    if version == Version::V5 && !r.is_empty() {
+        disconnect.reason = ReasonCode(r.u8()?);
+        if !r.is_empty() {
+            let props = properties::read(&mut r, properties::DISCONNECT)?;
+            disconnect.session_expiry = props.session_expiry_interval;
+            disconnect.reason_string = props.reason_string;
+        }
+    }
+    r.expect_end()?;
+    Ok(disconnect)
+}
+
+/// PUBLISH: checked here, decoded by mqttbytes.
+pub fn publish(
+    version: Version,
+    header: FixedHeader,
+    byte1: u8,
+    frame: Bytes,
+    header_len: usize,
+) -> Result<Publish, DecodeError> {
+    let qos = QoS::from_bits((byte1 >> 1) & 0x03).ok_or(DecodeError::Malformed("QoS 3"))?;
+    let dup = byte1 & 0x08 != 0;
+    if qos == QoS::AtMostOnce && dup {
+        return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
+    }
+    let mut r = Reader::new(frame.slice(header_len..));
+    r.string()?;
+    if qos != QoS::AtMostOnce {
+        packet_id(&mut r)?;
+    }
+    if version == Version::V5 {
+        properties::read(&mut r, properties::PUBLISH)?;
+    }
+    match version {
+        Version::V311 => {
+            let p = mqttbytes::v4::Publish::read(header, frame).map_err(DecodeError::from_codec)?;
+            Ok(Publish {
+                dup: p.dup,
+                qos,
+                retain: p.retain,
+                topic: p.topic,
+                packet_id: p.pkid,
+                topic_alias: None,
+                subscription_ids: Vec::new(),
+                properties: MessageProperties::default(),
+                payload: p.payload,
+            })
+        }
+        Version::V5 => {
+            let p = mqttbytes::v5::Publish::read(header, frame).map_err(DecodeError::from_codec)?;
+            let (topic_alias, properties) = match p.properties {
+                Some(props) => (
+                    props.topic_alias,
+                    MessageProperties {
+                        payload_format_indicator: props.payload_format_indicator,
+                        message_expiry_interval: props.message_expiry_interval,
+                        content_type: props.content_type,
+                        response_topic: props.response_topic,
+                        correlation_data: props.correlation_data,
+                        user_properties: props.user_properties,
+                    },
+                ),
+                None => (None, MessageProperties::default()),
+            };
+            Ok(Publish {
+                dup: p.dup,
+                qos,
+                retain: p.retain,
+                topic: p.topic,
+                packet_id: p.pkid,
+                topic_alias,
+                subscription_ids: Vec::new(),
+                properties,
+                payload: p.payload,
+            })
+        }
+    }
+}
+
+/// SUBSCRIBE: checked here, decoded by mqttbytes.
+pub fn subscribe(
+    version: Version,
+    header: FixedHeader,
+    frame: Bytes,
+    header_len: usize,
+) -> Result<Subscribe, DecodeError> {
+    let mut r = Reader::new(frame.slice(header_len..));
+    packet_id(&mut r)?;
+    if version == Version::V5 {
+        properties::read(&mut r, properties::SUBSCRIBE)?;
+    }
+    if r.is_empty() {
+        return Err(DecodeError::Protocol("SUBSCRIBE without topic filters"));
+    }
+    let reserved = match version {
+        Version::V311 => 0xFC,
+        Version::V5 => 0xC0,
+    };
+    while !r.is_empty() {
+        r.string()?;
+        let options = r.u8()?;
+        if options & reserved != 0 || options & 0x03 == 3 || (options >> 4) & 0x03 == 3 {
+            return Err(DecodeError::Malformed("invalid subscription options"));
+        }
+    }
+    match version {
+        Version::V311 => {
+            let s =
+                mqttbytes::v4::Subscribe::read(header, frame).map_err(DecodeError::from_codec)?;
+            Ok(Subscribe {
+                packet_id: s.pkid,
+                filters: s
+                    .filters
+                    .into_iter()
+                    .map(|f| (f.path, SubscriptionOptions::with_qos(qos_from(f.qos))))
+                    .collect(),
+                subscription_id: None,
+                user_properties: Vec::new(),
+            })
+        }
+        Version::V5 => {
+            let s =
+                mqttbytes::v5::Subscribe::read(header, frame).map_err(DecodeError::from_codec)?;
+            let (subscription_id, user_properties) = match s.properties {
+                Some(p) => (
+                    p.id.and_then(|id| u32::try_from(id).ok()),
+                    p.user_properties,
+                ),
+                None => (None, Vec::new()),
+            };
+            Ok(Subscribe {
+                packet_id: s.pkid,
+                filters: s
+                    .filters
+                    .into_iter()
+                    .map(|f| {
+                        let options = SubscriptionOptions {
+                            qos: qos_from(f.qos),
+                            no_local: f.nolocal,
+                            retain_as_published: f.preserve_retain,
+                            retain_handling: match f.retain_forward_rule {
+                                mqttbytes::v5::RetainForwardRule::OnEverySubscribe => {
+                                    RetainHandling::OnSubscribe
+                                }
+                                mqttbytes::v5::RetainForwardRule::OnNewSubscribe => {
+                                    RetainHandling::OnNewSubscription
+                                }
+                                mqttbytes::v5::RetainForwardRule::Never => RetainHandling::Never,
+                            },
+                        };
+                        (f.path, options)
+                    })
+                    .collect(),
+                subscription_id,
+                user_properties,
+            })
+        }
+    }
+}
+
+/// UNSUBSCRIBE: checked here, decoded by mqttbytes.
+pub fn unsubscribe(
+    version: Version,
+    header: FixedHeader,
+    frame: Bytes,
+    header_len: usize,
+) -> Result<Unsubscribe, DecodeError> {
+    let mut r = Reader::new(frame.slice(header_len..));
+    packet_id(&mut r)?;
+    if version == Version::V5 {
+        properties::read(&mut r, properties::UNSUBSCRIBE)?;
+    }
+    if r.is_empty() {
+        return Err(DecodeError::Protocol("UNSUBSCRIBE without topic filters"));
+    }
+    while !r.is_empty() {
+        r.string()?;
+    }
+    match version {
+        Version::V311 => {
+            let u =
+                mqttbytes::v4::Unsubscribe::read(header, frame).map_err(DecodeError::from_codec)?;
+            Ok(Unsubscribe {
+                packet_id: u.pkid,
+                filters: u.topics,
+            })
+        }
+        Version::V5 => {
+            let u =
+                mqttbytes::v5::Unsubscribe::read(header, frame).map_err(DecodeError::from_codec)?;
+            Ok(Unsubscribe {
+                packet_id: u.pkid,
+                filters: u.filters,
+            })
+        }
+    }
+}
+
+fn qos_from(qos: mqttbytes::QoS) -> QoS {
+    match qos {
+        mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// Skips a PINGREQ body, which must be empty.
+pub fn empty(body: Bytes) -> Result<(), DecodeError> {
+    if !body.is_empty() {
+        return Err(DecodeError::Malformed("packet must have no body"));
+    }
+    Ok(())
+}
