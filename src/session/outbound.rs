@@ -1,0 +1,381 @@
+//! Messages on their way to one client: the bounded queue and the inflight
+//! window, with the QoS 1 and QoS 2 sender state machines. No I/O and no
+//! clock: time comes in as unix milliseconds.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode};
+use crate::router::Message;
+
+/// One message for one session, at the QoS it is delivered with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwaitedAck {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub awaiting: AwaitedAck,
+}
+
+/// What happened to a message offered to a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued, after dropping an older QoS 0 message to make room.
+    QueuedDroppingOlder,
+    /// Not queued: the queue is full of QoS 1/2 messages, or it is QoS 0.
+    Dropped,
+}
+
+/// The answer to an acknowledgement from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AckOutcome {
+    /// The message is done (or was unknown, which is harmless).
+    Done,
+    /// Answer with this PUBREL.
+    PubRel(Ack),
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    queue: VecDeque<Delivery>,
+    inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    /// min(client Receive Maximum, configured max_inflight).
+    window: usize,
+    max_queued: usize,
+}
+
+impl Outbound {
+    pub fn new(window: u16, max_queued: usize) -> Outbound {
+        Outbound {
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_packet_id: 1,
+            window: usize::from(window.max(1)),
+            max_queued,
+        }
+    }
+
+    pub fn set_window(&mut self, window: u16) {
+        self.window = usize::from(window.max(1));
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    pub fn queue(&self) -> impl Iterator<Item = &Delivery> {
+        self.queue.iter()
+    }
+
+    /// Adds a message behind the ones already waiting. When the queue is full
+    /// QoS 0 messages go first (DESIGN §3); a QoS 1/2 message that finds no
+    /// QoS 0 message to displace is refused.
+    pub fn enqueue(&mut self, delivery: Delivery) -> Enqueued {
+        if self.queue.len() < self.max_queued {
+            self.queue.push_back(delivery);
+            return Enqueued::Queued;
+        }
+        if delivery.qos == QoS::AtMostOnce {
+            return Enqueued::Dropped;
+        }
+        match self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+            Some(oldest_qos0) => {
+                self.queue.remove(oldest_qos0);
+                self.queue.push_back(delivery);
+                Enqueued::QueuedDroppingOlder
+            }
+            None => Enqueued::Dropped,
+        }
+    }
+
+    /// The next PUBLISH to write, if the window allows one. Expired messages
+    /// are discarded on the way and counted in `expired`.
+    pub fn next_publish(&mut self, now_ms: u64, expired: &mut u64) -> Option<Publish> {
+        loop {
+            let front = self.queue.front()?;
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
+                return None;
+            }
+            let delivery = self.queue.pop_front()?;
+            if delivery.message.is_expired(now_ms) {
+                *expired += 1;
+                continue;
+            }
+            let packet_id = match delivery.qos {
+                QoS::AtMostOnce => 0,
+                QoS::AtLeastOnce | QoS::ExactlyOnce => self.allocate_packet_id(),
+            };
+            let publish = to_publish(&delivery, packet_id, false, now_ms);
+            if delivery.qos != QoS::AtMostOnce {
+                let awaiting = match delivery.qos {
+                    QoS::ExactlyOnce => AwaitedAck::PubRec,
+                    _ => AwaitedAck::PubAck,
+                };
+                self.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery,
+                    awaiting,
+                });
+            }
+            return Some(publish);
+        }
+    }
+
+    /// Forgets an inflight message that could not be sent at all (too large
+    /// for the client's Maximum Packet Size).
+    pub fn abandon(&mut self, packet_id: u16) {
+        self.inflight.retain(|i| i.packet_id != packet_id);
+    }
+
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    fn position(&self, packet_id: u16, awaiting: AwaitedAck) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.awaiting == awaiting)
+    }
+
+    pub fn on_puback(&mut self, packet_id: u16) -> AckOutcome {
+        if let Some(at) = self.position(packet_id, AwaitedAck::PubAck) {
+            self.inflight.remove(at);
+        }
+        AckOutcome::Done
+    }
+
+    /// PUBREC: answer PUBREL, or end the flow when the client refused the
+    /// message with an error reason (v5).
+    pub fn on_pubrec(&mut self, packet_id: u16, reason: ReasonCode) -> AckOutcome {
+        match self.position(packet_id, AwaitedAck::PubRec) {
+            Some(at) if reason.is_error() => {
+                self.inflight.remove(at);
+                AckOutcome::Done
+            }
+            Some(at) => {
+                self.inflight[at].awaiting = AwaitedAck::PubComp;
+                AckOutcome::PubRel(Ack::new(packet_id, ReasonCode::SUCCESS))
+            }
+            // A PUBREC repeated after we already sent PUBREL gets PUBREL again.
+            None if self.position(packet_id, AwaitedAck::PubComp).is_some() => {
+                AckOutcome::PubRel(Ack::new(packet_id, ReasonCode::SUCCESS))
+            }
+            None => {
+                AckOutcome::PubRel(Ack::new(packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND))
+            }
+        }
+    }
+
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> AckOutcome {
+        if let Some(at) = self.position(packet_id, AwaitedAck::PubComp) {
+            self.inflight.remove(at);
+        }
+        AckOutcome::Done
+    }
+
+    /// What to send again, in the original order, when the client comes back
+    /// [MQTT-4.4.0-1]: PUBLISH with DUP for unacknowledged messages, PUBREL for
+    /// those already received.
+    pub fn resend(&self, now_ms: u64) -> Vec<Packet> {
+        self.inflight
+            .iter()
+            .map(|i| match i.awaiting {
+                AwaitedAck::PubAck | AwaitedAck::PubRec => {
+                    Packet::Publish(to_publish(&i.delivery, i.packet_id, true, now_ms))
+                }
+                AwaitedAck::PubComp => Packet::PubRel(Ack::new(i.packet_id, ReasonCode::SUCCESS)),
+            })
+            .collect()
+    }
+}
+
+fn to_publish(delivery: &Delivery, packet_id: u16, dup: bool, now_ms: u64) -> Publish {
+    let message = &delivery.message;
+    let mut properties = message.properties.clone();
+    properties.message_expiry_interval = message.remaining_expiry(now_ms);
+    Publish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: message.topic.to_string(),
+        packet_id,
+        topic_alias: None,
+        subscription_ids: delivery.subscription_ids.clone(),
+        properties,
+        payload: message.payload.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageProperties;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS, payload: &'static str) -> Delivery {
+        delivery_expiring(qos, payload, None)
+    }
+
+    fn delivery_expiring(qos: QoS, payload: &'static str, expires_at: Option<u64>) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(payload.as_bytes()),
+                qos,
+                retain: false,
+                properties: MessageProperties::default(),
+                expires_at,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    fn drain(out: &mut Outbound, now_ms: u64) -> Vec<Publish> {
+        let mut expired = 0;
+        std::iter::from_fn(|| out.next_publish(now_ms, &mut expired)).collect()
+    }
+
+    #[test]
+    fn inflight_window_holds_back_qos1_until_acked() {
+        let mut out = Outbound::new(2, 100);
+        for p in ["1", "2", "3"] {
+            out.enqueue(delivery(QoS::AtLeastOnce, p));
+        }
+        let sent = drain(&mut out, 0);
+        assert_eq!(sent.len(), 2);
+        assert_eq!((sent[0].packet_id, sent[1].packet_id), (1, 2));
+        assert!(drain(&mut out, 0).is_empty());
+        assert_eq!(out.on_puback(1), AckOutcome::Done);
+        let sent = drain(&mut out, 0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(&sent[0].payload[..], b"3");
+    }
+
+    #[test]
+    fn qos0_is_not_held_by_the_window_but_keeps_its_order() {
+        let mut out = Outbound::new(1, 100);
+        out.enqueue(delivery(QoS::AtLeastOnce, "a"));
+        out.enqueue(delivery(QoS::AtMostOnce, "b"));
+        out.enqueue(delivery(QoS::AtLeastOnce, "c"));
+        out.enqueue(delivery(QoS::AtMostOnce, "d"));
+        let sent: Vec<_> = drain(&mut out, 0)
+            .iter()
+            .map(|p| p.payload.clone())
+            .collect();
+        assert_eq!(sent, ["a", "b"]);
+    }
+
+    #[test]
+    fn qos2_sender_flow_and_resend_after_reconnect() {
+        let mut out = Outbound::new(10, 100);
+        out.enqueue(delivery(QoS::ExactlyOnce, "x"));
+        out.enqueue(delivery(QoS::ExactlyOnce, "y"));
+        let sent = drain(&mut out, 0);
+        assert_eq!(
+            out.on_pubrec(sent[0].packet_id, ReasonCode::SUCCESS),
+            AckOutcome::PubRel(Ack::new(1, ReasonCode::SUCCESS))
+        );
+        let resent = out.resend(0);
+        assert_eq!(resent.len(), 2);
+        assert!(matches!(&resent[0], Packet::PubRel(a) if a.packet_id == 1));
+        assert!(matches!(&resent[1], Packet::Publish(p) if p.dup && p.packet_id == 2));
+        assert_eq!(out.on_pubcomp(1), AckOutcome::Done);
+        assert_eq!(out.inflight().count(), 1);
+    }
+
+    #[test]
+    fn pubrec_with_error_reason_ends_the_flow() {
+        let mut out = Outbound::new(10, 100);
+        out.enqueue(delivery(QoS::ExactlyOnce, "x"));
+        drain(&mut out, 0);
+        assert_eq!(out.on_pubrec(1, ReasonCode(0x80)), AckOutcome::Done);
+        assert_eq!(out.inflight().count(), 0);
+    }
+
+    #[test]
+    fn unknown_pubrec_gets_pubrel_packet_id_not_found() {
+        let mut out = Outbound::new(10, 100);
+        assert_eq!(
+            out.on_pubrec(7, ReasonCode::SUCCESS),
+            AckOutcome::PubRel(Ack::new(7, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND))
+        );
+    }
+
+    #[test]
+    fn full_queue_drops_qos0_first() {
+        let mut out = Outbound::new(1, 2);
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtMostOnce, "0")),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "1")),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtMostOnce, "2")),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "3")),
+            Enqueued::QueuedDroppingOlder
+        );
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "4")),
+            Enqueued::Dropped
+        );
+        let queued: Vec<_> = out.queue().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(queued, ["1", "3"]);
+    }
+
+    #[test]
+    fn expired_messages_are_never_sent_and_expiry_is_decremented() {
+        let mut out = Outbound::new(10, 100);
+        out.enqueue(delivery_expiring(QoS::AtLeastOnce, "old", Some(1_000)));
+        out.enqueue(delivery_expiring(QoS::AtLeastOnce, "new", Some(10_000)));
+        let mut expired = 0;
+        let publish = out.next_publish(4_000, &mut expired).unwrap();
+        assert_eq!(&publish.payload[..], b"new");
+        assert_eq!(publish.properties.message_expiry_interval, Some(6));
+        assert_eq!(expired, 1);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_still_in_flight() {
+        let mut out = Outbound::new(10, 100);
+        out.next_packet_id = u16::MAX;
+        out.enqueue(delivery(QoS::AtLeastOnce, "a"));
+        out.enqueue(delivery(QoS::AtLeastOnce, "b"));
+        let ids: Vec<u16> = drain(&mut out, 0).iter().map(|p| p.packet_id).collect();
+        assert_eq!(ids, [u16::MAX, 1]);
+    }
+}

@@ -1,0 +1,224 @@
+//! One task per connection: read frames, feed the client, write what it
+//! returns, and watch the keep alive, takeover and shutdown signals.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::Instrument;
+
+use crate::broker::{BrokerState, Client, Close, now_ms};
+use crate::protocol::{
+    Codec, ConnAck, DecodeError, Disconnect, EncodeError, Packet, ReasonCode, Version,
+};
+
+const READ_BUFFER: usize = 8 * 1024;
+
+pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>) {
+    broker.metrics.connection_opened();
+    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
+    run(stream, &broker).instrument(span).await;
+    broker.metrics.connection_closed();
+}
+
+async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
+    let limits = &broker.settings.limits;
+    let mut codec = Codec::new(limits.max_packet_size);
+    let mut input = BytesMut::with_capacity(READ_BUFFER);
+    let mut output = BytesMut::with_capacity(READ_BUFFER);
+
+    let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
+    let connect = match timeout(
+        connect_timeout,
+        read_connect(&mut stream, &mut codec, &mut input),
+    )
+    .await
+    {
+        Err(_) => {
+            tracing::debug!("no CONNECT within the connect timeout");
+            return;
+        }
+        Ok(Err(ConnectFailure::Io)) => return,
+        Ok(Err(ConnectFailure::Decode(error))) => {
+            tracing::info!(%error, "CONNECT refused");
+            refuse_connect(&mut stream, &codec, error).await;
+            return;
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let version = connect.version;
+    let maximum_packet_size = connect.maximum_packet_size;
+    let (mut client, mut kicked) = match Client::connect(broker, *connect) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            tracing::info!(reason = %refusal.reason, "CONNECT refused");
+            if let Some(connack) = refusal.connack {
+                let _ = write_packets(
+                    &mut stream,
+                    &codec,
+                    &mut output,
+                    vec![Packet::ConnAck(*connack)],
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    tracing::Span::current().record("client_id", client.client_id());
+    if let Some(max) = maximum_packet_size {
+        codec.set_max_outgoing(max);
+    }
+
+    let session = client.session().clone();
+    let mut shutdown = broker.shutdown.clone();
+    let keep_alive = client.keep_alive_limit();
+    let mut last_read = Instant::now();
+    let close = 'connection: loop {
+        if let Err(close) = flush(&mut stream, &codec, &mut output, &mut client).await {
+            break close;
+        }
+        let keep_alive_deadline = keep_alive.map(|limit| last_read + limit);
+        tokio::select! {
+            read = stream.read_buf(&mut input) => {
+                match read {
+                    Ok(0) | Err(_) => break Close::Lost,
+                    Ok(_) => {}
+                }
+                last_read = Instant::now();
+                loop {
+                    match codec.decode(&mut input) {
+                        Ok(Some(packet)) => {
+                            tracing::trace!(?packet, "received");
+                            if let Err(close) = client.handle(packet, now_ms()) {
+                                break 'connection close;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::info!(%error, "closing connection");
+                            break 'connection Close::ByServer(error.reason());
+                        }
+                    }
+                }
+            }
+            _ = session.woken() => {}
+            reason = &mut kicked => {
+                break Close::ByServer(reason.unwrap_or(ReasonCode::SESSION_TAKEN_OVER));
+            }
+            _ = sleep_until(keep_alive_deadline.unwrap_or_else(Instant::now)), if keep_alive_deadline.is_some() => {
+                tracing::info!("keep alive expired");
+                break Close::ByServer(ReasonCode::KEEP_ALIVE_TIMEOUT);
+            }
+            _ = shutdown.changed() => break Close::ByServer(ReasonCode(0x8B)),
+        }
+    };
+
+    if let Close::ByServer(reason) = close
+        && version == Version::V5
+    {
+        let disconnect = Packet::Disconnect(Disconnect::new(reason));
+        let _ = write_packets(&mut stream, &codec, &mut output, vec![disconnect]).await;
+    }
+    let _ = stream.shutdown().await;
+    client.finish(close);
+}
+
+enum ConnectFailure {
+    Io,
+    Decode(DecodeError),
+}
+
+async fn read_connect(
+    stream: &mut TcpStream,
+    codec: &mut Codec,
+    input: &mut BytesMut,
+) -> Result<Box<crate::protocol::Connect>, ConnectFailure> {
+    loop {
+        match codec.decode(input) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => {
+                return Err(ConnectFailure::Decode(DecodeError::Protocol("not CONNECT")));
+            }
+            Ok(None) => {}
+            Err(error) => return Err(ConnectFailure::Decode(error)),
+        }
+        match stream.read_buf(input).await {
+            Ok(0) | Err(_) => return Err(ConnectFailure::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers a CONNECT that could not be read: an unsupported protocol level
+/// gets the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; anything else just closes,
+/// since the client's version (and so the CONNACK format) is unknown.
+async fn refuse_connect(stream: &mut TcpStream, codec: &Codec, error: DecodeError) {
+    if let DecodeError::UnsupportedVersion(_) = error {
+        let connack = ConnAck {
+            reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            ..ConnAck::default()
+        };
+        let mut output = BytesMut::new();
+        let _ = write_packets(stream, codec, &mut output, vec![Packet::ConnAck(connack)]).await;
+    }
+}
+
+/// Writes the client's waiting packets and queued messages, a batch at a
+/// time, until nothing is left that the inflight window allows.
+async fn flush(
+    stream: &mut TcpStream,
+    codec: &Codec,
+    output: &mut BytesMut,
+    client: &mut Client,
+) -> Result<(), Close> {
+    let (packets, more) = client.pump(now_ms());
+    if packets.is_empty() {
+        return Ok(());
+    }
+    let mut publishes = 0;
+    for packet in &packets {
+        match codec.encode(packet, output) {
+            Ok(_) => {
+                if matches!(packet, Packet::Publish(_)) {
+                    publishes += 1;
+                }
+            }
+            Err(EncodeError::TooLarge { size }) => {
+                if let Packet::Publish(publish) = packet {
+                    tracing::debug!(size, topic = %publish.topic, "message larger than the client accepts: skipped");
+                    client.skip_oversized(publish);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode packet");
+            }
+        }
+    }
+    stream.write_all(output).await.map_err(|_| Close::Lost)?;
+    output.clear();
+    client.broker().metrics.messages_sent_add(publishes);
+    if more {
+        client.session().wake();
+    }
+    Ok(())
+}
+
+async fn write_packets(
+    stream: &mut TcpStream,
+    codec: &Codec,
+    output: &mut BytesMut,
+    packets: Vec<Packet>,
+) -> std::io::Result<()> {
+    for packet in &packets {
+        if let Err(error) = codec.encode(packet, output) {
+            tracing::warn!(%error, "cannot encode packet");
+        }
+    }
+    stream.write_all(output).await?;
+    output.clear();
+    Ok(())
+}
