@@ -362,6 +362,56 @@ mod tests {
         assert!(decode_one(&mut codec, &sub_id).is_err());
     }
 
+    /// Mutated copies of valid packets must decode or fail, never panic, and
+    /// never leave the buffer in a state that loops forever.
+    #[test]
+    fn mutated_packets_never_panic_the_decoder() {
+        let samples: [&[u8]; 6] = [
+            &[0x30, 0x08, 0, 1, b'a', 4, 1, 1, b'x', b'y'],
+            &[0x32, 0x0A, 0, 1, b'a', 0, 5, 3, 2, 0, 0, 0],
+            &[0x82, 0x08, 0, 1, 2, 11, 7, 0, 1, b'a'],
+            &[0x62, 0x04, 0, 1, 0x92, 0],
+            &[0xA2, 0x05, 0, 9, 0, 0, 1],
+            &[0xE0, 0x05, 0x04, 3, 17, 0, 0],
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..50_000 {
+            let version = if round % 2 == 0 {
+                Version::V5
+            } else {
+                Version::V311
+            };
+            let mut codec = connected(version);
+            let mut bytes = samples[(next() % samples.len() as u64) as usize].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.insert(at, next() as u8),
+                    _ => {
+                        bytes.remove(at);
+                        if bytes.is_empty() {
+                            bytes.push(0x30);
+                        }
+                    }
+                }
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            for _ in 0..bytes.len() + 1 {
+                match codec.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn encoding_guards_the_client_maximum_packet_size() {
         let mut codec = connected(Version::V5);
