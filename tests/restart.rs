@@ -38,19 +38,31 @@ async fn restart_on_the_same_store_restores_sessions_subscriptions_and_retained(
         .unwrap();
 
     let (subscriber, mut sub_events) = client(&first, "keeper", false);
-    assert!(matches!(next_packet(&mut sub_events).await, Packet::ConnAck(_)));
+    assert!(matches!(
+        next_packet(&mut sub_events).await,
+        Packet::ConnAck(_)
+    ));
     subscriber
         .subscribe("plant/+/temp", QoS::AtLeastOnce)
         .await
         .unwrap();
-    assert!(matches!(next_packet(&mut sub_events).await, Packet::SubAck(_)));
+    assert!(matches!(
+        next_packet(&mut sub_events).await,
+        Packet::SubAck(_)
+    ));
     let (publisher, mut pub_events) = client(&first, "setter", true);
-    assert!(matches!(next_packet(&mut pub_events).await, Packet::ConnAck(_)));
+    assert!(matches!(
+        next_packet(&mut pub_events).await,
+        Packet::ConnAck(_)
+    ));
     publisher
         .publish("plant/config", QoS::AtLeastOnce, true, "v1")
         .await
         .unwrap();
-    assert!(matches!(next_packet(&mut pub_events).await, Packet::PubAck(_)));
+    assert!(matches!(
+        next_packet(&mut pub_events).await,
+        Packet::PubAck(_)
+    ));
     subscriber.disconnect().await.unwrap();
     publisher.disconnect().await.unwrap();
     drop((sub_events, pub_events));
@@ -65,12 +77,18 @@ async fn restart_on_the_same_store_restores_sessions_subscriptions_and_retained(
         other => panic!("expected CONNACK, got {other:?}"),
     }
     let (publisher, mut pub_events) = client(&second, "setter", true);
-    assert!(matches!(next_packet(&mut pub_events).await, Packet::ConnAck(_)));
+    assert!(matches!(
+        next_packet(&mut pub_events).await,
+        Packet::ConnAck(_)
+    ));
     publisher
         .publish("plant/7/temp", QoS::AtLeastOnce, false, "21.5")
         .await
         .unwrap();
-    assert!(matches!(next_packet(&mut pub_events).await, Packet::PubAck(_)));
+    assert!(matches!(
+        next_packet(&mut pub_events).await,
+        Packet::PubAck(_)
+    ));
     match next_packet(&mut sub_events).await {
         Packet::Publish(p) => {
             assert_eq!(p.topic, "plant/7/temp");
@@ -79,7 +97,10 @@ async fn restart_on_the_same_store_restores_sessions_subscriptions_and_retained(
         other => panic!("expected the message through the restored subscription, got {other:?}"),
     }
 
-    subscriber.subscribe("plant/config", QoS::AtMostOnce).await.unwrap();
+    subscriber
+        .subscribe("plant/config", QoS::AtMostOnce)
+        .await
+        .unwrap();
     loop {
         match next_packet(&mut sub_events).await {
             Packet::Publish(p) if p.topic == "plant/config" => {

@@ -132,6 +132,12 @@ impl Client {
         }
     }
 
+    /// Control packets waiting to be written, without queued messages: what
+    /// still goes out before the broker closes the connection.
+    pub fn take_outgoing(&mut self) -> Vec<Packet> {
+        std::mem::take(&mut self.outgoing)
+    }
+
     /// Reason strings are sent only if the client did not opt out.
     pub(super) fn reason_string(&self, text: &str) -> Option<String> {
         self.problem_information.then(|| text.to_string())

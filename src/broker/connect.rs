@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::client::Client;
 use super::{BrokerState, now_ms};
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
-use crate::session::{ConnectionLink, Session};
+use crate::session::{ConnectionLink, Session, Takeover};
 use crate::topic;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -67,13 +67,11 @@ fn generated_client_id() -> String {
 
 impl Client {
     /// Accepts or refuses a CONNECT. On success the client is attached to its
-    /// session (taking over any earlier connection), the CONNACK and any
-    /// re-sent inflight messages wait in `outgoing`, and the receiver fires
-    /// when a later connection takes this one over.
-    pub fn connect(
-        broker: &Arc<BrokerState>,
-        connect: Connect,
-    ) -> Result<(Client, oneshot::Receiver<ReasonCode>), Refusal> {
+    /// session, taking over any earlier connection. Returns the client, the
+    /// receiver that fires when a later connection takes this one over, and,
+    /// when this one took another over, the signal that the old connection has
+    /// finished: wait for it, then call `resume`.
+    pub fn connect(broker: &Arc<BrokerState>, connect: Connect) -> Result<Connected, Refusal> {
         let version = connect.version;
         let limits = &broker.settings.limits;
         if !broker.settings.allow_anonymous && connect.username.is_none() {
@@ -126,19 +124,22 @@ impl Client {
         let client_id: Arc<str> = client_id.into();
         let (session, session_present, replaced) =
             attach_session(broker, &client_id, connect.clean_start, link);
-        if let Some(old) = replaced {
-            // The old task may already be gone; then there is nobody to tell.
-            let _ = old.kick.send(ReasonCode::SESSION_TAKEN_OVER);
-        }
+        let previous_finished = replaced.map(|old| {
+            let (done, finished) = oneshot::channel();
+            // The old task may already be gone; then `finished` fires at once.
+            let _ = old.kick.send(Takeover {
+                reason: ReasonCode::SESSION_TAKEN_OVER,
+                done,
+            });
+            finished
+        });
 
         let window = connect.receive_maximum.min(limits.max_inflight);
-        let now = now_ms();
-        let resend = {
+        {
             let mut state = session.lock();
             state.expiry_secs = expiry_secs;
             state.outbound.set_window(window);
-            state.outbound.resend(now)
-        };
+        }
         broker.persist_session(&session, None);
 
         let mut client = Client {
@@ -170,7 +171,6 @@ impl Client {
             reason: ReasonCode::SUCCESS,
             properties,
         }));
-        client.outgoing.extend(resend);
         tracing::info!(
             client_id = %client_id,
             ?version,
@@ -179,8 +179,27 @@ impl Client {
             keep_alive,
             "client connected"
         );
-        Ok((client, kicked))
+        Ok(Connected {
+            client,
+            kicked,
+            previous_finished,
+        })
     }
+
+    /// Queues the inflight messages to send again after the CONNACK
+    /// [MQTT-4.4.0-1]. Called once any taken-over connection has finished, so
+    /// that acknowledgements it had already received count.
+    pub fn resume(&mut self) {
+        let resend = self.session.lock().outbound.resend(now_ms());
+        self.outgoing.extend(resend);
+    }
+}
+
+/// An accepted CONNECT.
+pub struct Connected {
+    pub client: Client,
+    pub kicked: oneshot::Receiver<Takeover>,
+    pub previous_finished: Option<oneshot::Receiver<()>>,
 }
 
 /// Finds or creates the session for `client_id` and attaches the new

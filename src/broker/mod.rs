@@ -28,6 +28,7 @@ use crate::topic::{self, TopicLimits};
 use crate::transport;
 
 pub use client::{Client, Close};
+pub use connect::Connected;
 pub use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]

@@ -116,8 +116,11 @@ impl Codec {
             if packet_type != 1 {
                 return Err(DecodeError::Protocol("first packet is not CONNECT"));
             }
-            let connect = decode::connect(body)?;
-            self.version = Some(connect.version);
+            // The version is kept as soon as it is known, so that a CONNECT
+            // that fails later can still be refused in the client's format.
+            let version = decode::connect_version(body.clone())?;
+            self.version = Some(version);
+            let connect = decode::connect(body, version)?;
             return Ok(Some(Packet::Connect(Box::new(connect))));
         };
         let header = FixedHeader::new(byte1, header_len - 1, remaining);

@@ -125,17 +125,24 @@ impl From<Properties> for MessageProperties {
     }
 }
 
-/// CONNECT, read completely by hand (see the module note).
-pub fn connect(body: Bytes) -> Result<Connect, DecodeError> {
+/// The protocol version a CONNECT asks for, read from its first bytes.
+pub fn connect_version(body: Bytes) -> Result<Version, DecodeError> {
     let mut r = Reader::new(body);
     let name = r.string()?;
     let level = r.u8()?;
-    let version = match (name.as_str(), level) {
-        ("MQTT", 4) => Version::V311,
-        ("MQTT", 5) => Version::V5,
-        ("MQTT", level) | ("MQIsdp", level) => return Err(DecodeError::UnsupportedVersion(level)),
-        _ => return Err(DecodeError::BadProtocolName),
-    };
+    match (name.as_str(), level) {
+        ("MQTT", 4) => Ok(Version::V311),
+        ("MQTT", 5) => Ok(Version::V5),
+        ("MQTT", level) | ("MQIsdp", level) => Err(DecodeError::UnsupportedVersion(level)),
+        _ => Err(DecodeError::BadProtocolName),
+    }
+}
+
+/// CONNECT, read completely by hand (see the module note).
+pub fn connect(body: Bytes, version: Version) -> Result<Connect, DecodeError> {
+    let mut r = Reader::new(body);
+    r.string()?;
+    r.u8()?;
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
         return Err(DecodeError::Malformed("CONNECT reserved flag set"));
@@ -336,8 +343,17 @@ pub fn subscribe(
     while !r.is_empty() {
         r.string()?;
         let options = r.u8()?;
-        if options & reserved != 0 || options & 0x03 == 3 || (options >> 4) & 0x03 == 3 {
-            return Err(DecodeError::Malformed("invalid subscription options"));
+        if options & reserved != 0 {
+            return Err(DecodeError::Malformed(
+                "reserved subscription option bits set",
+            ));
+        }
+        // v5 calls QoS 3 and Retain Handling 3 protocol errors (3.8.3.1).
+        if options & 0x03 == 3 || (options >> 4) & 0x03 == 3 {
+            return Err(match version {
+                Version::V5 => DecodeError::Protocol("QoS or Retain Handling 3"),
+                Version::V311 => DecodeError::Malformed("QoS 3"),
+            });
         }
     }
     match version {

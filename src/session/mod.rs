@@ -37,8 +37,17 @@ impl SessionConfig {
 #[derive(Debug)]
 pub struct ConnectionLink {
     pub id: u64,
-    /// Tells the connection to close, with the reason it should give.
-    pub kick: oneshot::Sender<ReasonCode>,
+    /// Tells the connection to close because another one took over.
+    pub kick: oneshot::Sender<Takeover>,
+}
+
+/// Sent to a connection that is being taken over: it handles what it has
+/// already received (acknowledgements above all), closes with `reason`, and
+/// then signals `done` so the new connection resumes an up-to-date session.
+#[derive(Debug)]
+pub struct Takeover {
+    pub reason: ReasonCode,
+    pub done: oneshot::Sender<()>,
 }
 
 /// A subscription as the session remembers it, by its filter as sent

@@ -11,12 +11,15 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
-use crate::broker::{BrokerState, Client, Close, now_ms};
+use crate::broker::{BrokerState, Client, Close, Connected, now_ms};
 use crate::protocol::{
     Codec, ConnAck, DecodeError, Disconnect, EncodeError, Packet, ReasonCode, Version,
 };
 
 const READ_BUFFER: usize = 8 * 1024;
+
+/// How long a new connection waits for the one it takes over to finish.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>) {
     broker.metrics.connection_opened();
@@ -52,7 +55,11 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
     };
     let version = connect.version;
     let maximum_packet_size = connect.maximum_packet_size;
-    let (mut client, mut kicked) = match Client::connect(broker, *connect) {
+    let Connected {
+        mut client,
+        mut kicked,
+        previous_finished,
+    } = match Client::connect(broker, *connect) {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(reason = %refusal.reason, "CONNECT refused");
@@ -69,6 +76,11 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
         }
     };
     tracing::Span::current().record("client_id", client.client_id());
+    if let Some(finished) = previous_finished {
+        // Bounded: a stuck old connection must not hold the new one forever.
+        let _ = timeout(TAKEOVER_WAIT, finished).await;
+    }
+    client.resume();
     if let Some(max) = maximum_packet_size {
         codec.set_max_outgoing(max);
     }
@@ -77,7 +89,8 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
     let mut shutdown = broker.shutdown.clone();
     let keep_alive = client.keep_alive_limit();
     let mut last_read = Instant::now();
-    let close = 'connection: loop {
+    let mut takeover_done = None;
+    let close = loop {
         if let Err(close) = flush(&mut stream, &codec, &mut output, &mut client).await {
             break close;
         }
@@ -89,25 +102,28 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
                     Ok(_) => {}
                 }
                 last_read = Instant::now();
-                loop {
-                    match codec.decode(&mut input) {
-                        Ok(Some(packet)) => {
-                            tracing::trace!(?packet, "received");
-                            if let Err(close) = client.handle(packet, now_ms()) {
-                                break 'connection close;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(error) => {
-                            tracing::info!(%error, "closing connection");
-                            break 'connection Close::ByServer(error.reason());
-                        }
-                    }
+                if let Err(close) = handle_input(&mut codec, &mut input, &mut client) {
+                    break close;
                 }
             }
             _ = session.woken() => {}
-            reason = &mut kicked => {
-                break Close::ByServer(reason.unwrap_or(ReasonCode::SESSION_TAKEN_OVER));
+            takeover = &mut kicked => {
+                // Handle what already arrived (an acknowledgement sent just
+                // before the client reconnected must count), then close.
+                let mut close = Close::ByServer(ReasonCode::SESSION_TAKEN_OVER);
+                if let Ok(takeover) = takeover {
+                    close = Close::ByServer(takeover.reason);
+                    takeover_done = Some(takeover.done);
+                }
+                while let Ok(read) = stream.try_read_buf(&mut input) {
+                    if read == 0 {
+                        break;
+                    }
+                }
+                if let Err(early) = handle_input(&mut codec, &mut input, &mut client) {
+                    close = early;
+                }
+                break close;
             }
             _ = sleep_until(keep_alive_deadline.unwrap_or_else(Instant::now)), if keep_alive_deadline.is_some() => {
                 tracing::info!("keep alive expired");
@@ -117,14 +133,39 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
         }
     };
 
+    // Answers to packets handled before the close still go out, then the
+    // DISCONNECT where the protocol has one.
+    let mut last_words = client.take_outgoing();
     if let Close::ByServer(reason) = close
         && version == Version::V5
     {
-        let disconnect = Packet::Disconnect(Disconnect::new(reason));
-        let _ = write_packets(&mut stream, &codec, &mut output, vec![disconnect]).await;
+        last_words.push(Packet::Disconnect(Disconnect::new(reason)));
+    }
+    if close != Close::Lost && !last_words.is_empty() {
+        let _ = write_packets(&mut stream, &codec, &mut output, last_words).await;
     }
     let _ = stream.shutdown().await;
     client.finish(close);
+    if let Some(done) = takeover_done {
+        let _ = done.send(());
+    }
+}
+
+/// Decodes and handles every whole packet in `input`.
+fn handle_input(codec: &mut Codec, input: &mut BytesMut, client: &mut Client) -> Result<(), Close> {
+    loop {
+        match codec.decode(input) {
+            Ok(Some(packet)) => {
+                tracing::trace!(?packet, "received");
+                client.handle(packet, now_ms())?;
+            }
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                tracing::info!(%error, "closing connection");
+                return Err(Close::ByServer(error.reason()));
+            }
+        }
+    }
 }
 
 enum ConnectFailure {
@@ -154,12 +195,18 @@ async fn read_connect(
 }
 
 /// Answers a CONNECT that could not be read: an unsupported protocol level
-/// gets the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; anything else just closes,
-/// since the client's version (and so the CONNACK format) is unknown.
+/// gets the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; a v5 CONNECT that is
+/// malformed or breaks the protocol gets a CONNACK with the reason (4.13);
+/// anything else just closes, as 3.1.1 has no code for it.
 async fn refuse_connect(stream: &mut TcpStream, codec: &Codec, error: DecodeError) {
-    if let DecodeError::UnsupportedVersion(_) = error {
+    let answer = match (error, codec.version()) {
+        (DecodeError::UnsupportedVersion(_), _) => true,
+        (DecodeError::BadProtocolName, _) => false,
+        (_, version) => version == Some(Version::V5),
+    };
+    if answer {
         let connack = ConnAck {
-            reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            reason: error.reason(),
             ..ConnAck::default()
         };
         let mut output = BytesMut::new();
