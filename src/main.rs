@@ -64,10 +64,10 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut settings = Settings::load(&args.config).map_err(|e| e.to_string())?;
-    if let Some(port) = args.port {
-        if let Some(first) = settings.listeners.first_mut() {
-            first.bind.set_port(port);
-        }
+    if let Some(port) = args.port
+        && let Some(first) = settings.listeners.first_mut()
+    {
+        first.bind.set_port(port);
     }
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;

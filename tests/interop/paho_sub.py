@@ -5,7 +5,8 @@
 Prints CONNECTED, then SUBSCRIBED once the SUBACK is in (so the test knows it
 can publish), then one MSG line per message. --no-subscribe only reconnects
 (to collect what a persistent session queued); --exit-after-subscribe
-disconnects cleanly once subscribed; --count N disconnects after N messages.
+disconnects cleanly once subscribed; --log-pings prints keep-alive traffic as `LOG Sending PINGREQ` /
+`LOG Received PINGRESP` lines.
 """
 
 import paho_common
@@ -18,13 +19,17 @@ def main():
     p.add_argument("--qos", type=int, default=0, choices=[0, 1, 2])
     p.add_argument("--no-subscribe", action="store_true")
     p.add_argument("--exit-after-subscribe", action="store_true")
-    p.add_argument("--count", type=int, default=0)
+    p.add_argument(
+        "--log-pings",
+        action="store_true",
+        help="print paho's PINGREQ/PINGRESP log lines as LOG lines",
+    )
     args = p.parse_args()
     if not args.topic and not args.no_subscribe:
         p.error("give at least one --topic, or --no-subscribe")
 
     client = paho_common.make_client(args)
-    state = {"received": 0, "leaving": False}
+    state = {"leaving": False}
 
     def on_connect(client, userdata, flags, reason_code, properties):
         paho_common.check_connack(reason_code, flags)
@@ -45,10 +50,6 @@ def main():
     def on_message(client, userdata, message):
         payload = message.payload.decode("utf-8", "backslashreplace")
         emit(f"MSG {message.topic} {message.qos} {int(message.retain)} {payload}")
-        state["received"] += 1
-        if args.count and state["received"] >= args.count:
-            state["leaving"] = True
-            client.disconnect()
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
         if not state["leaving"]:
@@ -58,6 +59,13 @@ def main():
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     client.on_disconnect = on_disconnect
+    if args.log_pings:
+
+        def on_log(client, userdata, level, text):
+            if "PINGREQ" in text or "PINGRESP" in text:
+                emit("LOG " + text)
+
+        client.on_log = on_log
     paho_common.connect(client, args)
     client.loop_forever()
 
