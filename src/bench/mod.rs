@@ -1,11 +1,251 @@
 //! Load generator behind `petrel bench`.
+//!
+//! It speaks MQTT 3.1.1 or 5.0 over raw TCP sockets (packets encoded and
+//! decoded with `mqttbytes`), so it measures any broker the same way, and
+//! the numbers in `docs/BENCHMARKS.md` come from it. Every payload carries a
+//! send timestamp, a publisher id and a sequence number; subscribers turn
+//! them into latency percentiles and lost / duplicated / reordered counts.
+//!
+//! Layout: `client` (one raw connection), `publisher` and `subscriber` (the
+//! per-connection loops), `scenario` (fan-in, fan-out, pairs), `idle` (many
+//! idle connections and broker memory), `stats` (pure accounting) and
+//! `report` (text and JSON output).
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+mod client;
+mod idle;
+mod publisher;
+mod report;
+mod scenario;
+mod stats;
+mod subscriber;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::bench::client::Version;
+use crate::bench::stats::STAMP_LEN;
+
+/// Which traffic pattern to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// P publishers, each on its own topic, one subscriber on a `+` wildcard.
+    FanIn,
+    /// One publisher, S subscribers on the same topic.
+    FanOut,
+    /// N publisher/subscriber pairs, each pair on its own topic.
+    Pairs,
+    /// N idle connections held open; reports broker memory per connection.
+    Idle,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::FanIn => "fan-in",
+            Scenario::FanOut => "fan-out",
+            Scenario::Pairs => "pairs",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// Options of `petrel bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Broker host name or address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker TCP port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// Traffic pattern.
+    #[arg(long, value_enum, default_value_t = Scenario::FanIn)]
+    pub scenario: Scenario,
+    /// MQTT protocol level: 4 (3.1.1) or 5 (5.0).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    pub protocol: u8,
+    /// QoS of every PUBLISH and SUBSCRIBE.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Publishers in the fan-in scenario.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishers: u32,
+    /// Subscribers in the fan-out scenario.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub subscribers: u32,
+    /// Publisher/subscriber pairs in the pairs scenario.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pairs: u32,
+    /// Idle connections in the idle scenario.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Messages sent by each publisher.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+    /// Payload size in bytes (at least 20: timestamp, publisher id, sequence).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Offered load in messages per second over all publishers; unlimited
+    /// when absent. Use the same value against two brokers to compare latency.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
+    /// Outstanding QoS 1/2 messages per publisher, lowered to the broker's
+    /// v5 receive maximum. Keep it within the broker's inflight limit for
+    /// 3.1.1: Mosquitto silently discards QoS 2 messages beyond it.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_inflight: u16,
+    /// Keepalive announced in CONNECT, in seconds; clients ping at half of it.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(2..))]
+    pub keepalive: u16,
+    /// Seconds the idle scenario holds its connections before measuring.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+    /// Seconds subscribers keep listening once publishers are done and no
+    /// message arrives.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// Hard limit on the whole run in seconds; what arrived by then is reported.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Broker process id: its VmRSS is read from /proc before and after
+    /// connecting, for memory per connection.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Name printed in the report (e.g. petrel, mosquitto).
+    #[arg(long, default_value = "broker")]
+    pub label: String,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why a benchmark could not run. Problems during the measured phase do not
+/// abort the run; they are counted in the report instead.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {}
+pub enum BenchError {
+    #[error("--payload must be at least {min} bytes (got {got})")]
+    PayloadTooSmall { min: usize, got: usize },
+    #[error("--drain must be a finite number of seconds >= 0 (got {0})")]
+    BadDrain(f64),
+    #[error("cannot resolve {host}:{port}: {source}")]
+    Resolve {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("{host}:{port} resolves to no address")]
+    NoAddress { host: String, port: u16 },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("I/O error on {client}: {source}")]
+    Io {
+        client: String,
+        source: std::io::Error,
+    },
+    #[error("broker closed the connection of {client}")]
+    Closed { client: String },
+    #[error("broker refused {client} with CONNACK code {code:#04x}")]
+    ConnectRefused { client: String, code: u8 },
+    #[error("broker refused the subscription of {client} with code {code:#04x}")]
+    SubscribeRefused { client: String, code: u8 },
+    #[error("broker sent DISCONNECT to {client} with reason {reason:#04x}")]
+    Disconnected { client: String, reason: u8 },
+    #[error("broker sent an unexpected {packet} to {client}")]
+    UnexpectedPacket {
+        client: String,
+        packet: &'static str,
+    },
+    #[error("malformed packet from the broker on {client}: {error}")]
+    Decode {
+        client: String,
+        error: mqttbytes::Error,
+    },
+    #[error("cannot encode a packet: {0}")]
+    Encode(mqttbytes::Error),
+    #[error("timed out while {0}")]
+    Timeout(&'static str),
+    #[error("a client task ended before reporting: {0}")]
+    TaskLost(&'static str),
+    #[error("client task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("cannot read /proc/{pid}/status of the broker: {source}")]
+    RssRead { pid: u32, source: std::io::Error },
+    #[error("/proc/{pid}/status of the broker has no VmRSS line")]
+    RssMissing { pid: u32 },
+}
 
-pub async fn run(_args: BenchArgs) -> Result<(), BenchError> {
+/// Runs one benchmark and prints its report (text, or JSON with `--json`).
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    if args.payload < STAMP_LEN {
+        return Err(BenchError::PayloadTooSmall {
+            min: STAMP_LEN,
+            got: args.payload,
+        });
+    }
+    if !args.drain.is_finite() || args.drain < 0.0 {
+        return Err(BenchError::BadDrain(args.drain));
+    }
+    let addr = resolve(&args.host, args.port).await?;
+    let version = if args.protocol == 5 {
+        Version::V5
+    } else {
+        Version::V4
+    };
+    tracing::info!(%addr, scenario = args.scenario.name(), qos = args.qos, "bench starting");
+    let report = match args.scenario {
+        Scenario::Idle => idle::run(&args, addr, version).await?.render(args.json),
+        _ => scenario::run(&args, addr, version).await?.render(args.json),
+    };
+    println!("{report}");
     Ok(())
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, BenchError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| BenchError::Resolve {
+            host: host.to_string(),
+            port,
+            source,
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| BenchError::NoAddress {
+            host: host.to_string(),
+            port,
+        })
+}
+
+/// Broker resident memory in kB, when a broker pid was given.
+fn broker_rss_kb(pid: Option<u32>) -> Result<Option<u64>, BenchError> {
+    let Some(pid) = pid else {
+        return Ok(None);
+    };
+    // A tiny procfs read: blocking the runtime for it is harmless.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|source| BenchError::RssRead { pid, source })?;
+    stats::parse_vmrss_kb(&status)
+        .map(Some)
+        .ok_or(BenchError::RssMissing { pid })
+}
+
+/// A short id that keeps topics and client ids of concurrent or successive
+/// runs apart.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+fn ping_every(keepalive: u16) -> Duration {
+    Duration::from_secs(u64::from(keepalive / 2).max(1))
 }

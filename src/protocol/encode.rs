@@ -1,6 +1,7 @@
-//! Writing server packets. PUBLISH, CONNACK, SUBACK and DISCONNECT go through
-//! mqttbytes; the four-byte acknowledgements and UNSUBACK are written here
-//! because mqttbytes' reason enums cannot carry every code the broker sends.
+//! Writing server packets. PUBLISH, CONNACK and SUBACK go through mqttbytes;
+//! the acknowledgements, UNSUBACK and DISCONNECT are written here because
+//! mqttbytes' reason enums cannot carry every code the broker sends and its
+//! short forms are ones some clients cannot read.
 
 use bytes::{BufMut, BytesMut};
 use mqttbytes::{v4, v5};
@@ -196,6 +197,24 @@ fn reason_string_section(reason_string: Option<&str>) -> Result<Vec<u8>, EncodeE
     Ok(section)
 }
 
+/// Writes a reason code followed by a property section. The property length
+/// is always written, even when 0: the spec lets it be left out, but several
+/// client libraries cannot read the shorter form.
+fn put_reason_and_properties(out: &mut BytesMut, reason: ReasonCode, section: &[u8]) {
+    out.put_u8(reason.0);
+    put_varint(out, section.len());
+    out.extend_from_slice(section);
+}
+
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
 fn ack(byte1: u8, version: Version, a: &Ack, out: &mut BytesMut) -> Result<(), EncodeError> {
     out.put_u8(byte1);
     let section = reason_string_section(a.reason_string.as_deref())?;
@@ -204,19 +223,9 @@ fn ack(byte1: u8, version: Version, a: &Ack, out: &mut BytesMut) -> Result<(), E
         out.put_u16(a.packet_id);
         return Ok(());
     }
-    if section.is_empty() {
-        out.put_u8(3);
-        out.put_u16(a.packet_id);
-        out.put_u8(a.reason.0);
-        return Ok(());
-    }
-    let mut length_field = BytesMut::new();
-    put_varint(&mut length_field, section.len());
-    put_varint(out, 3 + length_field.len() + section.len());
+    put_varint(out, 3 + varint_len(section.len()) + section.len());
     out.put_u16(a.packet_id);
-    out.put_u8(a.reason.0);
-    out.extend_from_slice(&length_field);
-    out.extend_from_slice(&section);
+    put_reason_and_properties(out, a.reason, &section);
     Ok(())
 }
 
@@ -277,27 +286,11 @@ fn unsuback(version: Version, u: &UnsubAck, out: &mut BytesMut) -> Result<(), En
 }
 
 fn v5_disconnect(d: &Disconnect, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let reason_code = v5::DisconnectReasonCode::try_from(d.reason.0)
-        .map_err(|_| EncodeError::Invalid("unknown DISCONNECT reason code"))?;
-    let properties = match &d.reason_string {
-        Some(text) => {
-            check_string(text)?;
-            Some(v5::DisconnectProperties {
-                session_expiry_interval: None,
-                reason_string: Some(text.clone()),
-                user_properties: Vec::new(),
-                server_reference: None,
-            })
-        }
-        None => None,
-    };
-    codec(
-        v5::Disconnect {
-            reason_code,
-            properties,
-        }
-        .write(out),
-    )
+    let section = reason_string_section(d.reason_string.as_deref())?;
+    out.put_u8(0xE0);
+    put_varint(out, 1 + varint_len(section.len()) + section.len());
+    put_reason_and_properties(out, d.reason, &section);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -318,7 +311,7 @@ mod tests {
         out.clear();
         let failure = Ack::new(9, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
         ack(0x70, Version::V5, &failure, &mut out).unwrap();
-        assert_eq!(&out[..], &[0x70, 3, 0, 9, 0x92]);
+        assert_eq!(&out[..], &[0x70, 4, 0, 9, 0x92, 0]);
         out.clear();
         ack(0x70, Version::V311, &failure, &mut out).unwrap();
         assert_eq!(&out[..], &[0x70, 2, 0, 9]);
@@ -331,6 +324,13 @@ mod tests {
         a.reason_string = Some("ab".into());
         ack(0x40, Version::V5, &a, &mut out).unwrap();
         assert_eq!(&out[..], &[0x40, 9, 0, 1, 0x99, 5, 31, 0, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn v5_disconnect_carries_its_reason_and_an_empty_property_section() {
+        let mut out = BytesMut::new();
+        v5_disconnect(&Disconnect::new(ReasonCode::SESSION_TAKEN_OVER), &mut out).unwrap();
+        assert_eq!(&out[..], &[0xE0, 2, 0x8E, 0]);
     }
 
     #[test]

@@ -1,0 +1,468 @@
+//! Benchmark results and their two renderings: aligned text for people, one
+//! flat JSON object per run for scripts (`benches/compare.sh`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::bench::stats::Histogram;
+
+/// Results of a fan-in, fan-out or pairs run.
+#[derive(Debug)]
+pub struct TrafficReport {
+    pub label: String,
+    pub scenario: &'static str,
+    pub protocol: u8,
+    pub qos: u8,
+    pub publishers: u32,
+    pub subscribers: u32,
+    pub messages_per_publisher: u64,
+    pub payload: usize,
+    pub offered_rate: Option<u64>,
+    pub max_inflight: u16,
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub expected: u64,
+    /// Every PUBLISH received, copies included.
+    pub received: u64,
+    /// Distinct (publisher, sequence) pairs received, summed per subscriber.
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Messages with no valid stamp or from a publisher not expected.
+    pub foreign: u64,
+    pub wrong_qos: u64,
+    /// Packets or acknowledgements a correct broker would not send.
+    pub unexpected: u64,
+    /// Messages sent per second, first to last send.
+    pub publish_rate: Option<f64>,
+    /// Acknowledgements per second, first send to last acknowledgement.
+    pub ack_rate: Option<f64>,
+    /// Deliveries per second over all subscribers, first to last receive.
+    pub delivered_rate: Option<f64>,
+    /// Send to receive, first copies only.
+    pub latency: Histogram,
+    /// PUBLISH to PUBACK / PUBCOMP.
+    pub ack_latency: Histogram,
+    pub elapsed: Duration,
+    pub rss_before_kb: Option<u64>,
+    pub rss_connected_kb: Option<u64>,
+    pub rss_end_kb: Option<u64>,
+    pub timed_out: u32,
+    pub errors: u32,
+    pub first_error: Option<String>,
+}
+
+/// Results of an idle-connections run.
+#[derive(Debug)]
+pub struct IdleReport {
+    pub label: String,
+    pub protocol: u8,
+    pub requested: u32,
+    pub established: u32,
+    pub failed: u32,
+    /// Connections the broker closed while they were held.
+    pub dropped: u32,
+    pub connect_time: Duration,
+    pub hold: Duration,
+    pub rss_before_kb: Option<u64>,
+    pub rss_after_kb: Option<u64>,
+    pub first_error: Option<String>,
+}
+
+/// Events per second over a span; `None` when the span is empty.
+pub fn rate(count: u64, span: Option<Duration>) -> Option<f64> {
+    let secs = span?.as_secs_f64();
+    (count > 0 && secs > 0.0).then(|| count as f64 / secs)
+}
+
+/// Broker memory growth per connection in bytes.
+pub fn bytes_per_conn(before_kb: Option<u64>, after_kb: Option<u64>, conns: u64) -> Option<f64> {
+    let (before, after) = (before_kb?, after_kb?);
+    (conns > 0).then(|| (after as f64 - before as f64) * 1024.0 / conns as f64)
+}
+
+fn protocol_name(protocol: u8) -> &'static str {
+    if protocol == 5 {
+        "MQTT 5.0"
+    } else {
+        "MQTT 3.1.1"
+    }
+}
+
+fn us(ns: Option<u64>) -> Option<f64> {
+    ns.map(|v| v as f64 / 1000.0)
+}
+
+fn fmt_latency(ns: Option<u64>) -> String {
+    match ns {
+        None => "-".to_string(),
+        Some(v) if v < 1_000_000 => format!("{:.0} us", v as f64 / 1e3),
+        Some(v) => format!("{:.2} ms", v as f64 / 1e6),
+    }
+}
+
+fn fmt_rate(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_string(), |r| format!("{r:.0} msg/s"))
+}
+
+fn fmt_kb(kb: Option<u64>) -> String {
+    kb.map_or_else(|| "-".to_string(), |kb| format!("{kb} kB"))
+}
+
+impl TrafficReport {
+    pub fn rss_per_conn_bytes(&self) -> Option<f64> {
+        bytes_per_conn(
+            self.rss_before_kb,
+            self.rss_connected_kb,
+            u64::from(self.publishers) + u64::from(self.subscribers),
+        )
+    }
+
+    pub fn render(&self, json: bool) -> String {
+        if json { self.json() } else { self.text() }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let rate = self
+            .offered_rate
+            .map_or_else(|| "unlimited".to_string(), |r| format!("{r} msg/s"));
+        let _ = writeln!(
+            out,
+            "{}  [{}]  {}  QoS {}",
+            self.scenario,
+            self.label,
+            protocol_name(self.protocol),
+            self.qos
+        );
+        let _ = writeln!(
+            out,
+            "  clients       {} publisher(s) -> {} subscriber(s); {} messages each, {} B payload, offered rate {}, window {}",
+            self.publishers,
+            self.subscribers,
+            self.messages_per_publisher,
+            self.payload,
+            rate,
+            self.max_inflight
+        );
+        let _ = writeln!(
+            out,
+            "  published     {} of {} sent ({}), {} acknowledged ({}), {} rejected",
+            self.sent,
+            u64::from(self.publishers) * self.messages_per_publisher,
+            fmt_rate(self.publish_rate),
+            self.acked,
+            fmt_rate(self.ack_rate),
+            self.rejected
+        );
+        let _ = writeln!(
+            out,
+            "  delivered     {} of {} expected ({}), {} PUBLISH received, run took {:.2} s",
+            self.delivered,
+            self.expected,
+            fmt_rate(self.delivered_rate),
+            self.received,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "  anomalies     lost {}, duplicated {}, out of order {}, foreign {}, wrong QoS {}, unexpected packets {}, timed out {}, errors {}",
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+            self.foreign,
+            self.wrong_qos,
+            self.unexpected,
+            self.timed_out,
+            self.errors
+        );
+        let _ = writeln!(
+            out,
+            "  latency       p50 {}, p99 {}, p99.9 {}, max {}",
+            fmt_latency(self.latency.quantile(0.5)),
+            fmt_latency(self.latency.quantile(0.99)),
+            fmt_latency(self.latency.quantile(0.999)),
+            fmt_latency(self.latency.max())
+        );
+        if self.qos > 0 {
+            let _ = writeln!(
+                out,
+                "  ack latency   p50 {}, p99 {}, p99.9 {}",
+                fmt_latency(self.ack_latency.quantile(0.5)),
+                fmt_latency(self.ack_latency.quantile(0.99)),
+                fmt_latency(self.ack_latency.quantile(0.999))
+            );
+        }
+        if self.rss_before_kb.is_some() {
+            let per_conn = self
+                .rss_per_conn_bytes()
+                .map_or_else(|| "-".to_string(), |b| format!("{b:.0} B"));
+            let _ = writeln!(
+                out,
+                "  broker RSS    {} before, {} connected ({} per connection), {} at end",
+                fmt_kb(self.rss_before_kb),
+                fmt_kb(self.rss_connected_kb),
+                per_conn,
+                fmt_kb(self.rss_end_kb)
+            );
+        }
+        if let Some(e) = &self.first_error {
+            let _ = writeln!(out, "  first error   {e}");
+        }
+        out.trim_end().to_string()
+    }
+
+    fn json(&self) -> String {
+        let mut j = JsonObject::new();
+        j.text("label", &self.label);
+        j.text("scenario", self.scenario);
+        j.int("protocol", Some(u64::from(self.protocol)));
+        j.int("qos", Some(u64::from(self.qos)));
+        j.int("publishers", Some(u64::from(self.publishers)));
+        j.int("subscribers", Some(u64::from(self.subscribers)));
+        j.int("messages", Some(self.messages_per_publisher));
+        j.int("payload", Some(self.payload as u64));
+        j.int("rate", self.offered_rate);
+        j.int("max_inflight", Some(u64::from(self.max_inflight)));
+        j.int("sent", Some(self.sent));
+        j.int("acked", Some(self.acked));
+        j.int("rejected", Some(self.rejected));
+        j.int("expected", Some(self.expected));
+        j.int("received", Some(self.received));
+        j.int("delivered", Some(self.delivered));
+        j.int("lost", Some(self.lost));
+        j.int("duplicated", Some(self.duplicated));
+        j.int("out_of_order", Some(self.out_of_order));
+        j.int("foreign", Some(self.foreign));
+        j.int("wrong_qos", Some(self.wrong_qos));
+        j.int("unexpected", Some(self.unexpected));
+        j.float("publish_rate", self.publish_rate);
+        j.float("ack_rate", self.ack_rate);
+        j.float("delivered_rate", self.delivered_rate);
+        j.float("p50_us", us(self.latency.quantile(0.5)));
+        j.float("p99_us", us(self.latency.quantile(0.99)));
+        j.float("p999_us", us(self.latency.quantile(0.999)));
+        j.float("max_us", us(self.latency.max()));
+        j.float("mean_us", self.latency.mean().map(|m| m / 1000.0));
+        j.float("ack_p50_us", us(self.ack_latency.quantile(0.5)));
+        j.float("ack_p99_us", us(self.ack_latency.quantile(0.99)));
+        j.float("elapsed_s", Some(self.elapsed.as_secs_f64()));
+        j.int("rss_before_kb", self.rss_before_kb);
+        j.int("rss_connected_kb", self.rss_connected_kb);
+        j.int("rss_end_kb", self.rss_end_kb);
+        j.float("rss_per_conn_bytes", self.rss_per_conn_bytes());
+        j.int("timed_out", Some(u64::from(self.timed_out)));
+        j.int("errors", Some(u64::from(self.errors)));
+        j.opt_text("first_error", self.first_error.as_deref());
+        j.finish()
+    }
+}
+
+impl IdleReport {
+    pub fn rss_per_conn_bytes(&self) -> Option<f64> {
+        bytes_per_conn(
+            self.rss_before_kb,
+            self.rss_after_kb,
+            u64::from(self.established),
+        )
+    }
+
+    pub fn render(&self, json: bool) -> String {
+        if json { self.json() } else { self.text() }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "idle  [{}]  {}",
+            self.label,
+            protocol_name(self.protocol)
+        );
+        let _ = writeln!(
+            out,
+            "  connections   {} of {} established in {:.2} s, {} failed, {} dropped during a {:.0} s hold",
+            self.established,
+            self.requested,
+            self.connect_time.as_secs_f64(),
+            self.failed,
+            self.dropped,
+            self.hold.as_secs_f64()
+        );
+        if self.rss_before_kb.is_some() {
+            let per_conn = self
+                .rss_per_conn_bytes()
+                .map_or_else(|| "-".to_string(), |b| format!("{b:.0} B"));
+            let _ = writeln!(
+                out,
+                "  broker RSS    {} before, {} while holding: {} per connection",
+                fmt_kb(self.rss_before_kb),
+                fmt_kb(self.rss_after_kb),
+                per_conn
+            );
+        }
+        if let Some(e) = &self.first_error {
+            let _ = writeln!(out, "  first error   {e}");
+        }
+        out.trim_end().to_string()
+    }
+
+    fn json(&self) -> String {
+        let mut j = JsonObject::new();
+        j.text("label", &self.label);
+        j.text("scenario", "idle");
+        j.int("protocol", Some(u64::from(self.protocol)));
+        j.int("connections", Some(u64::from(self.requested)));
+        j.int("established", Some(u64::from(self.established)));
+        j.int("failed", Some(u64::from(self.failed)));
+        j.int("dropped", Some(u64::from(self.dropped)));
+        j.float("connect_s", Some(self.connect_time.as_secs_f64()));
+        j.float("hold_s", Some(self.hold.as_secs_f64()));
+        j.int("rss_before_kb", self.rss_before_kb);
+        j.int("rss_after_kb", self.rss_after_kb);
+        j.float("rss_per_conn_bytes", self.rss_per_conn_bytes());
+        j.int("errors", Some(u64::from(self.failed + self.dropped)));
+        j.opt_text("first_error", self.first_error.as_deref());
+        j.finish()
+    }
+}
+
+/// A flat JSON object written by hand (the crate has no JSON dependency).
+struct JsonObject {
+    out: String,
+}
+
+impl JsonObject {
+    fn new() -> Self {
+        JsonObject {
+            out: String::from("{"),
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.out.len() > 1 {
+            self.out.push(',');
+        }
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
+    }
+
+    fn int(&mut self, key: &str, value: Option<u64>) {
+        self.key(key);
+        match value {
+            Some(v) => {
+                let _ = write!(self.out, "{v}");
+            }
+            None => self.out.push_str("null"),
+        }
+    }
+
+    fn float(&mut self, key: &str, value: Option<f64>) {
+        self.key(key);
+        match value {
+            Some(v) if v.is_finite() => {
+                let _ = write!(self.out, "{v:.3}");
+            }
+            _ => self.out.push_str("null"),
+        }
+    }
+
+    fn text(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.out.push('"');
+        for c in value.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\r' => self.out.push_str("\\r"),
+                '\t' => self.out.push_str("\\t"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(self.out, "\\u{:04x}", u32::from(c));
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    fn opt_text(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            Some(v) => self.text(key, v),
+            None => {
+                self.key(key);
+                self.out.push_str("null");
+            }
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_needs_a_non_empty_span() {
+        assert_eq!(rate(100, Some(Duration::from_secs(2))), Some(50.0));
+        assert_eq!(rate(100, Some(Duration::ZERO)), None);
+        assert_eq!(rate(0, Some(Duration::from_secs(1))), None);
+        assert_eq!(rate(5, None), None);
+    }
+
+    #[test]
+    fn memory_per_connection_is_the_growth_divided_by_connections() {
+        assert_eq!(bytes_per_conn(Some(1000), Some(2000), 1024), Some(1000.0));
+        assert_eq!(bytes_per_conn(Some(1000), None, 10), None);
+        assert_eq!(bytes_per_conn(Some(1000), Some(900), 100), Some(-1024.0));
+        assert_eq!(bytes_per_conn(Some(1), Some(2), 0), None);
+    }
+
+    #[test]
+    fn json_strings_are_escaped_and_missing_values_are_null() {
+        let mut j = JsonObject::new();
+        j.text("a", "say \"hi\"\n\\");
+        j.int("b", None);
+        j.float("c", Some(1.5));
+        j.float("d", Some(f64::NAN));
+        j.opt_text("e", None);
+        assert_eq!(
+            j.finish(),
+            r#"{"a":"say \"hi\"\n\\","b":null,"c":1.500,"d":null,"e":null}"#
+        );
+    }
+
+    #[test]
+    fn latency_is_printed_in_a_readable_unit() {
+        assert_eq!(fmt_latency(Some(850_000)), "850 us");
+        assert_eq!(fmt_latency(Some(3_456_000)), "3.46 ms");
+        assert_eq!(fmt_latency(None), "-");
+    }
+
+    #[test]
+    fn idle_report_json_has_memory_per_connection() {
+        let r = IdleReport {
+            label: "petrel".to_string(),
+            protocol: 4,
+            requested: 10,
+            established: 10,
+            failed: 0,
+            dropped: 0,
+            connect_time: Duration::from_millis(500),
+            hold: Duration::from_secs(5),
+            rss_before_kb: Some(1000),
+            rss_after_kb: Some(1100),
+            first_error: None,
+        };
+        let json = r.render(true);
+        assert!(json.contains(r#""rss_per_conn_bytes":10240.000"#), "{json}");
+        assert!(json.contains(r#""established":10"#), "{json}");
+    }
+}

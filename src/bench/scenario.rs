@@ -1,0 +1,600 @@
+//! Traffic scenarios (fan-in, fan-out, pairs): who publishes where, who
+//! listens to what, and the run itself: connect and subscribe everyone,
+//! start every publisher at once, wait for the deliveries, report.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mqttbytes::QoS;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::bench::client::{Conn, Version};
+use crate::bench::publisher::{self, Clock, PublisherSpec, PublisherStats};
+use crate::bench::report::{TrafficReport, rate};
+use crate::bench::stats::Histogram;
+use crate::bench::subscriber::{self, SubscriberSpec, SubscriberStats};
+use crate::bench::{BenchArgs, BenchError, Scenario, broker_rss_kb, ping_every, run_id};
+
+/// Read buffer size of a traffic connection.
+const READ_CHUNK: usize = 64 * 1024;
+/// Extra time granted to client tasks past the deadline before they are
+/// abandoned (they stop by themselves at the deadline).
+const JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Every publisher and subscriber of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub publishers: Vec<PublisherSpec>,
+    pub subscribers: Vec<SubscriberSpec>,
+}
+
+pub fn qos_of(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Lays out topics and expectations for a traffic scenario. Topics live
+/// under `bench/{run}/` so runs never see each other's messages.
+pub fn plan(args: &BenchArgs, run: &str) -> Plan {
+    let qos = qos_of(args.qos);
+    let drain = Duration::from_secs_f64(args.drain);
+    let publisher = |id: u32, topic: String, count: u32| PublisherSpec {
+        id,
+        topic,
+        qos,
+        messages: args.messages,
+        payload: args.payload,
+        max_inflight: args.max_inflight,
+        rate: args.rate.map(|r| r as f64 / f64::from(count)),
+    };
+    let subscriber = |filter: String, first: u32, count: u32| SubscriberSpec {
+        filter,
+        qos,
+        first_publisher: first,
+        publishers: count,
+        per_publisher: args.messages,
+        drain,
+    };
+    match args.scenario {
+        Scenario::FanIn => {
+            let n = args.publishers;
+            Plan {
+                publishers: (0..n)
+                    .map(|i| publisher(i, format!("bench/{run}/fanin/{i}"), n))
+                    .collect(),
+                subscribers: vec![subscriber(format!("bench/{run}/fanin/+"), 0, n)],
+            }
+        }
+        Scenario::FanOut => {
+            let topic = format!("bench/{run}/fanout");
+            Plan {
+                publishers: vec![publisher(0, topic.clone(), 1)],
+                subscribers: (0..args.subscribers)
+                    .map(|_| subscriber(topic.clone(), 0, 1))
+                    .collect(),
+            }
+        }
+        Scenario::Pairs | Scenario::Idle => {
+            let n = args.pairs;
+            Plan {
+                publishers: (0..n)
+                    .map(|i| publisher(i, format!("bench/{run}/pair/{i}"), n))
+                    .collect(),
+                subscribers: (0..n)
+                    .map(|i| subscriber(format!("bench/{run}/pair/{i}"), i, 1))
+                    .collect(),
+            }
+        }
+    }
+}
+
+type Ready = mpsc::Sender<Result<(), BenchError>>;
+type SubTask = JoinHandle<Option<(SubscriberStats, Conn)>>;
+type PubTask = JoinHandle<Option<(PublisherStats, Conn)>>;
+
+/// Waits until `count` clients said they are ready; the first setup error
+/// (or the deadline) fails the run.
+async fn wait_ready(
+    ready: &mut mpsc::Receiver<Result<(), BenchError>>,
+    count: usize,
+    deadline: Instant,
+    phase: &'static str,
+) -> Result<(), BenchError> {
+    for _ in 0..count {
+        match timeout_at(deadline, ready.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) => return Err(BenchError::TaskLost(phase)),
+            Err(_) => return Err(BenchError::Timeout(phase)),
+        }
+    }
+    Ok(())
+}
+
+fn spawn_subscriber(
+    spec: SubscriberSpec,
+    name: String,
+    args: (&BenchArgs, SocketAddr, Version),
+    clock: Clock,
+    ready: Ready,
+    done: watch::Receiver<bool>,
+) -> SubTask {
+    let (args, addr, version) = args;
+    let keepalive = args.keepalive;
+    tokio::spawn(async move {
+        let setup = async {
+            let mut conn = Conn::open(name, version, addr, None, READ_CHUNK).await?;
+            conn.handshake(keepalive).await?;
+            conn.subscribe(&spec.filter, spec.qos).await?;
+            Ok::<_, BenchError>(conn)
+        };
+        let mut conn = match timeout_at(clock.deadline, setup).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let _ = ready.send(Err(e)).await;
+                return None;
+            }
+            Err(_) => {
+                let _ = ready
+                    .send(Err(BenchError::Timeout("connecting subscribers")))
+                    .await;
+                return None;
+            }
+        };
+        let _ = ready.send(Ok(())).await;
+        drop(ready);
+        let stats = subscriber::run(&mut conn, &spec, clock, done).await;
+        Some((stats, conn))
+    })
+}
+
+fn spawn_publisher(
+    spec: PublisherSpec,
+    name: String,
+    args: (&BenchArgs, SocketAddr, Version),
+    clock: Clock,
+    ready: Ready,
+    mut go: watch::Receiver<bool>,
+) -> PubTask {
+    let (args, addr, version) = args;
+    let keepalive = args.keepalive;
+    tokio::spawn(async move {
+        let setup = async {
+            let mut conn = Conn::open(name, version, addr, None, READ_CHUNK).await?;
+            let receive_max = conn.handshake(keepalive).await?;
+            Ok::<_, BenchError>((conn, receive_max))
+        };
+        let (mut conn, receive_max) = match timeout_at(clock.deadline, setup).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = ready.send(Err(e)).await;
+                return None;
+            }
+            Err(_) => {
+                let _ = ready
+                    .send(Err(BenchError::Timeout("connecting publishers")))
+                    .await;
+                return None;
+            }
+        };
+        let _ = ready.send(Ok(())).await;
+        drop(ready);
+        // Start together: wait for the go signal (or give up at the deadline).
+        while !*go.borrow_and_update() {
+            match timeout_at(clock.deadline, go.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+        let stats = publisher::run(&mut conn, version, &spec, receive_max, clock).await;
+        Some((stats, conn))
+    })
+}
+
+/// Joins client tasks, giving up on any still running well past the deadline.
+async fn join_all<T>(handles: Vec<JoinHandle<Option<T>>>, deadline: Instant) -> (Vec<T>, u32) {
+    let mut done = Vec::with_capacity(handles.len());
+    let mut lost = 0;
+    for mut handle in handles {
+        match timeout_at(deadline + JOIN_GRACE, &mut handle).await {
+            Ok(Ok(Some(v))) => done.push(v),
+            Ok(_) => lost += 1,
+            Err(_) => {
+                handle.abort();
+                lost += 1;
+            }
+        }
+    }
+    (done, lost)
+}
+
+/// Says goodbye politely so brokers do not log abrupt disconnects.
+async fn disconnect_all(conns: Vec<Conn>) {
+    let goodbyes = conns.into_iter().map(|mut conn| {
+        tokio::spawn(async move {
+            if conn.queue_disconnect().is_ok() {
+                let _ = timeout(Duration::from_secs(1), conn.flush()).await;
+            }
+        })
+    });
+    for handle in goodbyes.collect::<Vec<_>>() {
+        let _ = handle.await;
+    }
+}
+
+/// Runs a fan-in, fan-out or pairs benchmark.
+pub async fn run(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    version: Version,
+) -> Result<TrafficReport, BenchError> {
+    let run = run_id();
+    let plan = plan(args, &run);
+    let base = Instant::now();
+    let clock = Clock {
+        base,
+        deadline: base + Duration::from_secs(args.timeout),
+        ping_every: ping_every(args.keepalive),
+    };
+    let rss_before_kb = broker_rss_kb(args.broker_pid)?;
+    let n_subs = plan.subscribers.len();
+    let n_pubs = plan.publishers.len();
+    let (ready_tx, mut ready_rx) = mpsc::channel(n_subs + n_pubs);
+    let (go_tx, go_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
+    let ctx = (args, addr, version);
+
+    let subs: Vec<SubTask> = plan
+        .subscribers
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let name = format!("bench-{run}-s{i}");
+            spawn_subscriber(
+                spec.clone(),
+                name,
+                ctx,
+                clock,
+                ready_tx.clone(),
+                done_rx.clone(),
+            )
+        })
+        .collect();
+    if let Err(e) = wait_ready(&mut ready_rx, n_subs, clock.deadline, "subscribing").await {
+        subs.iter().for_each(JoinHandle::abort);
+        return Err(e);
+    }
+    tracing::info!(subscribers = n_subs, "subscribers ready");
+
+    let pubs: Vec<PubTask> = plan
+        .publishers
+        .iter()
+        .map(|spec| {
+            let name = format!("bench-{run}-p{}", spec.id);
+            spawn_publisher(
+                spec.clone(),
+                name,
+                ctx,
+                clock,
+                ready_tx.clone(),
+                go_rx.clone(),
+            )
+        })
+        .collect();
+    drop(ready_tx);
+    if let Err(e) = wait_ready(
+        &mut ready_rx,
+        n_pubs,
+        clock.deadline,
+        "connecting publishers",
+    )
+    .await
+    {
+        subs.iter().for_each(JoinHandle::abort);
+        pubs.iter().for_each(JoinHandle::abort);
+        return Err(e);
+    }
+    let rss_connected_kb = broker_rss_kb(args.broker_pid)?;
+    tracing::info!(publishers = n_pubs, "publishers ready, starting");
+
+    let start = Instant::now();
+    let _ = go_tx.send(true);
+    let (pub_results, pubs_lost) = join_all(pubs, clock.deadline).await;
+    let _ = done_tx.send(true);
+    let (sub_results, subs_lost) = join_all(subs, clock.deadline).await;
+    let elapsed = start.elapsed();
+    let rss_end_kb = broker_rss_kb(args.broker_pid)?;
+
+    let mut conns = Vec::with_capacity(pub_results.len() + sub_results.len());
+    let mut pub_stats = Vec::with_capacity(pub_results.len());
+    for (stats, conn) in pub_results {
+        pub_stats.push(stats);
+        conns.push(conn);
+    }
+    let mut sub_stats = Vec::with_capacity(sub_results.len());
+    for (stats, conn) in sub_results {
+        sub_stats.push(stats);
+        conns.push(conn);
+    }
+    disconnect_all(conns).await;
+
+    let mut report = summarize(args, &plan, &pub_stats, &sub_stats);
+    report.elapsed = elapsed;
+    report.rss_before_kb = rss_before_kb;
+    report.rss_connected_kb = rss_connected_kb;
+    report.rss_end_kb = rss_end_kb;
+    report.errors += pubs_lost + subs_lost;
+    if pubs_lost + subs_lost > 0 && report.first_error.is_none() {
+        report.first_error = Some(BenchError::TaskLost("running").to_string());
+    }
+    Ok(report)
+}
+
+fn span(first: Option<Instant>, last: Option<Instant>) -> Option<Duration> {
+    Some(last?.saturating_duration_since(first?))
+}
+
+/// Deliveries the plan calls for, given how many messages each publisher
+/// actually sent (a run cut short by the deadline sends fewer).
+fn expected_deliveries(plan: &Plan, pubs: &[PublisherStats]) -> u64 {
+    let mut sent = vec![0u64; plan.publishers.len()];
+    for p in pubs {
+        if let Some(slot) = sent.get_mut(p.id as usize) {
+            *slot = p.sent;
+        }
+    }
+    plan.subscribers
+        .iter()
+        .map(|s| {
+            let first = s.first_publisher as usize;
+            sent.iter()
+                .skip(first)
+                .take(s.publishers as usize)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Folds per-client results into one report. Expected deliveries come from
+/// the plan, so a subscriber that never reported counts as lost messages.
+fn summarize(
+    args: &BenchArgs,
+    plan: &Plan,
+    pubs: &[PublisherStats],
+    subs: &[SubscriberStats],
+) -> TrafficReport {
+    let mut latency = Histogram::new();
+    let mut ack_latency = Histogram::new();
+    let expected = expected_deliveries(plan, pubs);
+    let mut r = TrafficReport {
+        label: args.label.clone(),
+        scenario: args.scenario.name(),
+        protocol: args.protocol,
+        qos: args.qos,
+        publishers: plan.publishers.len() as u32,
+        subscribers: plan.subscribers.len() as u32,
+        messages_per_publisher: args.messages,
+        payload: args.payload,
+        offered_rate: args.rate,
+        max_inflight: args.max_inflight,
+        sent: 0,
+        acked: 0,
+        rejected: 0,
+        expected,
+        received: 0,
+        delivered: 0,
+        lost: 0,
+        duplicated: 0,
+        out_of_order: 0,
+        foreign: 0,
+        wrong_qos: 0,
+        unexpected: 0,
+        publish_rate: None,
+        ack_rate: None,
+        delivered_rate: None,
+        latency: Histogram::new(),
+        ack_latency: Histogram::new(),
+        elapsed: Duration::ZERO,
+        rss_before_kb: None,
+        rss_connected_kb: None,
+        rss_end_kb: None,
+        timed_out: 0,
+        errors: 0,
+        first_error: None,
+    };
+    let (mut first_send, mut last_send, mut last_ack) = (None::<Instant>, None::<Instant>, None);
+    for p in pubs {
+        r.sent += p.sent;
+        r.acked += p.acked;
+        r.rejected += p.rejected;
+        r.unexpected += p.unexpected_acks + p.unexpected_packets;
+        r.timed_out += u32::from(p.timed_out);
+        ack_latency.merge(&p.ack_latency);
+        first_send = min_opt(first_send, p.first_send);
+        last_send = max_opt(last_send, p.last_send);
+        last_ack = max_opt(last_ack, p.last_ack);
+        note_error(&mut r, p.error.as_deref());
+    }
+    let (mut first_rx, mut last_rx) = (None::<Instant>, None::<Instant>);
+    for s in subs {
+        r.received += s.tracker.received + s.unstamped;
+        r.delivered += s.tracker.distinct;
+        r.duplicated += s.tracker.duplicates;
+        r.out_of_order += s.tracker.out_of_order;
+        r.foreign += s.tracker.foreign + s.unstamped;
+        r.wrong_qos += s.wrong_qos;
+        r.unexpected += s.unexpected_packets;
+        r.timed_out += u32::from(s.timed_out);
+        latency.merge(&s.latency);
+        first_rx = min_opt(first_rx, s.first_rx);
+        last_rx = max_opt(last_rx, s.last_rx);
+        note_error(&mut r, s.error.as_deref());
+    }
+    r.lost = expected.saturating_sub(r.delivered);
+    r.publish_rate = rate(r.sent, span(first_send, last_send));
+    r.ack_rate = rate(r.acked, span(first_send, last_ack));
+    r.delivered_rate = rate(r.delivered, span(first_rx, last_rx));
+    r.latency = latency;
+    r.ack_latency = ack_latency;
+    r
+}
+
+fn note_error(r: &mut TrafficReport, error: Option<&str>) {
+    if let Some(e) = error {
+        r.errors += 1;
+        if r.first_error.is_none() {
+            r.first_error = Some(e.to_string());
+        }
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).bench
+    }
+
+    #[test]
+    fn fan_in_has_one_wildcard_subscriber_expecting_every_publisher() {
+        let a = args(&[
+            "--scenario",
+            "fan-in",
+            "--publishers",
+            "4",
+            "--messages",
+            "10",
+        ]);
+        let p = plan(&a, "r");
+        assert_eq!(p.publishers.len(), 4);
+        assert_eq!(p.subscribers.len(), 1);
+        assert_eq!(p.subscribers[0].filter, "bench/r/fanin/+");
+        assert_eq!(p.subscribers[0].publishers, 4);
+        assert!(
+            p.publishers
+                .iter()
+                .all(|s| s.topic.starts_with("bench/r/fanin/"))
+        );
+    }
+
+    #[test]
+    fn fan_out_has_one_publisher_and_every_subscriber_on_its_topic() {
+        let a = args(&["--scenario", "fan-out", "--subscribers", "3", "--qos", "2"]);
+        let p = plan(&a, "r");
+        assert_eq!(p.publishers.len(), 1);
+        assert_eq!(p.subscribers.len(), 3);
+        assert!(
+            p.subscribers
+                .iter()
+                .all(|s| s.filter == p.publishers[0].topic)
+        );
+        assert!(p.subscribers.iter().all(|s| s.qos == QoS::ExactlyOnce));
+    }
+
+    #[test]
+    fn pairs_give_each_subscriber_its_own_publisher() {
+        let a = args(&["--scenario", "pairs", "--pairs", "5"]);
+        let p = plan(&a, "r");
+        assert_eq!(p.publishers.len(), 5);
+        for (i, s) in p.subscribers.iter().enumerate() {
+            assert_eq!(s.first_publisher, i as u32);
+            assert_eq!(s.publishers, 1);
+            assert_eq!(s.filter, p.publishers[i].topic);
+        }
+    }
+
+    #[test]
+    fn offered_rate_is_split_between_publishers() {
+        let a = args(&[
+            "--scenario",
+            "fan-in",
+            "--publishers",
+            "4",
+            "--rate",
+            "1000",
+        ]);
+        let p = plan(&a, "r");
+        assert!(p.publishers.iter().all(|s| s.rate == Some(250.0)));
+    }
+
+    fn sent(id: u32, count: u64) -> PublisherStats {
+        let mut p = PublisherStats::new(id);
+        p.sent = count;
+        p
+    }
+
+    #[test]
+    fn missing_subscriber_counts_its_messages_as_lost() {
+        let a = args(&[
+            "--scenario",
+            "fan-out",
+            "--subscribers",
+            "2",
+            "--messages",
+            "10",
+        ]);
+        let p = plan(&a, "r");
+        let r = summarize(&a, &p, &[sent(0, 10)], &[]);
+        assert_eq!(r.expected, 20);
+        assert_eq!(r.lost, 20);
+    }
+
+    #[test]
+    fn expected_deliveries_follow_what_was_actually_sent() {
+        let a = args(&[
+            "--scenario",
+            "fan-in",
+            "--publishers",
+            "3",
+            "--messages",
+            "10",
+        ]);
+        let p = plan(&a, "r");
+        assert_eq!(
+            expected_deliveries(&p, &[sent(0, 10), sent(1, 4), sent(2, 0)]),
+            14
+        );
+        let a = args(&["--scenario", "pairs", "--pairs", "2", "--messages", "10"]);
+        let p = plan(&a, "r");
+        assert_eq!(expected_deliveries(&p, &[sent(0, 10), sent(1, 7)]), 17);
+        let a = args(&[
+            "--scenario",
+            "fan-out",
+            "--subscribers",
+            "3",
+            "--messages",
+            "10",
+        ]);
+        let p = plan(&a, "r");
+        assert_eq!(expected_deliveries(&p, &[sent(0, 5)]), 15);
+    }
+}
