@@ -8,6 +8,8 @@ Rust test reads:
     MSG <topic> <qos> <retain 0|1> <payload>
     PUBLISHED <count>
 
+plus, on request, PROPS and LOG lines (see paho_sub.py).
+
 Anything unexpected (refused connection, lost connection, paho missing) is
 reported on stderr and ends the script with a non-zero status, so the test
 fails with the reason instead of waiting for its timeout. A watchdog ends the
@@ -23,6 +25,7 @@ try:
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
 except ImportError as error:  # pragma: no cover - depends on the machine
     sys.stderr.write(
         f"paho-mqtt is not installed ({error}); install it with `pip install paho-mqtt`\n"

@@ -1,0 +1,619 @@
+//! How to make each client program connect, subscribe, publish, keep a
+//! session and carry a will, for both protocol versions.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::process::Command;
+
+use crate::process::Proc;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Family {
+    /// mosquitto_pub / mosquitto_sub.
+    Mosquitto,
+    /// The paho-mqtt scripts in tests/interop/.
+    Paho,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+/// One client family speaking one protocol version.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    pub family: Family,
+    pub version: Version,
+}
+
+/// Session expiry the persistent-session tests ask for (v5 only).
+const SESSION_EXPIRY_SECS: &str = "300";
+
+/// Line format for mosquitto_sub, the same as the paho scripts' MSG lines.
+const MOSQUITTO_SUB_FORMAT: &str = "MSG %t %q %r %p";
+
+/// The same with a line of v5 PUBLISH properties first, in the form
+/// `paho_sub.py --show-properties` prints them (see `parse_properties`).
+const MOSQUITTO_SUB_FORMAT_WITH_PROPERTIES: &str =
+    "PROPS ct=%C|rt=%R|cd=%D|pf=%F|ex=%E|up=%P\\nMSG %t %q %r %p";
+
+/// How a subscriber differs from the default one.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeExtras {
+    /// Keep alive in seconds; paho then also prints its ping traffic.
+    pub keepalive: Option<u16>,
+    /// Print each message's v5 properties on a `PROPS` line before it.
+    pub show_properties: bool,
+    /// v5 subscription options (paho only: mosquitto_sub 2.0 cannot set
+    /// them).
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    /// Subscribe to the same filters a second time on the same connection
+    /// (paho only); returns once both SUBACKs are in.
+    pub resubscribe: bool,
+    /// Once subscribed, publish this (topic, payload) at QoS 1 on the same
+    /// connection (paho only); returns once it is acknowledged.
+    pub publish_after_subscribe: Option<(String, String)>,
+}
+
+/// v5 PUBLISH properties a test sends, all strings as UTF-8.
+#[derive(Clone, Debug)]
+pub struct PublishProperties {
+    /// In order; a name may repeat.
+    pub user: Vec<(String, String)>,
+    pub content_type: String,
+    pub response_topic: String,
+    pub correlation_data: String,
+    pub payload_format_indicator: u8,
+    pub message_expiry_secs: u32,
+}
+
+/// Reads a `PROPS ct=..|rt=..|cd=..|pf=..|ex=..|up=k:v k:v` line into its
+/// fields (absent properties are empty).
+pub fn parse_properties(line: &str) -> BTreeMap<String, String> {
+    line.trim_start_matches("PROPS ")
+        .split('|')
+        .filter_map(|field| field.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+impl Client {
+    pub fn label(&self) -> String {
+        let family = match self.family {
+            Family::Mosquitto => "mosquitto",
+            Family::Paho => "paho",
+        };
+        let version = match self.version {
+            Version::V311 => "v3.1.1",
+            Version::V5 => "v5",
+        };
+        format!("{family} {version}")
+    }
+
+    /// A subscriber to `filters` at `qos`, returned once its SUBACK is in
+    /// and every filter was granted `qos`.
+    pub async fn subscribe(&self, ctx: &Ctx, filters: &[&str], qos: u8) -> Proc {
+        self.subscribe_with(ctx, filters, qos, SubscribeExtras::default())
+            .await
+    }
+
+    /// `subscribe`, with `extras`.
+    pub async fn subscribe_with(
+        &self,
+        ctx: &Ctx,
+        filters: &[&str],
+        qos: u8,
+        extras: SubscribeExtras,
+    ) -> Proc {
+        let id = ctx.client_id("sub");
+        match self.family {
+            Family::Mosquitto => {
+                let paho_only = extras.no_local
+                    || extras.retain_as_published
+                    || extras.retain_handling != 0
+                    || extras.resubscribe
+                    || extras.publish_after_subscribe.is_some();
+                assert!(!paho_only, "mosquitto_sub cannot do {extras:?}");
+                let format = if extras.show_properties {
+                    MOSQUITTO_SUB_FORMAT_WITH_PROPERTIES
+                } else {
+                    MOSQUITTO_SUB_FORMAT
+                };
+                let mut cmd = self.mosquitto_sub_with_format(ctx, &id, format);
+                cmd.args(["-q", &qos.to_string()]);
+                if let Some(secs) = extras.keepalive {
+                    cmd.args(["-k", &secs.to_string()]);
+                }
+                for filter in filters {
+                    cmd.args(["-t", filter]);
+                }
+                let mut sub = Proc::spawn(format!("mosquitto_sub {id}"), cmd, None);
+                expect_mosquitto_suback(&mut sub, filters, qos).await;
+                sub
+            }
+            Family::Paho => {
+                let mut cmd = self.paho("paho_sub.py", ctx, &id);
+                cmd.args(["--qos", &qos.to_string()]);
+                if let Some(secs) = extras.keepalive {
+                    cmd.args(["--keepalive", &secs.to_string(), "--log-pings"]);
+                }
+                if extras.show_properties {
+                    cmd.arg("--show-properties");
+                }
+                if extras.no_local {
+                    cmd.arg("--no-local");
+                }
+                if extras.retain_as_published {
+                    cmd.arg("--retain-as-published");
+                }
+                if extras.retain_handling != 0 {
+                    cmd.args(["--retain-handling", &extras.retain_handling.to_string()]);
+                }
+                if extras.resubscribe {
+                    cmd.arg("--resubscribe");
+                }
+                if let Some((topic, payload)) = &extras.publish_after_subscribe {
+                    cmd.args(["--publish-after-subscribe", topic, payload]);
+                }
+                for filter in filters {
+                    cmd.args(["--topic", filter]);
+                }
+                let mut sub = Proc::spawn(format!("paho_sub.py {id}"), cmd, None);
+                let subacks = if extras.resubscribe { 2 } else { 1 };
+                for _ in 0..subacks {
+                    let line = sub
+                        .wait_for("SUBSCRIBED", |l| l.starts_with("SUBSCRIBED "))
+                        .await;
+                    let granted = line.trim_start_matches("SUBSCRIBED ");
+                    let wanted = vec![qos.to_string(); filters.len()].join(",");
+                    assert_eq!(
+                        granted,
+                        wanted,
+                        "{} subscribing to {filters:?} at QoS {qos}: SUBACK codes",
+                        self.label()
+                    );
+                }
+                if extras.publish_after_subscribe.is_some() {
+                    sub.wait_for("the PUBACK for its own message", |l| l == "PUBLISHED 1")
+                        .await;
+                }
+                sub
+            }
+        }
+    }
+
+    /// Publishes `messages` in order at `qos` and returns once the client has
+    /// finished (for QoS 1/2 that is after every acknowledgement).
+    pub async fn publish(&self, ctx: &Ctx, qos: u8, retain: bool, messages: &[(&str, &str)]) {
+        let id = ctx.client_id("pub");
+        match self.family {
+            Family::Mosquitto => {
+                let one_topic = messages.iter().all(|(t, _)| *t == messages[0].0);
+                let no_empty = messages.iter().all(|(_, p)| !p.is_empty());
+                if messages.len() > 1 && one_topic && no_empty {
+                    // `-l`: one message per stdin line, over one connection.
+                    let mut cmd = self.mosquitto_pub(ctx, &id, qos, retain, messages[0].0);
+                    cmd.arg("-l");
+                    let input: String = messages.iter().map(|(_, p)| format!("{p}\n")).collect();
+                    Proc::spawn(format!("mosquitto_pub -l {id}"), cmd, Some(input))
+                        .finish()
+                        .await;
+                } else {
+                    for (n, (topic, payload)) in messages.iter().enumerate() {
+                        let id = format!("{id}-{n}");
+                        let mut cmd = self.mosquitto_pub(ctx, &id, qos, retain, topic);
+                        if payload.is_empty() {
+                            cmd.arg("-n");
+                        } else {
+                            cmd.args(["-m", payload]);
+                        }
+                        Proc::spawn(format!("mosquitto_pub {id}"), cmd, None)
+                            .finish()
+                            .await;
+                    }
+                }
+            }
+            Family::Paho => {
+                let mut cmd = self.paho("paho_pub.py", ctx, &id);
+                cmd.args(["--qos", &qos.to_string()]);
+                if retain {
+                    cmd.arg("--retain");
+                }
+                for (topic, payload) in messages {
+                    cmd.args(["--msg", topic, payload]);
+                }
+                let output = Proc::spawn(format!("paho_pub.py {id}"), cmd, None)
+                    .finish()
+                    .await;
+                let done = format!("PUBLISHED {}", messages.len());
+                assert!(
+                    output.contains(&done),
+                    "paho_pub.py {id} did not report `{done}`: {output:?}"
+                );
+            }
+        }
+    }
+
+    /// Publishes one v5 message carrying `properties`.
+    pub async fn publish_with_properties(
+        &self,
+        ctx: &Ctx,
+        qos: u8,
+        topic: &str,
+        payload: &str,
+        properties: &PublishProperties,
+    ) {
+        let id = ctx.client_id("pub");
+        let pfi = properties.payload_format_indicator.to_string();
+        let expiry = properties.message_expiry_secs.to_string();
+        match self.family {
+            Family::Mosquitto => {
+                let mut cmd = self.mosquitto_pub(ctx, &id, qos, false, topic);
+                cmd.args(["-m", payload]);
+                for (name, value) in &properties.user {
+                    cmd.args(["-D", "publish", "user-property", name, value]);
+                }
+                cmd.args(["-D", "publish", "content-type", &properties.content_type]);
+                cmd.args([
+                    "-D",
+                    "publish",
+                    "response-topic",
+                    &properties.response_topic,
+                ]);
+                cmd.args([
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    &properties.correlation_data,
+                ]);
+                cmd.args(["-D", "publish", "payload-format-indicator", &pfi]);
+                cmd.args(["-D", "publish", "message-expiry-interval", &expiry]);
+                Proc::spawn(format!("mosquitto_pub -D {id}"), cmd, None)
+                    .finish()
+                    .await;
+            }
+            Family::Paho => {
+                let mut cmd = self.paho("paho_pub.py", ctx, &id);
+                cmd.args(["--qos", &qos.to_string(), "--msg", topic, payload]);
+                for (name, value) in &properties.user {
+                    cmd.args(["--user-property", name, value]);
+                }
+                cmd.args(["--content-type", &properties.content_type]);
+                cmd.args(["--response-topic", &properties.response_topic]);
+                cmd.args(["--correlation-data", &properties.correlation_data]);
+                cmd.args(["--payload-format-indicator", &pfi]);
+                cmd.args(["--message-expiry", &expiry]);
+                let output = Proc::spawn(format!("paho_pub.py {id}"), cmd, None)
+                    .finish()
+                    .await;
+                assert!(
+                    output.iter().any(|l| l == "PUBLISHED 1"),
+                    "paho_pub.py {id} did not report `PUBLISHED 1`: {output:?}"
+                );
+            }
+        }
+    }
+
+    /// Publishes one message read from the client's stdin (mosquitto_pub
+    /// `-s`), for payloads too large for a command line.
+    pub async fn publish_stdin(&self, ctx: &Ctx, qos: u8, topic: &str, payload: &str) {
+        let Family::Mosquitto = self.family else {
+            panic!("publishing from stdin is done with mosquitto_pub only");
+        };
+        let id = ctx.client_id("pub");
+        let mut cmd = self.mosquitto_pub(ctx, &id, qos, false, topic);
+        cmd.arg("-s");
+        Proc::spawn(
+            format!("mosquitto_pub -s {id}"),
+            cmd,
+            Some(payload.to_string()),
+        )
+        .finish()
+        .await;
+    }
+
+    /// Connects `id` with a persistent session, subscribes to `topic` at QoS
+    /// 1 and disconnects normally.
+    pub async fn leave_persistent_session(&self, ctx: &Ctx, id: &str, topic: &str) {
+        match self.family {
+            Family::Mosquitto => {
+                let mut cmd = self.mosquitto_sub(ctx, id);
+                self.mosquitto_persistent_args(&mut cmd);
+                // -E: disconnect once the subscription is acknowledged.
+                cmd.args(["-q", "1", "-t", topic, "-E"]);
+                Proc::spawn(format!("mosquitto_sub -E {id}"), cmd, None)
+                    .finish()
+                    .await;
+            }
+            Family::Paho => {
+                let mut cmd = self.paho("paho_sub.py", ctx, id);
+                cmd.args(["--no-clean", "--session-expiry", SESSION_EXPIRY_SECS]);
+                cmd.args(["--qos", "1", "--topic", topic, "--exit-after-subscribe"]);
+                let output = Proc::spawn(format!("paho_sub.py {id}"), cmd, None)
+                    .finish()
+                    .await;
+                assert!(
+                    output.iter().any(|l| l == "SUBSCRIBED 1"),
+                    "paho_sub.py {id} subscribing to {topic} at QoS 1: {output:?}"
+                );
+            }
+        }
+    }
+
+    /// Reconnects `id` to its persistent session. paho does not subscribe
+    /// again and checks Session Present; mosquitto_sub always subscribes
+    /// again, which cannot bring back messages published while it was away.
+    pub async fn resume_persistent_session(&self, ctx: &Ctx, id: &str, topic: &str) -> Proc {
+        match self.family {
+            Family::Mosquitto => {
+                let mut cmd = self.mosquitto_sub(ctx, id);
+                self.mosquitto_persistent_args(&mut cmd);
+                cmd.args(["-q", "1", "-t", topic]);
+                Proc::spawn(format!("mosquitto_sub {id} (resumed)"), cmd, None)
+            }
+            Family::Paho => {
+                let mut cmd = self.paho("paho_sub.py", ctx, id);
+                cmd.args(["--no-clean", "--session-expiry", SESSION_EXPIRY_SECS]);
+                cmd.arg("--no-subscribe");
+                let mut sub = Proc::spawn(format!("paho_sub.py {id} (resumed)"), cmd, None);
+                let connack = sub
+                    .wait_for("CONNACK", |l| l.starts_with("CONNECTED "))
+                    .await;
+                assert_eq!(
+                    connack,
+                    "CONNECTED session_present=1",
+                    "{} reconnecting {id} without a clean start must find its session",
+                    self.label()
+                );
+                sub
+            }
+        }
+    }
+
+    /// A connected client whose will is `payload` on `topic` at `qos`.
+    pub async fn connect_with_will(&self, ctx: &Ctx, topic: &str, payload: &str, qos: u8) -> Proc {
+        let id = ctx.client_id("will");
+        match self.family {
+            Family::Mosquitto => {
+                let cmd = self.mosquitto_will_client(ctx, &id, topic, payload, qos);
+                let mut client = Proc::spawn(format!("mosquitto_sub {id} (will)"), cmd, None);
+                client
+                    .wait_for("its SUBACK", |l| l.starts_with("Subscribed (mid:"))
+                    .await;
+                client
+            }
+            Family::Paho => {
+                let cmd = self.paho_will_client(ctx, &id, topic, payload, qos);
+                let mut client = Proc::spawn(format!("paho_will.py {id}"), cmd, None);
+                client
+                    .wait_for("CONNACK", |l| l.starts_with("CONNECTED "))
+                    .await;
+                client
+            }
+        }
+    }
+
+    /// Connects with a will on `topic` and disconnects normally.
+    pub async fn connect_with_will_then_disconnect(
+        &self,
+        ctx: &Ctx,
+        topic: &str,
+        payload: &str,
+        qos: u8,
+    ) {
+        let id = ctx.client_id("will");
+        match self.family {
+            Family::Mosquitto => {
+                let mut cmd = self.mosquitto_will_client(ctx, &id, topic, payload, qos);
+                cmd.arg("-E");
+                Proc::spawn(format!("mosquitto_sub -E {id} (will)"), cmd, None)
+                    .finish()
+                    .await;
+            }
+            Family::Paho => {
+                let mut cmd = self.paho_will_client(ctx, &id, topic, payload, qos);
+                cmd.arg("--disconnect");
+                let output = Proc::spawn(format!("paho_will.py --disconnect {id}"), cmd, None)
+                    .finish()
+                    .await;
+                assert!(
+                    output.iter().any(|l| l == "DISCONNECTED"),
+                    "paho_will.py {id} should disconnect normally: {output:?}"
+                );
+            }
+        }
+    }
+
+    fn mosquitto_will_client(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        topic: &str,
+        payload: &str,
+        qos: u8,
+    ) -> Command {
+        let mut cmd = self.mosquitto_sub(ctx, id);
+        cmd.args(["--will-topic", topic, "--will-payload", payload]);
+        cmd.args(["--will-qos", &qos.to_string()]);
+        cmd.args(["-t", &ctx.topic("idle")]);
+        cmd
+    }
+
+    fn paho_will_client(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        topic: &str,
+        payload: &str,
+        qos: u8,
+    ) -> Command {
+        let mut cmd = self.paho("paho_will.py", ctx, id);
+        cmd.args(["--will-topic", topic, "--will-payload", payload]);
+        cmd.args(["--will-qos", &qos.to_string()]);
+        cmd
+    }
+
+    fn mosquitto_persistent_args(&self, cmd: &mut Command) {
+        cmd.arg("-c");
+        if let Version::V5 = self.version {
+            cmd.args(["-x", SESSION_EXPIRY_SECS]);
+        }
+    }
+
+    fn mosquitto_common(&self, cmd: &mut Command, ctx: &Ctx, id: &str) {
+        let version = match self.version {
+            Version::V311 => "mqttv311",
+            Version::V5 => "mqttv5",
+        };
+        cmd.args(["-V", version, "-i", id]);
+        cmd.args(["-h", &ctx.addr.ip().to_string()]);
+        cmd.args(["-p", &ctx.addr.port().to_string()]);
+    }
+
+    /// mosquitto_sub printing debug lines (for the SUBACK) and MSG lines,
+    /// with line-buffered stdout.
+    fn mosquitto_sub(&self, ctx: &Ctx, id: &str) -> Command {
+        self.mosquitto_sub_with_format(ctx, id, MOSQUITTO_SUB_FORMAT)
+    }
+
+    fn mosquitto_sub_with_format(&self, ctx: &Ctx, id: &str, format: &str) -> Command {
+        let program = require_tool(
+            "mosquitto_sub",
+            "install the Debian package mosquitto-clients",
+        );
+        let stdbuf = require_tool("stdbuf", "install the Debian package coreutils");
+        let mut cmd = Command::new(stdbuf);
+        cmd.arg("-oL").arg(program);
+        self.mosquitto_common(&mut cmd, ctx, id);
+        cmd.args(["-d", "-F", format]);
+        cmd
+    }
+
+    fn mosquitto_pub(&self, ctx: &Ctx, id: &str, qos: u8, retain: bool, topic: &str) -> Command {
+        let program = require_tool(
+            "mosquitto_pub",
+            "install the Debian package mosquitto-clients",
+        );
+        let mut cmd = Command::new(program);
+        self.mosquitto_common(&mut cmd, ctx, id);
+        cmd.args(["-q", &qos.to_string(), "-t", topic]);
+        if retain {
+            cmd.arg("-r");
+        }
+        cmd
+    }
+
+    fn paho(&self, script: &str, ctx: &Ctx, id: &str) -> Command {
+        let version = match self.version {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5",
+        };
+        let mut cmd = Command::new(python());
+        // No __pycache__ left in the source tree.
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd.arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/interop")
+                .join(script),
+        );
+        cmd.args(["--host", &ctx.addr.ip().to_string()]);
+        cmd.args(["--port", &ctx.addr.port().to_string()]);
+        cmd.args(["--version", version, "--client-id", id]);
+        cmd
+    }
+}
+
+/// Waits for mosquitto_sub's `Subscribed (mid: N): q, q` line and checks
+/// every filter was granted `qos`.
+async fn expect_mosquitto_suback(sub: &mut Proc, filters: &[&str], qos: u8) {
+    let line = sub
+        .wait_for("its SUBACK", |l| l.starts_with("Subscribed (mid:"))
+        .await;
+    let codes = line.split("): ").nth(1).unwrap_or("");
+    let wanted = vec![qos.to_string(); filters.len()].join(", ");
+    assert_eq!(
+        codes,
+        wanted,
+        "{} subscribing to {filters:?} at QoS {qos}: SUBACK codes",
+        sub.name()
+    );
+}
+
+/// The Python interpreter that `python3` on PATH runs. Version managers such
+/// as pyenv put a shell shim there that costs a good part of a second per
+/// start, so the shim is asked once for the real interpreter.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let shim = require_tool("python3", "install python3, then `pip install paho-mqtt`");
+        let output = std::process::Command::new(&shim)
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", shim.display()));
+        let real = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if output.status.success() && !real.is_empty() {
+            PathBuf::from(real)
+        } else {
+            shim
+        }
+    })
+}
+
+/// The absolute path of `program` on PATH; panics with `hint` if absent, so
+/// a machine without the tool fails the test instead of skipping it.
+fn require_tool(program: &str, hint: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("`{program}` is not installed or not on PATH: {hint}"))
+}
+
+/// Names unique to one test run, and the broker's address.
+pub struct Ctx {
+    pub addr: SocketAddr,
+    prefix: String,
+    /// Eight hex digits unique to this test run.
+    pub seed: String,
+    next_id: AtomicU32,
+}
+
+impl Ctx {
+    pub fn new(addr: SocketAddr, test: &str) -> Ctx {
+        let mut hasher = DefaultHasher::new();
+        test.hash(&mut hasher);
+        std::process::id().hash(&mut hasher);
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .hash(&mut hasher);
+        let seed = format!("{:08x}", hasher.finish() as u32);
+        Ctx {
+            addr,
+            prefix: format!("petrel-interop/{test}/{seed}"),
+            seed,
+            next_id: AtomicU32::new(0),
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    /// At most 23 characters, the length every 3.1.1 broker must accept.
+    pub fn client_id(&self, role: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{role}{n}-{}", self.seed)
+    }
+}

@@ -1,0 +1,274 @@
+//! A client program as a child process, and what it prints.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+
+use crate::common::WAIT;
+
+/// One message as a client printed it: `MSG <topic> <qos> <retain> <payload>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: String,
+}
+
+impl Received {
+    pub fn new(topic: &str, qos: u8, retain: bool, payload: &str) -> Received {
+        Received {
+            topic: topic.to_string(),
+            qos,
+            retain,
+            payload: payload.to_string(),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Received> {
+        let rest = line.strip_prefix("MSG ")?;
+        let mut fields = rest.splitn(4, ' ');
+        let topic = fields.next()?.to_string();
+        let qos = fields.next()?.parse().ok()?;
+        let retain = match fields.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let payload = fields.next().unwrap_or("").to_string();
+        Some(Received {
+            topic,
+            qos,
+            retain,
+            payload,
+        })
+    }
+}
+
+/// A child process whose stdout is read line by line. It is killed if the
+/// test ends (or panics) first.
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    /// Lines before this index have been consumed by `wait_for`.
+    event_cursor: usize,
+    /// Lines before this index have been consumed as messages.
+    message_cursor: usize,
+    stderr: Arc<Mutex<String>>,
+}
+
+enum Read {
+    Line,
+    Eof,
+    Timeout,
+}
+
+impl Proc {
+    pub fn spawn(name: String, mut cmd: Command, stdin: Option<String>) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        let line = line.strip_suffix('\n').unwrap_or(&line).to_string();
+                        if tx.send(line).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        tokio::spawn(async move {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                let text = String::from_utf8_lossy(&chunk[..n]);
+                sink.lock().expect("stderr buffer").push_str(&text);
+            }
+        });
+
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            tokio::spawn(async move {
+                // A write error shows up as the child's own failure.
+                let _ = pipe.write_all(input.as_bytes()).await;
+            });
+        }
+
+        Proc {
+            name,
+            child,
+            lines,
+            stdout: Vec::new(),
+            event_cursor: 0,
+            message_cursor: 0,
+            stderr,
+        }
+    }
+
+    async fn read_line(&mut self, deadline: Instant) -> Read {
+        match timeout_at(deadline, self.lines.recv()).await {
+            Ok(Some(line)) => {
+                self.stdout.push(line);
+                Read::Line
+            }
+            Ok(None) => Read::Eof,
+            Err(_) => Read::Timeout,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Everything known about the process, for failure messages.
+    pub fn report(&mut self) -> String {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => format!("exited with {status}"),
+            Ok(None) => "still running".to_string(),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        format!(
+            "--- {} ({status}); stdout:\n{}\n--- stderr:\n{}",
+            self.name,
+            self.stdout.join("\n"),
+            self.stderr.lock().expect("stderr buffer")
+        )
+    }
+
+    /// The next line (after earlier ones found this way) matching `pred`.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.stdout[self.event_cursor..]
+                .iter()
+                .position(|l| pred(l))
+            {
+                let index = self.event_cursor + i;
+                self.event_cursor = index + 1;
+                return self.stdout[index].clone();
+            }
+            match self.read_line(deadline).await {
+                Read::Line => {}
+                Read::Eof => {
+                    let report = self.report();
+                    panic!("{} ended before {what}\n{report}", self.name)
+                }
+                Read::Timeout => {
+                    let report = self.report();
+                    panic!(
+                        "timed out after {WAIT:?} waiting for {what} from {}\n{report}",
+                        self.name
+                    )
+                }
+            }
+        }
+    }
+
+    /// The next message, or `None` once `deadline` passes. Cancel-safe.
+    pub async fn next_message_before(&mut self, deadline: Instant) -> Option<Received> {
+        loop {
+            while self.message_cursor < self.stdout.len() {
+                let line = &self.stdout[self.message_cursor];
+                self.message_cursor += 1;
+                if let Some(message) = Received::parse(line) {
+                    return Some(message);
+                }
+            }
+            match self.read_line(deadline).await {
+                Read::Line => {}
+                Read::Eof => {
+                    let report = self.report();
+                    panic!("{} ended while a message was awaited\n{report}", self.name)
+                }
+                Read::Timeout => return None,
+            }
+        }
+    }
+
+    pub async fn next_message(&mut self, what: &str) -> Received {
+        self.messages(1, what).await.remove(0)
+    }
+
+    /// The next `n` messages, all within one `WAIT`.
+    pub async fn messages(&mut self, n: usize, what: &str) -> Vec<Received> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = Vec::new();
+        while got.len() < n {
+            match self.next_message_before(deadline).await {
+                Some(message) => got.push(message),
+                None => {
+                    let report = self.report();
+                    panic!(
+                        "timed out after {WAIT:?} waiting for {what} at {}: got {} of {n}: \
+                         {got:#?}\n{report}",
+                        self.name,
+                        got.len(),
+                    )
+                }
+            }
+        }
+        got
+    }
+
+    /// Waits for the process to exit successfully; returns its stdout lines.
+    pub async fn finish(mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.read_line(deadline).await {
+                Read::Line => {}
+                Read::Eof => break,
+                Read::Timeout => {
+                    let report = self.report();
+                    panic!("{} did not finish within {WAIT:?}\n{report}", self.name)
+                }
+            }
+        }
+        match timeout_at(deadline, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => self.stdout,
+            Ok(Ok(status)) => {
+                let report = self.report();
+                panic!("{} failed: {status}\n{report}", self.name)
+            }
+            Ok(Err(e)) => panic!("cannot wait for {}: {e}", self.name),
+            Err(_) => {
+                let report = self.report();
+                panic!("{} did not exit within {WAIT:?}\n{report}", self.name)
+            }
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to send DISCONNECT.
+    pub async fn kill(&mut self) {
+        if let Err(e) = self.child.kill().await {
+            panic!("cannot kill {}: {e}", self.name);
+        }
+    }
+}
