@@ -16,6 +16,8 @@ use crate::protocol::{
     Codec, ConnAck, DecodeError, Disconnect, EncodeError, Packet, ReasonCode, Version,
 };
 
+/// Room reserved for one read once the socket is readable. Buffers are
+/// released whenever they run empty, so an idle connection holds none.
 const READ_BUFFER: usize = 8 * 1024;
 
 /// How long a new connection waits for the one it takes over to finish.
@@ -31,8 +33,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
 async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
     let limits = &broker.settings.limits;
     let mut codec = Codec::new(limits.max_packet_size);
-    let mut input = BytesMut::with_capacity(READ_BUFFER);
-    let mut output = BytesMut::with_capacity(READ_BUFFER);
+    let mut input = BytesMut::new();
+    let mut output = BytesMut::new();
 
     let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
     let connect = match timeout(
@@ -96,14 +98,23 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
         }
         let keep_alive_deadline = keep_alive.map(|limit| last_read + limit);
         tokio::select! {
-            read = stream.read_buf(&mut input) => {
-                match read {
-                    Ok(0) | Err(_) => break Close::Lost,
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    break Close::Lost;
+                }
+                input.reserve(READ_BUFFER);
+                match stream.try_read_buf(&mut input) {
+                    Ok(0) => break Close::Lost,
                     Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break Close::Lost,
                 }
                 last_read = Instant::now();
                 if let Err(close) = handle_input(&mut codec, &mut input, &mut client) {
                     break close;
+                }
+                if input.is_empty() {
+                    input = BytesMut::new();
                 }
             }
             _ = session.woken() => {}
@@ -246,7 +257,7 @@ async fn flush(
         }
     }
     stream.write_all(output).await.map_err(|_| Close::Lost)?;
-    output.clear();
+    *output = BytesMut::new();
     client.broker().metrics.messages_sent_add(publishes);
     if more {
         client.session().wake();
