@@ -36,6 +36,12 @@ pub struct Settings {
     /// Where durable state lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// What an acknowledgement promises; see `Durability`.
+    #[serde(default)]
+    pub durability: Durability,
+    /// How often the `async` mode flushes to disk, in milliseconds.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
     /// Whether clients without a username may connect.
     #[serde(default = "default_true")]
     pub allow_anonymous: bool,
@@ -117,6 +123,22 @@ impl Default for Log {
     }
 }
 
+/// When persistent sessions' messages reach the disk, and so what a PUBACK
+/// or PUBREC promises.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// PUBACK / PUBREC only after the message and its stored copies are
+    /// flushed (group commit). Survives `kill -9` and power loss.
+    #[default]
+    Sync,
+    /// Acknowledgements at once; a background flush every
+    /// `flush_interval_ms`. A crash loses at most that window.
+    Async,
+    /// Nothing on disk: everything is lost when the process ends.
+    Memory,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -134,6 +156,10 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 
+fn default_flush_interval_ms() -> u64 {
+    100
+}
+
 fn default_true() -> bool {
     true
 }
@@ -143,6 +169,8 @@ impl Default for Settings {
         Settings {
             listeners: default_listeners(),
             data_dir: default_data_dir(),
+            durability: Durability::default(),
+            flush_interval_ms: default_flush_interval_ms(),
             allow_anonymous: true,
             limits: Limits::default(),
             log: Log::default(),
@@ -171,12 +199,14 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Settings for a broker on an ephemeral loopback port, as tests want it.
+    /// Settings for a broker on an ephemeral loopback port with nothing on
+    /// disk, as tests want it.
     pub fn ephemeral() -> Settings {
         Settings {
             listeners: vec![Listener {
                 bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             }],
+            durability: Durability::Memory,
             ..Settings::default()
         }
     }
@@ -203,6 +233,9 @@ impl Settings {
         }
         if limits.max_queued_messages == 0 {
             return out_of_range("limits.max_queued_messages", "must be at least 1");
+        }
+        if self.flush_interval_ms == 0 {
+            return out_of_range("flush_interval_ms", "must be at least 1");
         }
         if limits.max_topic_length == 0 || limits.max_topic_length > TOPIC_LENGTH_CEILING {
             return out_of_range("limits.max_topic_length", "must be 1 ..= 65535");

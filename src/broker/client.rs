@@ -38,6 +38,9 @@ pub struct Client {
     pub(super) problem_information: bool,
     /// Control packets waiting to be written, ahead of queued messages.
     pub(super) outgoing: Vec<Packet>,
+    /// The store write that what is waiting to be written depends on: it
+    /// goes out only once that write is durable (0: nothing to wait for).
+    pub(super) durable_after: u64,
 }
 
 /// How many queued messages one wake-up writes before letting the task read
@@ -101,7 +104,16 @@ impl Client {
         &mut self,
         apply: impl FnOnce(&mut SessionState) -> AckOutcome,
     ) -> Result<(), Close> {
-        let outcome = apply(&mut self.session.lock());
+        let (outcome, written) = {
+            let mut state = self.session.lock();
+            let outcome = apply(&mut state);
+            let changes = state.outbound.take_changes();
+            (
+                outcome,
+                self.broker.journal(self.session.client_id(), &changes),
+            )
+        };
+        self.wait_for(written);
         if let AckOutcome::PubRel(ack) = outcome {
             self.outgoing.push(Packet::PubRel(ack));
         }
@@ -110,6 +122,23 @@ impl Client {
 
     fn on_pubrel(&mut self, packet_id: u16) {
         let known = self.session.lock().release_qos2(packet_id);
+        if known && self.session.is_persistent() && self.broker.store.keeps_messages() {
+            // PUBCOMP lets the client reuse the id, so the stored one must be
+            // gone first: found after a crash it would swallow a new message.
+            match self
+                .broker
+                .store
+                .delete_inbound_qos2(self.session.client_id(), packet_id)
+            {
+                Ok(()) => {
+                    let written = self.broker.commit.wrote();
+                    self.wait_for(written);
+                }
+                Err(error) => {
+                    tracing::error!(%error, packet_id, "cannot release stored QoS 2 packet id");
+                }
+            }
+        }
         let reason = if known {
             ReasonCode::SUCCESS
         } else {
@@ -125,7 +154,7 @@ impl Client {
                 return Close::ByServer(ReasonCode::PROTOCOL_ERROR);
             }
             let max = self.broker.settings.limits.max_session_expiry_secs;
-            self.session.lock().expiry_secs = expiry.min(max);
+            Session::set_expiry(&mut self.session.lock(), &self.session, expiry.min(max));
         }
         Close::ByClient {
             publish_will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL,
@@ -136,6 +165,17 @@ impl Client {
     /// still goes out before the broker closes the connection.
     pub fn take_outgoing(&mut self) -> Vec<Packet> {
         std::mem::take(&mut self.outgoing)
+    }
+
+    /// Holds what is waiting to be written until store write `written`
+    /// (from `GroupCommit::wrote`) is durable.
+    pub(super) fn wait_for(&mut self, written: u64) {
+        self.durable_after = self.durable_after.max(written);
+    }
+
+    /// The store write to wait for before writing what `pump` returned.
+    pub fn take_durable_after(&mut self) -> u64 {
+        std::mem::take(&mut self.durable_after)
     }
 
     /// Reason strings are sent only if the client did not opt out.
@@ -150,7 +190,7 @@ impl Client {
         let mut packets = std::mem::take(&mut self.outgoing);
         let mut expired = 0;
         let mut more = false;
-        {
+        let written = {
             let mut state = self.session.lock();
             for count in 0.. {
                 if count == PUMP_BATCH {
@@ -162,7 +202,10 @@ impl Client {
                     None => break,
                 }
             }
-        }
+            let changes = state.outbound.take_changes();
+            self.broker.journal(self.session.client_id(), &changes)
+        };
+        self.wait_for(written);
         if expired > 0 {
             self.broker.metrics.messages_expired_add(expired);
         }
@@ -173,7 +216,10 @@ impl Client {
     /// Packet Size is smaller: it is dropped for this client [MQTT-3.1.2-25].
     pub fn skip_oversized(&mut self, publish: &Publish) {
         if publish.packet_id != 0 {
-            self.session.lock().outbound.abandon(publish.packet_id);
+            let mut state = self.session.lock();
+            state.outbound.abandon(publish.packet_id);
+            let changes = state.outbound.take_changes();
+            self.broker.journal(self.session.client_id(), &changes);
         }
         self.broker.metrics.message_dropped(self.client_id());
     }

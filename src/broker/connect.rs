@@ -137,10 +137,10 @@ impl Client {
         let window = connect.receive_maximum.min(limits.max_inflight);
         {
             let mut state = session.lock();
-            state.expiry_secs = expiry_secs;
+            Session::set_expiry(&mut state, &session, expiry_secs);
             state.outbound.set_window(window);
         }
-        broker.persist_session(&session, None);
+        let written = broker.persist_session(&session, None, connect.will.as_ref());
 
         let mut client = Client {
             broker: broker.clone(),
@@ -153,6 +153,7 @@ impl Client {
             topic_aliases: HashMap::new(),
             problem_information: connect.request_problem_information,
             outgoing: Vec::new(),
+            durable_after: written,
         };
         if version == Version::V5 {
             properties.receive_maximum = Some(limits.receive_maximum);

@@ -14,10 +14,10 @@ impl Client {
     /// Detaches from the session and applies the will and expiry rules.
     pub fn finish(self, close: Close) {
         let now = now_ms();
-        let (was_current, expiry_secs, generation) = {
+        let (was_current, expiry_secs) = {
             let mut state = self.session.lock();
             let was_current = Session::detach(&mut state, &self.session, self.connection_id);
-            (was_current, state.expiry_secs, state.generation)
+            (was_current, state.expiry_secs)
         };
         let publish_will = match close {
             Close::ByClient { publish_will } => publish_will,
@@ -37,7 +37,7 @@ impl Client {
                     .get(self.session.client_id())
                     .is_some_and(|current| Arc::ptr_eq(&current, &self.session));
                 if will.delay_interval == 0 || session_ended {
-                    publish_will_message(&self.broker, &self.session, will, now);
+                    publish_will_message(&self.broker, self.session.client_id(), will, now);
                 }
             }
             return;
@@ -46,30 +46,57 @@ impl Client {
         if expiry_secs == 0 {
             self.broker.end_session(&self.session);
             if let Some(will) = will {
-                publish_will_message(&self.broker, &self.session, will, now);
+                publish_will_message(&self.broker, self.session.client_id(), will, now);
             }
             return;
         }
-        self.broker.persist_session(&self.session, Some(now));
-        if let Some(will) = will {
-            // The will waits for its delay or the session's end, whichever
-            // comes first.
-            let delay_secs = will.delay_interval.min(expiry_secs);
-            if delay_secs == 0 {
-                publish_will_message(&self.broker, &self.session, will, now);
-            } else {
-                let broker = self.broker.clone();
-                let session = self.session.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(delay_secs))).await;
-                    if still_detached(&session, generation) {
-                        publish_will_message(&broker, &session, will, now_ms());
-                    }
-                });
+        match will {
+            Some(will) if will.delay_interval.min(expiry_secs) > 0 => {
+                // Stored with the session, so a restart still sends it.
+                self.broker
+                    .persist_session(&self.session, Some(now), Some(&will));
+                schedule_will(self.broker.clone(), self.session.clone(), will, now);
+            }
+            will => {
+                self.broker.persist_session(&self.session, Some(now), None);
+                if let Some(will) = will {
+                    publish_will_message(&self.broker, self.session.client_id(), will, now);
+                }
             }
         }
         schedule_expiry(self.broker.clone(), self.session.clone(), now);
     }
+}
+
+/// Publishes a disconnected session's will once its delay (capped by the
+/// session's expiry) has passed since `disconnected_at_ms`, unless a client
+/// reattached meanwhile [MQTT-3.1.3-9].
+pub(super) fn schedule_will(
+    broker: Arc<BrokerState>,
+    session: Arc<Session>,
+    will: Will,
+    disconnected_at_ms: u64,
+) {
+    let (expiry_secs, generation) = {
+        let state = session.lock();
+        (state.expiry_secs, state.generation)
+    };
+    let delay_ms = u64::from(will.delay_interval.min(expiry_secs)) * 1000;
+    let wait = Duration::from_millis((disconnected_at_ms + delay_ms).saturating_sub(now_ms()));
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if !still_detached(&session, generation) {
+            return;
+        }
+        publish_will_message(&broker, session.client_id(), will, now_ms());
+        let registered = broker
+            .sessions
+            .get(session.client_id())
+            .is_some_and(|current| Arc::ptr_eq(&current, &session));
+        if registered {
+            broker.persist_session(&session, Some(disconnected_at_ms), None);
+        }
+    });
 }
 
 /// Whether no connection has attached since `generation`.
@@ -103,7 +130,12 @@ pub(super) fn schedule_expiry(
     });
 }
 
-fn publish_will_message(broker: &BrokerState, session: &Session, will: Will, now: u64) {
+pub(super) fn publish_will_message(
+    broker: &BrokerState,
+    publisher: &Arc<str>,
+    will: Will,
+    now: u64,
+) {
     let mut properties = will.properties;
     let expires_at = properties
         .message_expiry_interval
@@ -116,11 +148,15 @@ fn publish_will_message(broker: &BrokerState, session: &Session, will: Will, now
         retain: will.retain,
         properties,
         expires_at,
-        publisher: Some(session.client_id().clone()),
+        publisher: Some(publisher.clone()),
     });
-    tracing::debug!(client_id = %session.client_id(), topic = %message.topic, "publishing will");
-    if message.retain {
-        broker.retain(&message);
+    tracing::debug!(client_id = %publisher, topic = %message.topic, "publishing will");
+    if message.retain
+        && let Err(error) = broker.retain(&message)
+    {
+        tracing::error!(%error, topic = %message.topic, "cannot store retained will");
     }
-    broker.route(&message);
+    if let Err(error) = broker.route(&message, None) {
+        tracing::error!(%error, client_id = %publisher, "cannot store will copies: will not delivered");
+    }
 }

@@ -14,16 +14,20 @@ mod subscribe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Settings;
+use crate::config::{Durability, Settings};
+use crate::protocol::{QoS, Will};
 use crate::router::{Message, RetainedStore, Subscriber, SubscriptionIndex};
-use crate::session::{Delivery, Enqueued, Session, SessionConfig};
-use crate::store::{MemoryStore, SessionRecord, Store, StoreError};
+use crate::session::{Change, Delivery, Enqueued, Session, SessionConfig};
+use crate::store::{
+    GroupCommit, MemoryStore, SessionCopy, SessionRecord, SledStore, Store, StoreError,
+};
 use crate::topic::{self, TopicLimits};
 use crate::transport;
 
@@ -42,6 +46,20 @@ pub enum BrokerError {
     Restore(#[from] StoreError),
 }
 
+/// What routing one inbound message did.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed {
+    /// Sessions it was delivered to.
+    pub receivers: usize,
+    /// The store write its acknowledgement must wait for (0: none).
+    pub durable_after: u64,
+}
+
+/// Under `sync`, sled also flushes on its own at this interval, so writes
+/// no acknowledgement waits for (session records at disconnect, delivery
+/// state) do not wait for the next acknowledged publish.
+const SYNC_BACKGROUND_FLUSH_MS: u64 = 1000;
+
 /// Unix time in milliseconds: message and session expiry are wall-clock
 /// deadlines so that they can be stored and survive a restart.
 pub fn now_ms() -> u64 {
@@ -58,6 +76,10 @@ pub struct BrokerState {
     pub retained: RetainedStore,
     pub metrics: Metrics,
     pub store: Arc<dyn Store>,
+    /// When store writes count as durable (DESIGN §4 durability modes).
+    pub commit: GroupCommit,
+    /// Keys of stored deliveries; continues after the highest stored one.
+    next_seq: AtomicU64,
     /// Flips to true once, when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -77,23 +99,56 @@ impl BrokerState {
         }
     }
 
-    /// Delivers `message` to every matching subscription; returns how many
-    /// sessions it went to.
-    pub fn route(&self, message: &Arc<Message>) -> usize {
+    /// Delivers `message` to every matching subscription. QoS 1/2 copies for
+    /// persistent sessions, and the publisher's QoS 2 packet id when given,
+    /// are stored first, all or nothing: when that fails nothing is
+    /// delivered, and the publisher must be refused.
+    pub fn route(
+        &self,
+        message: &Arc<Message>,
+        inbound_qos2: Option<(&str, u16)>,
+    ) -> Result<Routed, StoreError> {
         let matches = self
             .index
             .matches(&message.topic, message.publisher.as_deref());
-        let count = matches.len();
-        for found in matches {
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: message.qos.min(found.qos),
-                retain: message.retain && found.retain_as_published,
-                subscription_ids: found.subscription_ids,
-            };
-            self.deliver(&found.session, delivery);
+        let keeps_messages = self.store.keeps_messages();
+        let deliveries: Vec<(Arc<Session>, Delivery)> = matches
+            .into_iter()
+            .map(|found| {
+                let qos = message.qos.min(found.qos);
+                let stored =
+                    keeps_messages && qos != QoS::AtMostOnce && found.session.is_persistent();
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain: message.retain && found.retain_as_published,
+                    subscription_ids: found.subscription_ids,
+                    seq: stored.then(|| self.next_seq.fetch_add(1, Ordering::Relaxed)),
+                };
+                (found.session, delivery)
+            })
+            .collect();
+        let copies: Vec<SessionCopy<'_>> = deliveries
+            .iter()
+            .filter(|(_, delivery)| delivery.seq.is_some())
+            .map(|(session, delivery)| SessionCopy {
+                client_id: session.client_id(),
+                delivery,
+            })
+            .collect();
+        let mut durable_after = 0;
+        if !copies.is_empty() || inbound_qos2.is_some() {
+            self.store.put_copies(&copies, inbound_qos2)?;
+            durable_after = self.commit.wrote();
         }
-        count
+        let receivers = deliveries.len();
+        for (session, delivery) in deliveries {
+            self.deliver(&session, delivery);
+        }
+        Ok(Routed {
+            receivers,
+            durable_after,
+        })
     }
 
     /// Queues one delivery for one session and wakes its connection.
@@ -106,6 +161,8 @@ impl BrokerState {
                     self.metrics.message_dropped(session.client_id());
                 }
             }
+            let changes = state.outbound.take_changes();
+            self.journal(session.client_id(), &changes);
             state.connection.is_some()
         };
         if online {
@@ -113,24 +170,56 @@ impl BrokerState {
         }
     }
 
-    /// Stores or clears a retained message, in memory and in the store.
-    pub fn retain(&self, message: &Arc<Message>) {
-        let result = if self.retained.set(message.clone()) {
-            self.store.put_retained(message)
-        } else {
-            self.store.delete_retained(&message.topic)
-        };
-        if let Err(error) = result {
-            tracing::error!(%error, topic = %message.topic, "cannot store retained message");
+    /// Writes changes to a session's stored deliveries. Returns the store
+    /// write that packets going with them must wait for (0: none).
+    ///
+    /// Called with the session locked, so one session's changes reach the
+    /// store in the order they happened. A failed write is logged: the
+    /// delivery goes on, and only a crash before the next successful write
+    /// could make it arrive again.
+    pub fn journal(&self, client_id: &str, changes: &[Change]) -> u64 {
+        if changes.is_empty() {
+            return 0;
         }
+        let mut must_wait = false;
+        for change in changes {
+            let written = match *change {
+                Change::Sent { seq, sent } => self.store.mark_sent(client_id, seq, sent),
+                Change::Removed { seq } => self.store.delete_delivery(client_id, seq),
+            };
+            if let Err(error) = written {
+                tracing::error!(%error, client_id, "cannot record delivery state");
+            }
+            must_wait |= change.must_be_durable_before_sending();
+        }
+        let written = self.commit.wrote();
+        if must_wait { written } else { 0 }
     }
 
-    /// Writes a persistent session's record to the store.
-    pub fn persist_session(&self, session: &Session, disconnected_at_ms: Option<u64>) {
+    /// Stores or clears a retained message, on disk first and then in
+    /// memory. Returns the store write to wait for.
+    pub fn retain(&self, message: &Arc<Message>) -> Result<u64, StoreError> {
+        if message.payload.is_empty() {
+            self.store.delete_retained(&message.topic)?;
+        } else {
+            self.store.put_retained(message)?;
+        }
+        self.retained.set(message.clone());
+        Ok(self.commit.wrote())
+    }
+
+    /// Writes a persistent session's record, with the will still due, to the
+    /// store. Returns the store write to wait for (0 when nothing was written).
+    pub fn persist_session(
+        &self,
+        session: &Session,
+        disconnected_at_ms: Option<u64>,
+        will: Option<&Will>,
+    ) -> u64 {
         let record = {
             let state = session.lock();
             if state.expiry_secs == 0 {
-                return;
+                return 0;
             }
             SessionRecord {
                 client_id: session.client_id().to_string(),
@@ -141,10 +230,15 @@ impl BrokerState {
                     .iter()
                     .map(|(filter, entry)| (filter.clone(), *entry))
                     .collect(),
+                will: will.cloned(),
             }
         };
-        if let Err(error) = self.store.put_session(&record) {
-            tracing::error!(%error, client_id = %record.client_id, "cannot store session");
+        match self.store.put_session(&record) {
+            Ok(()) => self.commit.wrote(),
+            Err(error) => {
+                tracing::error!(%error, client_id = %record.client_id, "cannot store session");
+                0
+            }
         }
     }
 
@@ -164,53 +258,85 @@ impl BrokerState {
     }
 }
 
-/// Rebuilds persistent sessions and retained messages from the store.
+/// Rebuilds persistent sessions (subscriptions, stored deliveries, inbound
+/// QoS 2 packet ids, wills still due) and retained messages from the store.
+/// Expiry counts wall-clock time, so time spent stopped counts too.
 fn restore(broker: &Arc<BrokerState>, now: u64) -> Result<(), StoreError> {
-    {
-        let this = broker;
-        let snapshot = this.store.load()?;
-        for message in snapshot.retained {
-            if !message.is_expired(now) {
-                this.retained.set(message);
-            }
+    let mut snapshot = broker.store.load()?;
+    broker
+        .next_seq
+        .store(snapshot.last_seq() + 1, Ordering::Relaxed);
+    for message in std::mem::take(&mut snapshot.retained) {
+        if !message.is_expired(now) {
+            broker.retained.set(message);
         }
-        for record in snapshot.sessions {
-            let expired = record.disconnected_at_ms.is_some_and(|at| {
-                record.expiry_secs != u32::MAX
-                    && at.saturating_add(u64::from(record.expiry_secs) * 1000) <= now
-            });
-            if expired {
-                this.store.delete_session(&record.client_id)?;
-                continue;
-            }
-            let client_id: Arc<str> = record.client_id.as_str().into();
-            let session = Arc::new(Session::new(client_id.clone(), this.session_config()));
-            {
-                let mut state = session.lock();
-                state.expiry_secs = record.expiry_secs;
-                for (raw, entry) in &record.subscriptions {
-                    let Ok(parsed) = topic::parse_filter(raw, this.topic_limits()) else {
-                        continue;
-                    };
-                    state.subscriptions.insert(raw.clone(), *entry);
-                    this.index.subscribe(
-                        parsed.filter,
-                        parsed.share_group,
-                        Subscriber {
-                            session: session.clone(),
-                            options: entry.options,
-                            id: entry.id,
-                        },
-                    );
-                }
-            }
-            this.sessions.insert(client_id, session.clone());
-            if let Some(at) = record.disconnected_at_ms {
-                lifecycle::schedule_expiry(broker.clone(), session, at);
-            }
-        }
-        Ok(())
     }
+    let mut wills = Vec::new();
+    let mut ended_wills = Vec::new();
+    for record in std::mem::take(&mut snapshot.sessions) {
+        let expired = record.disconnected_at_ms.is_some_and(|at| {
+            record.expiry_secs != u32::MAX
+                && at.saturating_add(u64::from(record.expiry_secs) * 1000) <= now
+        });
+        let client_id: Arc<str> = record.client_id.as_str().into();
+        if expired {
+            broker.store.delete_session(&record.client_id)?;
+            // A will still due when the session ended goes out now.
+            if let Some(will) = record.will {
+                ended_wills.push((client_id, will));
+            }
+            continue;
+        }
+        let session = Arc::new(Session::new(client_id.clone(), broker.session_config()));
+        {
+            let mut state = session.lock();
+            Session::set_expiry(&mut state, &session, record.expiry_secs);
+            for (raw, entry) in &record.subscriptions {
+                let Ok(parsed) = topic::parse_filter(raw, broker.topic_limits()) else {
+                    continue;
+                };
+                state.subscriptions.insert(raw.clone(), *entry);
+                broker.index.subscribe(
+                    parsed.filter,
+                    parsed.share_group,
+                    Subscriber {
+                        session: session.clone(),
+                        options: entry.options,
+                        id: entry.id,
+                    },
+                );
+            }
+            if let Some(stored) = snapshot.deliveries.remove(&record.client_id) {
+                state
+                    .outbound
+                    .restore(stored.into_iter().map(|s| (s.delivery, s.sent)));
+            }
+            if let Some(ids) = snapshot.inbound_qos2.remove(&record.client_id) {
+                state.restore_inbound_qos2(ids);
+            }
+        }
+        broker.sessions.insert(client_id, session.clone());
+        // A session still connected when the broker stopped counts as
+        // disconnected from now on.
+        let disconnected_at = match record.disconnected_at_ms {
+            Some(at) => at,
+            None => {
+                broker.persist_session(&session, Some(now), record.will.as_ref());
+                now
+            }
+        };
+        if let Some(will) = record.will {
+            wills.push((session.clone(), will, disconnected_at));
+        }
+        lifecycle::schedule_expiry(broker.clone(), session, disconnected_at);
+    }
+    for (client_id, will) in ended_wills {
+        lifecycle::publish_will_message(broker, &client_id, will, now);
+    }
+    for (session, will, disconnected_at) in wills {
+        lifecycle::schedule_will(broker.clone(), session, will, disconnected_at);
+    }
+    Ok(())
 }
 
 /// A running broker. Dropping it without `shutdown` leaves the tasks running
@@ -223,9 +349,22 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds every listener and starts serving, with state kept in memory.
+    /// Opens the store the durability mode asks for (sled under `data_dir`,
+    /// or memory), rebuilds what it holds, binds every listener and starts
+    /// serving.
     pub async fn start(settings: Settings) -> Result<Broker, BrokerError> {
-        Broker::start_with_store(settings, Arc::new(MemoryStore::new())).await
+        let store: Arc<dyn Store> = match settings.durability {
+            Durability::Memory => Arc::new(MemoryStore::new()),
+            Durability::Sync => Arc::new(SledStore::open(
+                &settings.data_dir,
+                Some(SYNC_BACKGROUND_FLUSH_MS),
+            )?),
+            Durability::Async => Arc::new(SledStore::open(
+                &settings.data_dir,
+                Some(settings.flush_interval_ms),
+            )?),
+        };
+        Broker::start_with_store(settings, store).await
     }
 
     /// Starts on the given store, first rebuilding what it holds.
@@ -249,13 +388,19 @@ impl Broker {
             .zip(&settings.listeners)
             .map(|(socket, listener)| socket.local_addr().unwrap_or(listener.bind))
             .collect();
+        let commit = match settings.durability {
+            Durability::Sync => GroupCommit::on_demand(store.clone()),
+            Durability::Async | Durability::Memory => GroupCommit::never_waits(),
+        };
         let state = Arc::new(BrokerState {
             settings,
             sessions: DashMap::new(),
             index: SubscriptionIndex::new(),
             retained: RetainedStore::new(),
             metrics: Metrics::default(),
+            commit,
             store,
+            next_seq: AtomicU64::new(1),
             shutdown: shutdown_rx,
         });
         restore(&state, now_ms())?;
@@ -284,5 +429,9 @@ impl Broker {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.state.commit.close();
+        if let Err(error) = self.state.store.flush() {
+            tracing::error!(%error, "final flush to disk failed");
+        }
     }
 }

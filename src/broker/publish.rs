@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use super::Routed;
 use super::client::{Client, Close};
 use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, Version};
 use crate::router::Message;
+use crate::store::StoreError;
 use crate::topic;
 
 impl Client {
@@ -71,15 +73,35 @@ impl Client {
             properties: publish.properties,
             publisher: Some(self.session.client_id().clone()),
         });
-        if message.retain {
-            self.broker.retain(&message);
-        }
-        let receivers = self.broker.route(&message);
-
-        let reason = if receivers == 0 && self.version == Version::V5 {
-            ReasonCode::NO_MATCHING_SUBSCRIBERS
-        } else {
-            ReasonCode::SUCCESS
+        let routed = self.store_and_route(&message, publish.qos, publish.packet_id);
+        let reason = match routed {
+            Ok(routed) => {
+                self.wait_for(routed.durable_after);
+                if routed.receivers == 0 && self.version == Version::V5 {
+                    ReasonCode::NO_MATCHING_SUBSCRIBERS
+                } else {
+                    ReasonCode::SUCCESS
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, topic = %message.topic, "publish refused: cannot store it");
+                if publish.qos == QoS::ExactlyOnce {
+                    self.session.lock().release_qos2(publish.packet_id);
+                }
+                let reason = match error {
+                    StoreError::Full(_) => ReasonCode::QUOTA_EXCEEDED,
+                    _ => ReasonCode::UNSPECIFIED_ERROR,
+                };
+                // 3.1.1 acks carry no failure: closing without one makes the
+                // client send the message again later [MQTT-4.4.0-1].
+                if self.version == Version::V311 && publish.qos != QoS::AtMostOnce {
+                    return Err(Close::ByServer(reason));
+                }
+                self.broker
+                    .metrics
+                    .message_dropped(self.session.client_id());
+                reason
+            }
         };
         match publish.qos {
             QoS::AtMostOnce => {}
@@ -91,6 +113,27 @@ impl Client {
                 .push(Packet::PubRec(Ack::new(publish.packet_id, reason))),
         }
         Ok(())
+    }
+
+    /// Stores the message where it must survive (retained, copies for
+    /// persistent subscribers, this session's QoS 2 packet id) and routes it.
+    fn store_and_route(
+        &mut self,
+        message: &Arc<Message>,
+        qos: QoS,
+        packet_id: u16,
+    ) -> Result<Routed, StoreError> {
+        let mut retained_write = 0;
+        if message.retain {
+            retained_write = self.broker.retain(message)?;
+        }
+        let inbound_qos2 = (qos == QoS::ExactlyOnce
+            && self.session.is_persistent()
+            && self.broker.store.keeps_messages())
+        .then(|| (&**self.session.client_id(), packet_id));
+        let mut routed = self.broker.route(message, inbound_qos2)?;
+        routed.durable_after = routed.durable_after.max(retained_write);
+        Ok(routed)
     }
 
     /// Replaces a v5 topic alias with its topic, or records a new alias.

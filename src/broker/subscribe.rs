@@ -74,11 +74,17 @@ impl Client {
                         retain: true,
                         subscription_ids: subscribe.subscription_id.into_iter().collect(),
                         message,
+                        // Not stored: a retained message is sent again on
+                        // the next subscribe, not resumed.
+                        seq: None,
                     });
                 }
             }
         }
-        self.broker.persist_session(&self.session, None);
+        let written = self
+            .broker
+            .persist_session(&self.session, None, self.will.as_ref());
+        self.wait_for(written);
         self.outgoing.push(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reasons,
@@ -108,7 +114,10 @@ impl Client {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
             }
         }
-        self.broker.persist_session(&self.session, None);
+        let written = self
+            .broker
+            .persist_session(&self.session, None, self.will.as_ref());
+        self.wait_for(written);
         self.outgoing.push(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reasons,

@@ -11,6 +11,7 @@ mod properties;
 pub mod reason;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use reason::ReasonCode;
@@ -21,7 +22,7 @@ pub enum Version {
     V5,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum QoS {
     AtMostOnce = 0,
     AtLeastOnce = 1,
@@ -79,7 +80,7 @@ pub struct Connect {
     pub authentication_method: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Will {
     pub topic: String,
     pub payload: Bytes,
@@ -91,7 +92,7 @@ pub struct Will {
 
 /// The v5 properties that travel with an application message from publisher
 /// to subscriber.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageProperties {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
@@ -159,7 +160,7 @@ pub struct ConnAckProperties {
     pub response_information: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetainHandling {
     /// Send retained messages on every subscribe.
     OnSubscribe,
@@ -168,7 +169,7 @@ pub enum RetainHandling {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SubscriptionOptions {
     pub qos: QoS,
     pub no_local: bool,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use serde::{Deserialize, Serialize};
+
 use crate::protocol::{MessageProperties, QoS};
 
 pub use index::{Match, Subscriber, SubscriptionIndex};
@@ -15,7 +17,7 @@ pub use retained::RetainedStore;
 
 /// An application message as the broker holds it once accepted: shared by
 /// every session it is delivered to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub topic: Arc<str>,
     pub payload: Bytes,

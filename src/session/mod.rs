@@ -11,11 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
 use crate::protocol::{ReasonCode, SubscriptionOptions};
 
-pub use outbound::{AckOutcome, AwaitedAck, Delivery, Enqueued, Inflight, Outbound};
+pub use outbound::{AckOutcome, AwaitedAck, Change, Delivery, Enqueued, Inflight, Outbound, Sent};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
@@ -52,7 +53,7 @@ pub struct Takeover {
 
 /// A subscription as the session remembers it, by its filter as sent
 /// (including any `$share/{group}/` prefix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionEntry {
     pub options: SubscriptionOptions,
     pub id: Option<u32>,
@@ -92,6 +93,11 @@ impl SessionState {
     pub fn inbound_qos2_ids(&self) -> impl Iterator<Item = u16> + '_ {
         self.inbound_qos2.iter().copied()
     }
+
+    /// Sets the inbound QoS 2 packet ids read back from the store.
+    pub fn restore_inbound_qos2(&mut self, ids: impl IntoIterator<Item = u16>) {
+        self.inbound_qos2.extend(ids);
+    }
 }
 
 pub struct Session {
@@ -99,6 +105,9 @@ pub struct Session {
     /// Mirrors `state.connection.is_some()` without taking the lock, for
     /// shared-subscription member choice on the publish path.
     online: AtomicBool,
+    /// Mirrors `state.expiry_secs != 0`, so the publish path can tell which
+    /// copies must be stored before it takes any session lock.
+    persistent: AtomicBool,
     wake: Notify,
     /// A std mutex: it is only ever held for short synchronous updates and
     /// never across an `.await`, so an async mutex would only add cost.
@@ -110,6 +119,7 @@ impl Session {
         Session {
             client_id,
             online: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
             wake: Notify::new(),
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
@@ -128,6 +138,19 @@ impl Session {
 
     pub fn is_online(&self) -> bool {
         self.online.load(Ordering::Acquire)
+    }
+
+    /// Whether the session outlives its connection, so that its state is
+    /// written to the store.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    pub fn set_expiry(state: &mut SessionState, session: &Session, expiry_secs: u32) {
+        state.expiry_secs = expiry_secs;
+        session
+            .persistent
+            .store(expiry_secs != 0, Ordering::Release);
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {

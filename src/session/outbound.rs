@@ -5,19 +5,25 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode};
 use crate::router::Message;
 
 /// One message for one session, at the QoS it is delivered with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// The key of the stored copy, for QoS 1/2 deliveries to a persistent
+    /// session; every change to such a delivery is reported as a `Change`.
+    #[serde(skip)]
+    pub seq: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AwaitedAck {
     PubAck,
     PubRec,
@@ -29,6 +35,46 @@ pub struct Inflight {
     pub packet_id: u16,
     pub delivery: Delivery,
     pub awaiting: AwaitedAck,
+}
+
+/// How far a stored delivery has got: the packet id it was sent with and
+/// the acknowledgement it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub packet_id: u16,
+    pub awaiting: AwaitedAck,
+}
+
+/// A change to a stored delivery that the store must learn about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Sent {
+        seq: u64,
+        sent: Sent,
+    },
+    /// Acknowledged, expired, dropped or abandoned: no longer needed.
+    Removed {
+        seq: u64,
+    },
+}
+
+impl Change {
+    /// Whether the packet this change goes with may only be written once the
+    /// change is on disk. A QoS 2 PUBLISH re-sent after a crash under another
+    /// packet id, or PUBLISH re-sent after PUBREL, would be a duplicate for
+    /// the client; QoS 1 tolerates both.
+    pub fn must_be_durable_before_sending(&self) -> bool {
+        matches!(
+            self,
+            Change::Sent {
+                sent: Sent {
+                    awaiting: AwaitedAck::PubRec | AwaitedAck::PubComp,
+                    ..
+                },
+                ..
+            }
+        )
+    }
 }
 
 /// What happened to a message offered to a full queue.
@@ -58,6 +104,8 @@ pub struct Outbound {
     /// min(client Receive Maximum, configured max_inflight).
     window: usize,
     max_queued: usize,
+    /// Changes to stored deliveries not yet taken by `take_changes`.
+    changes: Vec<Change>,
 }
 
 impl Outbound {
@@ -68,6 +116,37 @@ impl Outbound {
             next_packet_id: 1,
             window: usize::from(window.max(1)),
             max_queued,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Puts back deliveries read from the store, in their stored order: those
+    /// already sent into the inflight window (to be re-sent on resume), the
+    /// rest into the queue.
+    pub fn restore(&mut self, stored: impl IntoIterator<Item = (Delivery, Option<Sent>)>) {
+        for (delivery, sent) in stored {
+            match sent {
+                Some(sent) => {
+                    self.next_packet_id = sent.packet_id.checked_add(1).unwrap_or(1).max(1);
+                    self.inflight.push_back(Inflight {
+                        packet_id: sent.packet_id,
+                        delivery,
+                        awaiting: sent.awaiting,
+                    });
+                }
+                None => self.queue.push_back(delivery),
+            }
+        }
+    }
+
+    /// The changes to stored deliveries since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn record(&mut self, delivery: &Delivery, change: impl FnOnce(u64) -> Change) {
+        if let Some(seq) = delivery.seq {
+            self.changes.push(change(seq));
         }
     }
 
@@ -104,7 +183,10 @@ impl Outbound {
                 self.queue.push_back(delivery);
                 Enqueued::QueuedDroppingOlder
             }
-            None => Enqueued::Dropped,
+            None => {
+                self.record(&delivery, |seq| Change::Removed { seq });
+                Enqueued::Dropped
+            }
         }
     }
 
@@ -119,6 +201,7 @@ impl Outbound {
             let delivery = self.queue.pop_front()?;
             if delivery.message.is_expired(now_ms) {
                 *expired += 1;
+                self.record(&delivery, |seq| Change::Removed { seq });
                 continue;
             }
             let packet_id = match delivery.qos {
@@ -131,6 +214,11 @@ impl Outbound {
                     QoS::ExactlyOnce => AwaitedAck::PubRec,
                     _ => AwaitedAck::PubAck,
                 };
+                let sent = Sent {
+                    packet_id,
+                    awaiting,
+                };
+                self.record(&delivery, |seq| Change::Sent { seq, sent });
                 self.inflight.push_back(Inflight {
                     packet_id,
                     delivery,
@@ -144,7 +232,15 @@ impl Outbound {
     /// Forgets an inflight message that could not be sent at all (too large
     /// for the client's Maximum Packet Size).
     pub fn abandon(&mut self, packet_id: u16) {
-        self.inflight.retain(|i| i.packet_id != packet_id);
+        if let Some(at) = self.inflight.iter().position(|i| i.packet_id == packet_id) {
+            self.remove_inflight(at);
+        }
+    }
+
+    fn remove_inflight(&mut self, at: usize) {
+        if let Some(done) = self.inflight.remove(at) {
+            self.record(&done.delivery, |seq| Change::Removed { seq });
+        }
     }
 
     fn allocate_packet_id(&mut self) -> u16 {
@@ -165,7 +261,7 @@ impl Outbound {
 
     pub fn on_puback(&mut self, packet_id: u16) -> AckOutcome {
         if let Some(at) = self.position(packet_id, AwaitedAck::PubAck) {
-            self.inflight.remove(at);
+            self.remove_inflight(at);
         }
         AckOutcome::Done
     }
@@ -175,11 +271,18 @@ impl Outbound {
     pub fn on_pubrec(&mut self, packet_id: u16, reason: ReasonCode) -> AckOutcome {
         match self.position(packet_id, AwaitedAck::PubRec) {
             Some(at) if reason.is_error() => {
-                self.inflight.remove(at);
+                self.remove_inflight(at);
                 AckOutcome::Done
             }
             Some(at) => {
                 self.inflight[at].awaiting = AwaitedAck::PubComp;
+                let sent = Sent {
+                    packet_id,
+                    awaiting: AwaitedAck::PubComp,
+                };
+                if let Some(seq) = self.inflight[at].delivery.seq {
+                    self.changes.push(Change::Sent { seq, sent });
+                }
                 AckOutcome::PubRel(Ack::new(packet_id, ReasonCode::SUCCESS))
             }
             // A PUBREC repeated after we already sent PUBREL gets PUBREL again.
@@ -194,7 +297,7 @@ impl Outbound {
 
     pub fn on_pubcomp(&mut self, packet_id: u16) -> AckOutcome {
         if let Some(at) = self.position(packet_id, AwaitedAck::PubComp) {
-            self.inflight.remove(at);
+            self.remove_inflight(at);
         }
         AckOutcome::Done
     }
@@ -256,6 +359,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            seq: None,
         }
     }
 
@@ -367,6 +471,83 @@ mod tests {
         assert_eq!(&publish.payload[..], b"new");
         assert_eq!(publish.properties.message_expiry_interval, Some(6));
         assert_eq!(expired, 1);
+    }
+
+    fn stored(qos: QoS, payload: &'static str, seq: u64) -> Delivery {
+        Delivery {
+            seq: Some(seq),
+            ..delivery(qos, payload)
+        }
+    }
+
+    #[test]
+    fn stored_deliveries_report_every_change_and_unstored_ones_none() {
+        let mut out = Outbound::new(10, 2);
+        out.enqueue(stored(QoS::AtLeastOnce, "a", 7));
+        out.enqueue(stored(QoS::ExactlyOnce, "b", 8));
+        out.enqueue(delivery(QoS::AtLeastOnce, "unstored"));
+        assert_eq!(
+            out.enqueue(stored(QoS::AtLeastOnce, "overflow", 9)),
+            Enqueued::Dropped
+        );
+        assert_eq!(out.take_changes(), [Change::Removed { seq: 9 }]);
+        drain(&mut out, 0);
+        let sent = |packet_id, awaiting| Sent {
+            packet_id,
+            awaiting,
+        };
+        let changes = out.take_changes();
+        assert_eq!(
+            changes,
+            [
+                Change::Sent {
+                    seq: 7,
+                    sent: sent(1, AwaitedAck::PubAck)
+                },
+                Change::Sent {
+                    seq: 8,
+                    sent: sent(2, AwaitedAck::PubRec)
+                },
+            ]
+        );
+        assert!(!changes[0].must_be_durable_before_sending());
+        assert!(changes[1].must_be_durable_before_sending());
+        out.on_puback(1);
+        out.on_pubrec(2, ReasonCode::SUCCESS);
+        out.on_pubcomp(2);
+        assert_eq!(
+            out.take_changes(),
+            [
+                Change::Removed { seq: 7 },
+                Change::Sent {
+                    seq: 8,
+                    sent: sent(2, AwaitedAck::PubComp)
+                },
+                Change::Removed { seq: 8 },
+            ]
+        );
+        assert!(out.take_changes().is_empty());
+    }
+
+    #[test]
+    fn restored_deliveries_resume_where_they_were() {
+        let mut out = Outbound::new(10, 100);
+        let awaiting_comp = Sent {
+            packet_id: 40,
+            awaiting: AwaitedAck::PubComp,
+        };
+        out.restore([
+            (stored(QoS::ExactlyOnce, "released", 1), Some(awaiting_comp)),
+            (stored(QoS::AtLeastOnce, "queued", 2), None),
+        ]);
+        let resent = out.resend(0);
+        assert!(matches!(&resent[..], [Packet::PubRel(a)] if a.packet_id == 40));
+        let next = drain(&mut out, 0);
+        assert_eq!(
+            next[0].packet_id, 41,
+            "new ids continue after restored ones"
+        );
+        assert_eq!(&next[0].payload[..], b"queued");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Records kept in the process: nothing survives the process, but a broker
+//! Records kept in the process (the `memory` durability mode): nothing
+//! survives the process, and messages are not journalled at all, but a broker
 //! restarted in the same process on the same `MemoryStore` gets its
 //! persistent sessions and retained messages back.
 
@@ -6,8 +7,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{SessionRecord, Snapshot, Store, StoreError};
+use super::{SessionCopy, SessionRecord, Snapshot, Store, StoreError};
 use crate::router::Message;
+use crate::session::Sent;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -22,6 +24,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn keeps_messages(&self) -> bool {
+        false
+    }
+
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.sessions
             .insert(record.client_id.clone(), record.clone());
@@ -33,8 +39,9 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn put_retained(&self, message: &Arc<Message>) -> Result<(), StoreError> {
-        self.retained.insert(message.topic.clone(), message.clone());
+    fn put_retained(&self, message: &Message) -> Result<(), StoreError> {
+        self.retained
+            .insert(message.topic.clone(), Arc::new(message.clone()));
         Ok(())
     }
 
@@ -43,10 +50,35 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn put_copies(
+        &self,
+        _copies: &[SessionCopy<'_>],
+        _inbound_qos2: Option<(&str, u16)>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn mark_sent(&self, _client_id: &str, _seq: u64, _sent: Sent) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn delete_delivery(&self, _client_id: &str, _seq: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn delete_inbound_qos2(&self, _client_id: &str, _packet_id: u16) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn load(&self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
             sessions: self.sessions.iter().map(|e| e.value().clone()).collect(),
             retained: self.retained.iter().map(|e| e.value().clone()).collect(),
+            ..Snapshot::default()
         })
     }
 }

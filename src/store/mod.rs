@@ -1,36 +1,87 @@
-//! The storage seam: what the broker records so that persistent sessions and
-//! retained messages can be rebuilt after a restart.
+//! The storage seam: what the broker records so that persistent sessions,
+//! their messages and retained messages can be rebuilt after a restart.
 //!
 //! The broker keeps its live state in memory for speed and reports every
 //! change that must survive to a `Store`; at start it rebuilds from
-//! `Store::load`. `MemoryStore` keeps the records in the process (the
-//! `memory` durability mode, and what tests use to restart a broker on the
-//! same state); a disk-backed store implements the same trait.
+//! `Store::load`. Only persistent sessions (expiry > 0) are ever written.
+//! `SledStore` keeps the records on disk; `MemoryStore` keeps sessions and
+//! retained messages in the process (the `memory` durability mode, and what
+//! tests use to restart a broker on the same state). `GroupCommit` decides
+//! when a write counts as durable.
 
+mod commit;
+mod disk;
 mod memory;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::router::Message;
-use crate::session::SubscriptionEntry;
+use serde::{Deserialize, Serialize};
 
+use crate::protocol::Will;
+use crate::router::Message;
+use crate::session::{Delivery, Sent, SubscriptionEntry};
+
+pub use commit::GroupCommit;
+pub use disk::SledStore;
 pub use memory::MemoryStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the data directory {0} is in use by another petrel process")]
+    Locked(String),
+    #[error("cannot open the database in {dir}: {reason}")]
+    Open { dir: String, reason: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The disk is full or over quota: publishes are refused with 0x97.
+    #[error("no space left for stored data: {0}")]
+    Full(String),
     #[error("storage backend failed: {0}")]
     Backend(String),
 }
 
+impl StoreError {
+    /// Classifies an I/O error from the backend.
+    pub fn io(error: &std::io::Error) -> StoreError {
+        match error.raw_os_error() {
+            Some(code) if code == ENOSPC || code == EDQUOT => StoreError::Full(error.to_string()),
+            _ => StoreError::Backend(error.to_string()),
+        }
+    }
+}
+
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
 /// A persistent session as stored: who it is, how long it lives after its
-/// connection ends, and what it subscribed to.
-#[derive(Debug, Clone, PartialEq)]
+/// connection ends, what it subscribed to, and the will that is still due.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub client_id: String,
     pub expiry_secs: u32,
-    /// When its last connection ended, so expiry counts across restarts.
+    /// When its last connection ended, so expiry and will delay count
+    /// across restarts; none while it was connected.
     pub disconnected_at_ms: Option<u64>,
     pub subscriptions: Vec<(String, SubscriptionEntry)>,
+    /// The will of the current connection, or one whose delay is running.
+    pub will: Option<Will>,
+}
+
+/// A QoS 1/2 delivery kept for a persistent session until it is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDelivery {
+    pub seq: u64,
+    pub delivery: Delivery,
+    /// Set once it was sent: re-sent with DUP and this packet id.
+    pub sent: Option<Sent>,
+}
+
+/// One copy of an inbound message for one persistent session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionCopy<'a> {
+    pub client_id: &'a str,
+    pub delivery: &'a Delivery,
 }
 
 /// Everything a store holds, as read back at start.
@@ -38,12 +89,45 @@ pub struct SessionRecord {
 pub struct Snapshot {
     pub sessions: Vec<SessionRecord>,
     pub retained: Vec<Arc<Message>>,
+    /// Per client id, in the order they were queued.
+    pub deliveries: HashMap<String, Vec<StoredDelivery>>,
+    /// Per client id: inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound_qos2: HashMap<String, Vec<u16>>,
+}
+
+impl Snapshot {
+    /// The highest delivery key in use, so new keys continue after it.
+    pub fn last_seq(&self) -> u64 {
+        self.deliveries
+            .values()
+            .flatten()
+            .map(|stored| stored.seq)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
+    /// Whether QoS 1/2 deliveries and inbound QoS 2 packet ids are kept.
+    /// When not, the broker does not journal them at all.
+    fn keeps_messages(&self) -> bool;
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
+    /// Removes a session with everything it owns.
     fn delete_session(&self, client_id: &str) -> Result<(), StoreError>;
-    fn put_retained(&self, message: &Arc<Message>) -> Result<(), StoreError>;
+    fn put_retained(&self, message: &Message) -> Result<(), StoreError>;
     fn delete_retained(&self, topic: &str) -> Result<(), StoreError>;
+    /// Stores the copies of one inbound message and, for QoS 2 from a
+    /// persistent session, its packet id awaiting PUBREL, all or nothing:
+    /// a publisher re-sending after a crash must find either both or neither.
+    fn put_copies(
+        &self,
+        copies: &[SessionCopy<'_>],
+        inbound_qos2: Option<(&str, u16)>,
+    ) -> Result<(), StoreError>;
+    fn mark_sent(&self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError>;
+    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
+    fn delete_inbound_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
+    /// Makes every write that has returned so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
     fn load(&self) -> Result<Snapshot, StoreError>;
 }

@@ -147,6 +147,12 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
     // Answers to packets handled before the close still go out, then the
     // DISCONNECT where the protocol has one.
     let mut last_words = client.take_outgoing();
+    if !last_words.is_empty()
+        && let Err(error) = broker.commit.durable(client.take_durable_after()).await
+    {
+        tracing::error!(%error, "acknowledgements withheld: not durable");
+        last_words.clear();
+    }
     if let Close::ByServer(reason) = close
         && version == Version::V5
     {
@@ -236,6 +242,13 @@ async fn flush(
     let (packets, more) = client.pump(now_ms());
     if packets.is_empty() {
         return Ok(());
+    }
+    // Under `sync`, acknowledgements and QoS 2 state go out only once what
+    // they promise is on disk; concurrent connections share one flush.
+    let durable_after = client.take_durable_after();
+    if let Err(error) = client.broker().commit.durable(durable_after).await {
+        tracing::error!(%error, "closing: acknowledgements cannot be made durable");
+        return Err(Close::ByServer(ReasonCode::UNSPECIFIED_ERROR));
     }
     let mut publishes = 0;
     for packet in &packets {
