@@ -51,6 +51,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(&dir)
             .flush_every_ms(background_flush_ms)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|error| match error {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {

@@ -1,6 +1,7 @@
 //! One task per connection: read frames, feed the client, write what it
 //! returns, and watch the keep alive, takeover and shutdown signals.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,12 +93,27 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
     let keep_alive = client.keep_alive_limit();
     let mut last_read = Instant::now();
     let mut takeover_done = None;
+    let mut held = Held::default();
     let close = loop {
-        if let Err(close) = flush(&mut stream, &codec, &mut output, &mut client).await {
+        if let Err(close) = flush(&mut stream, &codec, &mut output, &mut client, &mut held).await {
             break close;
         }
         let keep_alive_deadline = keep_alive.map(|limit| last_read + limit);
+        let durable_after = held.oldest_epoch();
         tokio::select! {
+            // Reading goes on while acknowledgements wait for their flush,
+            // so one flush covers everything the client pipelines meanwhile.
+            durable = broker.commit.durable(durable_after.unwrap_or(0)), if durable_after.is_some() => {
+                if let Err(error) = durable {
+                    tracing::error!(%error, "closing: acknowledgements cannot be made durable");
+                    held.clear();
+                    break Close::ByServer(ReasonCode::UNSPECIFIED_ERROR);
+                }
+                let packets = held.release_oldest();
+                if let Err(close) = write_batch(&mut stream, &codec, &mut output, &mut client, packets).await {
+                    break close;
+                }
+            }
             ready = stream.readable() => {
                 if ready.is_err() {
                     break Close::Lost;
@@ -146,9 +162,11 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
 
     // Answers to packets handled before the close still go out, then the
     // DISCONNECT where the protocol has one.
-    let mut last_words = client.take_outgoing();
+    let durable_after = held.newest_epoch().max(client.take_durable_after());
+    let mut last_words = held.release_all();
+    last_words.extend(client.take_outgoing());
     if !last_words.is_empty()
-        && let Err(error) = broker.commit.durable(client.take_durable_after()).await
+        && let Err(error) = broker.commit.durable(durable_after).await
     {
         tracing::error!(%error, "acknowledgements withheld: not durable");
         last_words.clear();
@@ -231,25 +249,85 @@ async fn refuse_connect(stream: &mut TcpStream, codec: &Codec, error: DecodeErro
     }
 }
 
-/// Writes the client's waiting packets and queued messages, a batch at a
-/// time, until nothing is left that the inflight window allows.
+/// Packets that may go out only once a store write is durable (DESIGN §4
+/// `sync`), in the order they were produced, each batch with the write it
+/// waits for. Batches that need no flush queue behind earlier ones, so the
+/// client sees every packet in order.
+#[derive(Default)]
+struct Held {
+    batches: VecDeque<(u64, Vec<Packet>)>,
+}
+
+impl Held {
+    fn hold(&mut self, epoch: u64, packets: Vec<Packet>) {
+        let epoch = epoch.max(self.newest_epoch());
+        self.batches.push_back((epoch, packets));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    fn oldest_epoch(&self) -> Option<u64> {
+        self.batches.front().map(|(epoch, _)| *epoch)
+    }
+
+    fn newest_epoch(&self) -> u64 {
+        self.batches.back().map_or(0, |(epoch, _)| *epoch)
+    }
+
+    fn release_oldest(&mut self) -> Vec<Packet> {
+        self.batches
+            .pop_front()
+            .map(|(_, packets)| packets)
+            .unwrap_or_default()
+    }
+
+    fn release_all(&mut self) -> Vec<Packet> {
+        self.batches
+            .drain(..)
+            .flat_map(|(_, packets)| packets)
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+    }
+}
+
+/// Takes the client's waiting packets and queued messages, a batch at a
+/// time, and writes them, or holds them while they wait for a flush.
 async fn flush(
     stream: &mut TcpStream,
     codec: &Codec,
     output: &mut BytesMut,
     client: &mut Client,
+    held: &mut Held,
 ) -> Result<(), Close> {
     let (packets, more) = client.pump(now_ms());
     if packets.is_empty() {
         return Ok(());
     }
-    // Under `sync`, acknowledgements and QoS 2 state go out only once what
-    // they promise is on disk; concurrent connections share one flush.
     let durable_after = client.take_durable_after();
-    if let Err(error) = client.broker().commit.durable(durable_after).await {
-        tracing::error!(%error, "closing: acknowledgements cannot be made durable");
-        return Err(Close::ByServer(ReasonCode::UNSPECIFIED_ERROR));
+    if more {
+        client.session().wake();
     }
+    if durable_after > 0 || !held.is_empty() {
+        held.hold(durable_after, packets);
+        return Ok(());
+    }
+    write_batch(stream, codec, output, client, packets).await
+}
+
+/// Encodes and writes one batch; a message larger than the client accepts
+/// is skipped for this client.
+async fn write_batch(
+    stream: &mut TcpStream,
+    codec: &Codec,
+    output: &mut BytesMut,
+    client: &mut Client,
+    packets: Vec<Packet>,
+) -> Result<(), Close> {
     let mut publishes = 0;
     for packet in &packets {
         match codec.encode(packet, output) {
@@ -272,9 +350,6 @@ async fn flush(
     stream.write_all(output).await.map_err(|_| Close::Lost)?;
     *output = BytesMut::new();
     client.broker().metrics.messages_sent_add(publishes);
-    if more {
-        client.session().wake();
-    }
     Ok(())
 }
 
