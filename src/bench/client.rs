@@ -7,11 +7,13 @@
 //! live in the publisher and subscriber loops.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqttbytes::{QoS, v4, v5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
 
 use crate::bench::BenchError;
 
@@ -30,6 +32,7 @@ pub enum Version {
 pub enum Incoming {
     ConnAck {
         code: u8,
+        session_present: bool,
         receive_max: Option<u16>,
     },
     SubAck {
@@ -61,6 +64,27 @@ pub enum Incoming {
     },
     /// A packet a broker never sends to a client (CONNECT, SUBSCRIBE, ...).
     Other(&'static str),
+}
+
+/// What a connection asks the broker to do with its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// 3.1.1 clean session 1, 5.0 clean start 1 without a session expiry:
+    /// any earlier session is discarded and this one ends with the
+    /// connection.
+    Clean,
+    /// 3.1.1 clean session 0, 5.0 clean start 0 with this Session Expiry
+    /// Interval: the broker keeps the session and must store every message
+    /// for it, as for a device that may go offline.
+    Persistent { expiry_secs: u32 },
+}
+
+/// A successful CONNACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub session_present: bool,
+    /// The broker's receive maximum (v5), if it announced one.
+    pub receive_max: Option<u16>,
 }
 
 /// Builds PUBLISH packets for one topic without re-allocating the topic.
@@ -148,15 +172,32 @@ impl Conn {
     /// Sends CONNECT (clean session) and waits for a successful CONNACK.
     /// Returns the broker's receive maximum (v5) if it announced one.
     pub async fn handshake(&mut self, keepalive: u16) -> Result<Option<u16>, BenchError> {
+        let accepted = self.connect(keepalive, SessionMode::Clean).await?;
+        Ok(accepted.receive_max)
+    }
+
+    /// Sends CONNECT with the given session handling and waits for a
+    /// successful CONNACK.
+    pub async fn connect(
+        &mut self,
+        keepalive: u16,
+        session: SessionMode,
+    ) -> Result<Accepted, BenchError> {
+        let clean = session == SessionMode::Clean;
         match self.version {
             Version::V4 => {
                 let mut c = v4::Connect::new(self.name.as_str());
                 c.keep_alive = keepalive;
+                c.clean_session = clean;
                 c.write(&mut self.wbuf).map_err(BenchError::Encode)?;
             }
             Version::V5 => {
                 let mut c = v5::Connect::new(self.name.as_str());
                 c.keep_alive = keepalive;
+                c.clean_session = clean;
+                if let SessionMode::Persistent { expiry_secs } = session {
+                    c.properties = Some(expiry_properties(expiry_secs));
+                }
                 c.write(&mut self.wbuf).map_err(BenchError::Encode)?;
             }
         }
@@ -164,8 +205,12 @@ impl Conn {
         match self.next().await? {
             Incoming::ConnAck {
                 code: 0,
+                session_present,
                 receive_max,
-            } => Ok(receive_max),
+            } => Ok(Accepted {
+                session_present,
+                receive_max,
+            }),
             Incoming::ConnAck { code, .. } => Err(BenchError::ConnectRefused {
                 client: self.name.clone(),
                 code,
@@ -287,6 +332,31 @@ impl Conn {
         .map_err(BenchError::Encode)
     }
 
+    /// Sends DISCONNECT and waits until the broker closes the connection
+    /// (or `wait` passes), so that a later CONNECT with the same client id
+    /// is not mistaken for a takeover of this one.
+    pub async fn disconnect(mut self, wait: Duration) -> Result<(), BenchError> {
+        self.queue_disconnect()?;
+        self.flush().await?;
+        let _ = self.stream.shutdown().await;
+        let closed = async {
+            loop {
+                self.rbuf.clear();
+                match self.fill().await {
+                    Ok(()) => {}
+                    Err(BenchError::Closed { .. }) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match timeout(wait, closed).await {
+            Ok(result) => result,
+            Err(_) => Err(BenchError::Timeout(
+                "waiting for the broker to close a connection",
+            )),
+        }
+    }
+
     pub fn has_pending_writes(&self) -> bool {
         !self.wbuf.is_empty()
     }
@@ -383,10 +453,25 @@ pub fn packet_name(packet: &Incoming) -> &'static str {
     }
 }
 
+fn expiry_properties(expiry_secs: u32) -> v5::ConnectProperties {
+    v5::ConnectProperties {
+        session_expiry_interval: Some(expiry_secs),
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
 fn from_v4(packet: v4::Packet) -> Incoming {
     match packet {
         v4::Packet::ConnAck(c) => Incoming::ConnAck {
             code: c.code as u8,
+            session_present: c.session_present,
             receive_max: None,
         },
         v4::Packet::SubAck(s) => Incoming::SubAck {
@@ -429,6 +514,7 @@ fn from_v5(packet: v5::Packet) -> Incoming {
     match packet {
         v5::Packet::ConnAck(c) => Incoming::ConnAck {
             code: c.code as u8,
+            session_present: c.session_present,
             receive_max: c.properties.and_then(|p| p.receive_max),
         },
         v5::Packet::SubAck(s) => Incoming::SubAck {
@@ -522,6 +608,89 @@ mod tests {
             Err(BenchError::ConnectRefused { code: 5, .. }) => {}
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    /// Reads the next packet the client sent, as a v5 broker would.
+    async fn read_v5(broker: &mut TcpStream, buf: &mut BytesMut) -> Option<v5::Packet> {
+        loop {
+            match v5::read(buf, MAX_INCOMING_PACKET) {
+                Ok(packet) => return Some(packet),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(_) => return None,
+            }
+            if broker.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn persistent_v5_connect_asks_for_the_session_to_outlive_the_connection() {
+        let Some((mut conn, mut broker)) = pair(Version::V5).await else {
+            panic!("loopback socket pair");
+        };
+        let broker_side = async {
+            let mut buf = BytesMut::new();
+            let connect = read_v5(&mut broker, &mut buf).await;
+            // CONNACK: session present, success, no properties.
+            broker.write_all(&[0x20, 3, 1, 0, 0]).await.ok()?;
+            connect
+        };
+        let persistent = SessionMode::Persistent { expiry_secs: 300 };
+        let (accepted, connect) = tokio::join!(conn.connect(30, persistent), broker_side);
+        match connect {
+            Some(v5::Packet::Connect(c)) => {
+                assert!(!c.clean_session);
+                let expiry = c.properties.and_then(|p| p.session_expiry_interval);
+                assert_eq!(expiry, Some(300));
+            }
+            other => panic!("expected CONNECT, got {other:?}"),
+        }
+        assert_eq!(
+            accepted.ok(),
+            Some(Accepted {
+                session_present: true,
+                receive_max: None
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn clean_v5_connect_carries_no_session_expiry() {
+        let Some((mut conn, mut broker)) = pair(Version::V5).await else {
+            panic!("loopback socket pair");
+        };
+        let broker_side = async {
+            let mut buf = BytesMut::new();
+            let connect = read_v5(&mut broker, &mut buf).await;
+            broker.write_all(&[0x20, 3, 0, 0, 0]).await.ok()?;
+            connect
+        };
+        let (accepted, connect) = tokio::join!(conn.connect(30, SessionMode::Clean), broker_side);
+        match connect {
+            Some(v5::Packet::Connect(c)) => {
+                assert!(c.clean_session);
+                assert_eq!(c.properties.and_then(|p| p.session_expiry_interval), None);
+            }
+            other => panic!("expected CONNECT, got {other:?}"),
+        }
+        assert!(accepted.is_ok_and(|a| !a.session_present));
+    }
+
+    #[tokio::test]
+    async fn disconnect_waits_for_the_broker_to_close() {
+        let Some((conn, mut broker)) = pair(Version::V4).await else {
+            panic!("loopback socket pair");
+        };
+        let broker_side = async {
+            let mut got = [0u8; 2];
+            broker.read_exact(&mut got).await.ok()?;
+            drop(broker);
+            Some(got)
+        };
+        let (closed, got) = tokio::join!(conn.disconnect(Duration::from_secs(5)), broker_side);
+        assert_eq!(got, Some([0xE0, 0]));
+        assert!(closed.is_ok());
     }
 
     #[tokio::test]

@@ -97,6 +97,12 @@ pub struct BenchArgs {
     /// Keepalive announced in CONNECT, in seconds; clients ping at half of it.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(2..))]
     pub keepalive: u16,
+    /// Subscribers keep a persistent session (3.1.1 clean session 0; 5.0
+    /// clean start 0 with a Session Expiry Interval), so the broker must
+    /// store every message for them. Each starts from an empty session and
+    /// ends it after the run; publishers stay clean. Ignored by `idle`.
+    #[arg(long)]
+    pub persistent: bool,
     /// Seconds the idle scenario holds its connections before measuring.
     #[arg(long, default_value_t = 5)]
     pub hold: u64,
@@ -151,6 +157,8 @@ pub enum BenchError {
     ConnectRefused { client: String, code: u8 },
     #[error("broker refused the subscription of {client} with code {code:#04x}")]
     SubscribeRefused { client: String, code: u8 },
+    #[error("broker still had a session for {client} after a clean CONNECT ({attempts} attempts)")]
+    SessionKept { client: String, attempts: u32 },
     #[error("broker sent DISCONNECT to {client} with reason {reason:#04x}")]
     Disconnected { client: String, reason: u8 },
     #[error("broker sent an unexpected {packet} to {client}")]

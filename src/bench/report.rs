@@ -15,6 +15,8 @@ pub struct TrafficReport {
     pub qos: u8,
     pub publishers: u32,
     pub subscribers: u32,
+    /// Whether subscribers kept persistent sessions (`--persistent`).
+    pub persistent: bool,
     pub messages_per_publisher: u64,
     pub payload: usize,
     pub offered_rate: Option<u64>,
@@ -137,11 +139,13 @@ impl TrafficReport {
             protocol_name(self.protocol),
             self.qos
         );
+        let sessions = if self.persistent { " (persistent)" } else { "" };
         let _ = writeln!(
             out,
-            "  clients       {} publisher(s) -> {} subscriber(s); {} messages each, {} B payload, offered rate {}, window {}",
+            "  clients       {} publisher(s) -> {} subscriber(s){}; {} messages each, {} B payload, offered rate {}, window {}",
             self.publishers,
             self.subscribers,
+            sessions,
             self.messages_per_publisher,
             self.payload,
             rate,
@@ -222,6 +226,7 @@ impl TrafficReport {
         j.int("qos", Some(u64::from(self.qos)));
         j.int("publishers", Some(u64::from(self.publishers)));
         j.int("subscribers", Some(u64::from(self.subscribers)));
+        j.bool("persistent", self.persistent);
         j.int("messages", Some(self.messages_per_publisher));
         j.int("payload", Some(self.payload as u64));
         j.int("rate", self.offered_rate);
@@ -358,6 +363,11 @@ impl JsonObject {
             }
             None => self.out.push_str("null"),
         }
+    }
+
+    fn bool(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.out.push_str(if value { "true" } else { "false" });
     }
 
     fn float(&mut self, key: &str, value: Option<f64>) {

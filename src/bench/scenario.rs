@@ -10,11 +10,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::bench::client::{Conn, Version};
+use crate::bench::client::{Conn, SessionMode, Version};
 use crate::bench::publisher::{self, Clock, PublisherSpec, PublisherStats};
 use crate::bench::report::{TrafficReport, rate};
 use crate::bench::stats::Histogram;
-use crate::bench::subscriber::{self, SubscriberSpec, SubscriberStats};
+use crate::bench::subscriber::{
+    self, Endpoint, PERSISTENT_EXPIRY_SECS, SubscriberSpec, SubscriberStats,
+};
 use crate::bench::{BenchArgs, BenchError, Scenario, broker_rss_kb, ping_every, run_id};
 
 /// Read buffer size of a traffic connection.
@@ -43,6 +45,13 @@ pub fn qos_of(level: u8) -> QoS {
 pub fn plan(args: &BenchArgs, run: &str) -> Plan {
     let qos = qos_of(args.qos);
     let drain = Duration::from_secs_f64(args.drain);
+    let session = if args.persistent {
+        SessionMode::Persistent {
+            expiry_secs: PERSISTENT_EXPIRY_SECS,
+        }
+    } else {
+        SessionMode::Clean
+    };
     let publisher = |id: u32, topic: String, count: u32| PublisherSpec {
         id,
         topic,
@@ -58,6 +67,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
         first_publisher: first,
         publishers: count,
         per_publisher: args.messages,
+        session,
         drain,
     };
     match args.scenario {
@@ -125,14 +135,13 @@ fn spawn_subscriber(
     done: watch::Receiver<bool>,
 ) -> SubTask {
     let (args, addr, version) = args;
-    let keepalive = args.keepalive;
+    let to = Endpoint {
+        addr,
+        version,
+        keepalive: args.keepalive,
+    };
     tokio::spawn(async move {
-        let setup = async {
-            let mut conn = Conn::open(name, version, addr, None, READ_CHUNK).await?;
-            conn.handshake(keepalive).await?;
-            conn.subscribe(&spec.filter, spec.qos).await?;
-            Ok::<_, BenchError>(conn)
-        };
+        let setup = subscriber::connect(name, &spec, to, READ_CHUNK);
         let mut conn = match timeout_at(clock.deadline, setup).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
@@ -249,15 +258,15 @@ pub async fn run(
     let (done_tx, done_rx) = watch::channel(false);
     let ctx = (args, addr, version);
 
+    let sub_names: Vec<String> = (0..n_subs).map(|i| format!("bench-{run}-s{i}")).collect();
     let subs: Vec<SubTask> = plan
         .subscribers
         .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let name = format!("bench-{run}-s{i}");
+        .zip(&sub_names)
+        .map(|(spec, name)| {
             spawn_subscriber(
                 spec.clone(),
-                name,
+                name.clone(),
                 ctx,
                 clock,
                 ready_tx.clone(),
@@ -311,6 +320,7 @@ pub async fn run(
     let rss_end_kb = broker_rss_kb(args.broker_pid)?;
 
     let mut conns = Vec::with_capacity(pub_results.len() + sub_results.len());
+    let mut persistent_conns = Vec::new();
     let mut pub_stats = Vec::with_capacity(pub_results.len());
     for (stats, conn) in pub_results {
         pub_stats.push(stats);
@@ -319,9 +329,21 @@ pub async fn run(
     let mut sub_stats = Vec::with_capacity(sub_results.len());
     for (stats, conn) in sub_results {
         sub_stats.push(stats);
-        conns.push(conn);
+        if args.persistent {
+            persistent_conns.push(conn);
+        } else {
+            conns.push(conn);
+        }
     }
     disconnect_all(conns).await;
+    if args.persistent {
+        let to = Endpoint {
+            addr,
+            version,
+            keepalive: args.keepalive,
+        };
+        subscriber::end_sessions(sub_names, persistent_conns, to).await;
+    }
 
     let mut report = summarize(args, &plan, &pub_stats, &sub_stats);
     report.elapsed = elapsed;
@@ -378,6 +400,7 @@ fn summarize(
         qos: args.qos,
         publishers: plan.publishers.len() as u32,
         subscribers: plan.subscribers.len() as u32,
+        persistent: args.persistent,
         messages_per_publisher: args.messages,
         payload: args.payload,
         offered_rate: args.rate,
@@ -530,6 +553,28 @@ mod tests {
             assert_eq!(s.publishers, 1);
             assert_eq!(s.filter, p.publishers[i].topic);
         }
+    }
+
+    #[test]
+    fn persistent_applies_to_subscribers_only_and_clean_is_the_default() {
+        let a = args(&["--scenario", "pairs", "--pairs", "2"]);
+        let p = plan(&a, "r");
+        assert!(
+            p.subscribers
+                .iter()
+                .all(|s| s.session == SessionMode::Clean)
+        );
+        let a = args(&["--scenario", "fan-in", "--persistent"]);
+        let p = plan(&a, "r");
+        assert_eq!(
+            p.subscribers[0].session,
+            SessionMode::Persistent {
+                expiry_secs: PERSISTENT_EXPIRY_SECS
+            }
+        );
+        let r = summarize(&a, &p, &[], &[]);
+        assert!(r.persistent);
+        assert!(r.render(true).contains(r#""persistent":true"#));
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! must (PUBACK; PUBREC, then PUBCOMP for each PUBREL) and records latency,
 //! losses, duplicates and ordering.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mqttbytes::QoS;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::bench::BenchError;
-use crate::bench::client::{Conn, Incoming};
+use crate::bench::client::{Conn, Incoming, SessionMode, Version};
 use crate::bench::publisher::Clock;
 use crate::bench::stats::{Delivery, DeliveryTracker, Histogram, Stamp};
 
@@ -23,9 +24,100 @@ pub struct SubscriberSpec {
     /// How many consecutive publisher ids it hears from.
     pub publishers: u32,
     pub per_publisher: u64,
+    pub session: SessionMode,
     /// How long to keep listening after the publishers finished and nothing
     /// more arrived.
     pub drain: Duration,
+}
+
+/// Session Expiry Interval of a persistent v5 subscriber: far longer than
+/// a run, yet short enough that a session left behind by an aborted run
+/// goes away by itself.
+pub const PERSISTENT_EXPIRY_SECS: u32 = 300;
+
+/// How long a DISCONNECT waits for the broker to close the socket.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Attempts at starting a persistent subscriber from an empty session.
+const EMPTY_SESSION_ATTEMPTS: u32 = 5;
+
+/// Where subscribers connect, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub version: Version,
+    pub keepalive: u16,
+}
+
+/// Connects a subscriber as `name` and subscribes it. A persistent
+/// subscriber first ends whatever session the broker holds for `name`, so
+/// that it starts empty and only this run's messages are stored for it.
+pub async fn connect(
+    name: String,
+    spec: &SubscriberSpec,
+    to: Endpoint,
+    read_chunk: usize,
+) -> Result<Conn, BenchError> {
+    let mut attempts = 0;
+    loop {
+        if spec.session != SessionMode::Clean {
+            end_session(name.clone(), to).await?;
+        }
+        let mut conn = Conn::open(name.clone(), to.version, to.addr, None, read_chunk).await?;
+        let accepted = conn.connect(to.keepalive, spec.session).await?;
+        if spec.session == SessionMode::Clean || !accepted.session_present {
+            conn.subscribe(&spec.filter, spec.qos).await?;
+            return Ok(conn);
+        }
+        // A broker may close the clean connection's socket before it has
+        // dropped that session, and the persistent CONNECT then resumes it.
+        attempts += 1;
+        if attempts == EMPTY_SESSION_ATTEMPTS {
+            return Err(BenchError::SessionKept {
+                client: name,
+                attempts,
+            });
+        }
+        conn.disconnect(CLOSE_WAIT).await?;
+    }
+}
+
+/// Ends the broker's session for `name`, if any: a clean CONNECT discards
+/// it and the DISCONNECT ends the clean one.
+pub async fn end_session(name: String, to: Endpoint) -> Result<(), BenchError> {
+    let mut conn = Conn::open(name, to.version, to.addr, None, 1024).await?;
+    conn.connect(to.keepalive, SessionMode::Clean).await?;
+    conn.disconnect(CLOSE_WAIT).await
+}
+
+/// Ends the sessions of persistent subscribers after a run, so that
+/// successive runs do not pile up stored sessions (3.1.1 ones never
+/// expire). Each connection is closed before its session is ended, so the
+/// broker never sees the clean CONNECT as a takeover. Failures are only
+/// logged: the measurement is already complete.
+pub async fn end_sessions(names: Vec<String>, conns: Vec<Conn>, to: Endpoint) {
+    let closes = conns
+        .into_iter()
+        .map(|conn| tokio::spawn(conn.disconnect(CLOSE_WAIT)));
+    for handle in closes.collect::<Vec<_>>() {
+        let _ = handle.await;
+    }
+    let ends = names.into_iter().map(|name| {
+        tokio::spawn(async move {
+            let client = name.clone();
+            match timeout(2 * CLOSE_WAIT, end_session(name, to)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, client, "cannot end the session of a persistent subscriber");
+                }
+                Err(_) => {
+                    tracing::warn!(client, "timed out ending the session of a persistent subscriber");
+                }
+            }
+        })
+    });
+    for handle in ends.collect::<Vec<_>>() {
+        let _ = handle.await;
+    }
 }
 
 /// What one subscriber observed.
@@ -197,4 +289,163 @@ fn drain_incoming(
         }
     }
     Ok(got_any)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use mqttbytes::v4;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What the scripted broker saw, in order.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Clean,
+        Persistent { answered_present: bool },
+        Subscribed,
+    }
+
+    async fn read_v4(socket: &mut TcpStream, buf: &mut BytesMut) -> Option<v4::Packet> {
+        loop {
+            match v4::read(buf, 1 << 20) {
+                Ok(packet) => return Some(packet),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(_) => return None,
+            }
+            if socket.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// A 3.1.1 broker that claims a session is present for the first
+    /// `stale` persistent CONNECTs, and closes each connection after its
+    /// DISCONNECT, as a real broker does.
+    async fn scripted_broker(listener: TcpListener, mut stale: u32) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = BytesMut::new();
+            let Some(v4::Packet::Connect(c)) = read_v4(&mut socket, &mut buf).await else {
+                return seen;
+            };
+            let present = !c.clean_session && stale > 0;
+            stale = stale.saturating_sub(u32::from(present));
+            seen.push(if c.clean_session {
+                Seen::Clean
+            } else {
+                Seen::Persistent {
+                    answered_present: present,
+                }
+            });
+            let mut out = BytesMut::new();
+            let _ = v4::ConnAck::new(v4::ConnectReturnCode::Success, present).write(&mut out);
+            if socket.write_all(&out).await.is_err() {
+                return seen;
+            }
+            match read_v4(&mut socket, &mut buf).await {
+                Some(v4::Packet::Disconnect) => {}
+                Some(v4::Packet::Subscribe(s)) => {
+                    seen.push(Seen::Subscribed);
+                    let mut out = BytesMut::new();
+                    let granted = v4::SubscribeReasonCode::Success(QoS::AtLeastOnce);
+                    let _ = v4::SubAck::new(s.pkid, vec![granted]).write(&mut out);
+                    let _ = socket.write_all(&out).await;
+                    return seen;
+                }
+                _ => return seen,
+            }
+        }
+        seen
+    }
+
+    fn spec(session: SessionMode) -> SubscriberSpec {
+        SubscriberSpec {
+            filter: "bench/r/fanin/+".to_string(),
+            qos: QoS::AtLeastOnce,
+            first_publisher: 0,
+            publishers: 1,
+            per_publisher: 1,
+            session,
+            drain: Duration::ZERO,
+        }
+    }
+
+    async fn run_against(stale: u32, session: SessionMode) -> (Result<(), BenchError>, Vec<Seen>) {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0").await else {
+            panic!("loopback listener");
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("listener address");
+        };
+        let to = Endpoint {
+            addr,
+            version: Version::V4,
+            keepalive: 30,
+        };
+        let broker = tokio::spawn(scripted_broker(listener, stale));
+        let spec = spec(session);
+        let connected = connect("s0".to_string(), &spec, to, 1024).await.map(drop);
+        broker.abort();
+        let seen = broker.await.unwrap_or_default();
+        (connected, seen)
+    }
+
+    const PERSISTENT: SessionMode = SessionMode::Persistent { expiry_secs: 300 };
+
+    #[tokio::test]
+    async fn persistent_subscriber_ends_the_old_session_before_subscribing() {
+        let (connected, seen) = run_against(0, PERSISTENT).await;
+        assert!(connected.is_ok(), "{connected:?}");
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Clean,
+                Seen::Persistent {
+                    answered_present: false
+                },
+                Seen::Subscribed
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn persistent_subscriber_starts_over_when_a_session_is_still_present() {
+        let (connected, seen) = run_against(1, PERSISTENT).await;
+        assert!(connected.is_ok(), "{connected:?}");
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Clean,
+                Seen::Persistent {
+                    answered_present: true
+                },
+                Seen::Clean,
+                Seen::Persistent {
+                    answered_present: false
+                },
+                Seen::Subscribed
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn persistent_subscriber_gives_up_on_a_session_that_never_goes_away() {
+        let (connected, _) = run_against(u32::MAX, PERSISTENT).await;
+        assert!(matches!(
+            connected,
+            Err(BenchError::SessionKept {
+                attempts: EMPTY_SESSION_ATTEMPTS,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn clean_subscriber_connects_once() {
+        let (connected, seen) = run_against(0, SessionMode::Clean).await;
+        assert!(connected.is_ok(), "{connected:?}");
+        assert_eq!(seen, vec![Seen::Clean, Seen::Subscribed]);
+    }
 }
