@@ -89,6 +89,14 @@ async fn v311_subscriber(addr: std::net::SocketAddr, filter: &str, qos: u8) -> R
     client
 }
 
+/// Waits for the PUBLISH a 3.1.1 `watcher` receives and checks its topic and
+/// payload.
+async fn expect_v311_delivery(watcher: &mut RawClient, topic: &str, payload: &[u8]) {
+    let delivery = Publish::parse(&watcher.expect_kind(PUBLISH).await, false);
+    assert_eq!(String::from_utf8_lossy(&delivery.topic), topic);
+    assert_eq!(delivery.payload, payload);
+}
+
 // ---------------------------------------------------------------------------
 // CONNECT stage
 
@@ -770,17 +778,33 @@ async fn v5_auth_without_auth_method_gets_disconnect_0x82_or_close() {
 // ---------------------------------------------------------------------------
 // Well-formed short forms that must be accepted
 
-/// A v5 CONNECT with a will on `will_topic`, session expiry 0.
-fn connect_with_will(client_id: &str, will_topic: &str) -> Connect {
-    let mut connect = Connect::v5(client_id);
+/// Connects a v5 client (session expiry 0) with the will "gone" on
+/// `{base}/will`, watched by a 3.1.1 subscriber on `{base}/#`, and sends
+/// `disconnect`, after which the broker must close the connection. Returns
+/// the watcher, `base` and the client id.
+async fn will_client_disconnects_with(
+    addr: std::net::SocketAddr,
+    disconnect: &[u8],
+) -> (RawClient, String, String) {
+    let base = topic("will");
+    let watcher = v311_subscriber(addr, &format!("{base}/#"), 0).await;
+    let id = unique_id("w");
+    let mut connect = Connect::v5(&id);
     connect.will = Some(Will {
-        topic: will_topic.as_bytes().to_vec(),
+        topic: format!("{base}/will").into_bytes(),
         payload: b"gone".to_vec(),
         qos: 0,
         retain: false,
         properties: Vec::new(),
     });
-    connect
+    let (mut client, _) = connect_v5_with(addr, &connect).await;
+    client.send(disconnect).await;
+    assert_eq!(
+        client.next_event().await,
+        Event::Closed,
+        "expected a clean close after DISCONNECT"
+    );
+    (watcher, base, id)
 }
 
 /// Asserts that `watcher` (subscribed to `{base}/#`) gets no will: the client
@@ -813,17 +837,7 @@ async fn assert_no_will(
 #[tokio::test]
 async fn v5_disconnect_with_remaining_length_0_is_normal_and_discards_will() {
     let broker = common::start_broker().await;
-    let base = topic("will");
-    let mut watcher = v311_subscriber(broker.addr, &format!("{base}/#"), 0).await;
-    let id = unique_id("w");
-    let connect = connect_with_will(&id, &format!("{base}/will"));
-    let (mut client, _) = connect_v5_with(broker.addr, &connect).await;
-    client.send(&[0xe0, 0x00]).await;
-    assert_eq!(
-        client.next_event().await,
-        Event::Closed,
-        "expected a clean close after DISCONNECT"
-    );
+    let (mut watcher, base, id) = will_client_disconnects_with(broker.addr, &[0xe0, 0x00]).await;
     assert_no_will(broker.addr, &mut watcher, &base, &id).await;
 }
 
@@ -831,17 +845,8 @@ async fn v5_disconnect_with_remaining_length_0_is_normal_and_discards_will() {
 #[tokio::test]
 async fn v5_disconnect_with_only_reason_code_0x00_is_normal_and_discards_will() {
     let broker = common::start_broker().await;
-    let base = topic("will");
-    let mut watcher = v311_subscriber(broker.addr, &format!("{base}/#"), 0).await;
-    let id = unique_id("w");
-    let connect = connect_with_will(&id, &format!("{base}/will"));
-    let (mut client, _) = connect_v5_with(broker.addr, &connect).await;
-    client.send(&[0xe0, 0x01, 0x00]).await;
-    assert_eq!(
-        client.next_event().await,
-        Event::Closed,
-        "expected a clean close after DISCONNECT"
-    );
+    let (mut watcher, base, id) =
+        will_client_disconnects_with(broker.addr, &[0xe0, 0x01, 0x00]).await;
     assert_no_will(broker.addr, &mut watcher, &base, &id).await;
 }
 
@@ -850,33 +855,53 @@ async fn v5_disconnect_with_only_reason_code_0x00_is_normal_and_discards_will() 
 #[tokio::test]
 async fn v5_disconnect_with_only_reason_code_0x04_publishes_will() {
     let broker = common::start_broker().await;
-    let base = topic("will");
-    let mut watcher = v311_subscriber(broker.addr, &format!("{base}/#"), 0).await;
-    let id = unique_id("w");
-    let will_topic = format!("{base}/will");
-    let connect = connect_with_will(&id, &will_topic);
-    let (mut client, _) = connect_v5_with(broker.addr, &connect).await;
-    client.send(&[0xe0, 0x01, 0x04]).await;
-    assert_eq!(
-        client.next_event().await,
-        Event::Closed,
-        "expected a clean close after DISCONNECT"
-    );
-    let will = Publish::parse(&watcher.expect_kind(PUBLISH).await, false);
-    assert_eq!(String::from_utf8_lossy(&will.topic), will_topic);
-    assert_eq!(will.payload, b"gone");
+    let (mut watcher, base, _) =
+        will_client_disconnects_with(broker.addr, &[0xe0, 0x01, 0x04]).await;
+    expect_v311_delivery(&mut watcher, &format!("{base}/will"), b"gone").await;
 }
 
-/// A v5 session with Session Expiry 300 s, and the CONNECT to resume it.
-fn persistent_v5(client_id: &str) -> Connect {
-    let mut connect = Connect::v5(client_id);
+/// A v5 session with Session Expiry 300 s subscribed to `topic` at `qos`,
+/// and the CONNECT to resume it.
+async fn persistent_v5_subscriber(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    qos: u8,
+) -> (RawClient, Connect) {
+    let mut connect = Connect::v5(&unique_id("s"));
     connect.properties = prop_u32(SESSION_EXPIRY_INTERVAL, 300);
-    connect
+    let (mut subscriber, _) = connect_v5_with(addr, &connect).await;
+    subscriber
+        .send(&subscribe(1, Some(&[]), &[(topic.as_bytes(), qos)]))
+        .await;
+    let suback = subscriber.expect_kind(SUBACK).await;
+    assert_eq!(
+        suback.body.last(),
+        Some(&qos),
+        "QoS {qos} not granted: {suback:?}"
+    );
+    (subscriber, connect)
 }
 
-/// Reconnects to a persistent session and checks nothing is redelivered: a
-/// resent PUBLISH or PUBREL would come before the PINGRESP.
-async fn assert_resumed_without_redelivery(addr: std::net::SocketAddr, mut connect: Connect) {
+/// Waits for the PUBLISH a v5 `subscriber` receives, checks its QoS and
+/// returns its packet identifier.
+async fn expect_v5_delivery_id(subscriber: &mut RawClient, qos: u8) -> u16 {
+    let delivery = Publish::parse(&subscriber.expect_kind(PUBLISH).await, true);
+    assert_eq!(delivery.qos, qos);
+    delivery
+        .packet_id
+        .unwrap_or_else(|| panic!("QoS {qos} has an identifier"))
+}
+
+/// Ends `subscriber`'s connection once the broker has processed everything
+/// it sent, reconnects to its persistent session and checks nothing is
+/// redelivered: a resent PUBLISH or PUBREL would come before the PINGRESP.
+async fn assert_resumed_without_redelivery(
+    addr: std::net::SocketAddr,
+    mut subscriber: RawClient,
+    mut connect: Connect,
+) {
+    subscriber.ping().await;
+    drop(subscriber);
     connect.clean = false;
     let (mut resumed, connack) = connect_v5_with(addr, &connect).await;
     assert!(connack.session_present, "the session was not kept");
@@ -888,17 +913,7 @@ async fn assert_resumed_without_redelivery(addr: std::net::SocketAddr, mut conne
 async fn v5_puback_with_remaining_length_2_acknowledges_delivery() {
     let broker = common::start_broker().await;
     let topic = topic("puback");
-    let connect = persistent_v5(&unique_id("s"));
-    let (mut subscriber, _) = connect_v5_with(broker.addr, &connect).await;
-    subscriber
-        .send(&subscribe(1, Some(&[]), &[(topic.as_bytes(), 1)]))
-        .await;
-    let suback = subscriber.expect_kind(SUBACK).await;
-    assert_eq!(
-        suback.body.last(),
-        Some(&1),
-        "QoS 1 not granted: {suback:?}"
-    );
+    let (mut subscriber, connect) = persistent_v5_subscriber(broker.addr, &topic, 1).await;
 
     let mut publisher = connect_v311(broker.addr, &unique_id("p")).await;
     publisher.send(&publish_v311(&topic, 1, 1, b"one")).await;
@@ -907,14 +922,9 @@ async fn v5_puback_with_remaining_length_2_acknowledges_delivery() {
         [0x40, 0x02, 0, 1]
     );
 
-    let delivery = Publish::parse(&subscriber.expect_kind(PUBLISH).await, true);
-    assert_eq!(delivery.qos, 1);
-    let id = delivery.packet_id.expect("QoS 1 has an identifier");
+    let id = expect_v5_delivery_id(&mut subscriber, 1).await;
     subscriber.send(&ack(0x40, id)).await;
-    subscriber.ping().await;
-    drop(subscriber);
-
-    assert_resumed_without_redelivery(broker.addr, connect).await;
+    assert_resumed_without_redelivery(broker.addr, subscriber, connect).await;
 }
 
 /// 5.0 §3.5.2.1 and §3.7.2.1: PUBREC and PUBCOMP with remaining length 2 mean
@@ -923,17 +933,7 @@ async fn v5_puback_with_remaining_length_2_acknowledges_delivery() {
 async fn v5_pubrec_and_pubcomp_with_remaining_length_2_complete_qos2_delivery() {
     let broker = common::start_broker().await;
     let topic = topic("pubrec");
-    let connect = persistent_v5(&unique_id("s"));
-    let (mut subscriber, _) = connect_v5_with(broker.addr, &connect).await;
-    subscriber
-        .send(&subscribe(1, Some(&[]), &[(topic.as_bytes(), 2)]))
-        .await;
-    let suback = subscriber.expect_kind(SUBACK).await;
-    assert_eq!(
-        suback.body.last(),
-        Some(&2),
-        "QoS 2 not granted: {suback:?}"
-    );
+    let (mut subscriber, connect) = persistent_v5_subscriber(broker.addr, &topic, 2).await;
 
     let mut publisher = connect_v311(broker.addr, &unique_id("p")).await;
     publisher.send(&publish_v311(&topic, 2, 1, b"two")).await;
@@ -947,9 +947,7 @@ async fn v5_pubrec_and_pubcomp_with_remaining_length_2_complete_qos2_delivery() 
         [0x70, 0x02, 0, 1]
     );
 
-    let delivery = Publish::parse(&subscriber.expect_kind(PUBLISH).await, true);
-    assert_eq!(delivery.qos, 2);
-    let id = delivery.packet_id.expect("QoS 2 has an identifier");
+    let id = expect_v5_delivery_id(&mut subscriber, 2).await;
     subscriber.send(&ack(0x50, id)).await;
     let pubrel = subscriber.expect_kind(PUBREL).await;
     assert_eq!(pubrel.flags(), 0b0010, "PUBREL flags: {pubrel:?}");
@@ -960,10 +958,7 @@ async fn v5_pubrec_and_pubcomp_with_remaining_length_2_complete_qos2_delivery() 
     );
     assert_eq!(pubrel.ack_reason(), 0, "PUBREL not success: {pubrel:?}");
     subscriber.send(&ack(0x70, id)).await;
-    subscriber.ping().await;
-    drop(subscriber);
-
-    assert_resumed_without_redelivery(broker.addr, connect).await;
+    assert_resumed_without_redelivery(broker.addr, subscriber, connect).await;
 }
 
 /// 5.0 §3.6.2.1: a PUBREL with remaining length 2 means success: the broker
@@ -982,9 +977,7 @@ async fn v5_pubrel_with_remaining_length_2_releases_inbound_qos2_message() {
     let pubcomp = client.expect_kind(PUBCOMP).await;
     assert_eq!(pubcomp.packet_id(), 1);
     assert_eq!(pubcomp.ack_reason(), 0, "PUBCOMP not success: {pubcomp:?}");
-    let delivery = Publish::parse(&watcher.expect_kind(PUBLISH).await, false);
-    assert_eq!(String::from_utf8_lossy(&delivery.topic), topic);
-    assert_eq!(delivery.payload, b"two");
+    expect_v311_delivery(&mut watcher, &topic, b"two").await;
     client.ping().await;
 }
 
@@ -1243,9 +1236,7 @@ async fn mutated_packets_never_stop_the_broker() {
         .await;
     let puback = publisher.expect_kind(PUBACK).await;
     assert!(puback.ack_reason() < 0x80, "PUBLISH refused: {puback:?}");
-    let delivery = Publish::parse(&subscriber.expect_kind(PUBLISH).await, false);
-    assert_eq!(String::from_utf8_lossy(&delivery.topic), topic);
-    assert_eq!(delivery.payload, b"alive");
+    expect_v311_delivery(&mut subscriber, &topic, b"alive").await;
 
     let panics = BROKER_PANICS.lock().map(|p| p.clone()).unwrap_or_default();
     assert!(panics.is_empty(), "the broker panicked: {panics:#?}");

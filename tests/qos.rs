@@ -9,266 +9,10 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::timeout;
-
-use common::WAIT;
-
-// ---------------------------------------------------------------------------
-// rumqttc clients driven by a task that forwards every event to the test
-// ---------------------------------------------------------------------------
-
-mod v4api {
-    pub use rumqttc::{
-        AsyncClient, ConnAck, ConnectionError, Event, MqttOptions, Outgoing, Packet, Publish, QoS,
-        SubscribeReasonCode,
-    };
-}
-
-mod v5api {
-    pub use rumqttc::Outgoing;
-    pub use rumqttc::v5::mqttbytes::QoS;
-    pub use rumqttc::v5::mqttbytes::v5::{
-        ConnAck, Packet, PubAckReason, PubCompReason, PubRecReason, Publish, SubscribeReasonCode,
-    };
-    pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-}
-
-/// A connected rumqttc client. Its event loop runs in a task that stops at the
-/// first connection error, so a closed connection is never silently
-/// re-established behind the test's back.
-macro_rules! mqtt_client {
-    ($name:ident, $api:ident) => {
-        struct $name {
-            id: String,
-            client: $api::AsyncClient,
-            events: mpsc::Receiver<Result<$api::Event, $api::ConnectionError>>,
-            task: JoinHandle<()>,
-            /// Publishes that arrived while a helper waited for something else.
-            backlog: VecDeque<$api::Publish>,
-        }
-
-        impl $name {
-            /// Connects and returns the CONNACK; panics if the connection fails.
-            async fn connect(
-                addr: SocketAddr,
-                id: &str,
-                configure: impl FnOnce(&mut $api::MqttOptions),
-            ) -> ($name, $api::ConnAck) {
-                let mut options = $api::MqttOptions::new(id, addr.ip().to_string(), addr.port());
-                configure(&mut options);
-                let (client, mut eventloop) = $api::AsyncClient::new(options, 64);
-                let (tx, events) = mpsc::channel(1024);
-                let task = tokio::spawn(async move {
-                    loop {
-                        let event = eventloop.poll().await;
-                        let failed = event.is_err();
-                        if tx.send(event).await.is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                let mut me = $name {
-                    id: id.to_string(),
-                    client,
-                    events,
-                    task,
-                    backlog: VecDeque::new(),
-                };
-                match me.next_event().await {
-                    Some(Ok($api::Event::Incoming($api::Packet::ConnAck(connack)))) => {
-                        (me, connack)
-                    }
-                    other => panic!("{id}: expected CONNACK, got {other:?}"),
-                }
-            }
-
-            /// The next event; `None` once the event loop has stopped.
-            async fn next_event(&mut self) -> Option<Result<$api::Event, $api::ConnectionError>> {
-                match timeout(WAIT, self.events.recv()).await {
-                    Ok(event) => event,
-                    Err(_) => panic!("{}: no MQTT event within {WAIT:?}", self.id),
-                }
-            }
-
-            /// Waits for the next PUBLISH delivered to this client.
-            async fn next_publish(&mut self) -> $api::Publish {
-                if let Some(publish) = self.backlog.pop_front() {
-                    return publish;
-                }
-                loop {
-                    match self.next_event().await {
-                        Some(Ok($api::Event::Incoming($api::Packet::Publish(publish)))) => {
-                            return publish;
-                        }
-                        Some(Ok(_)) => {}
-                        other => panic!(
-                            "{}: connection ended waiting for PUBLISH: {other:?}",
-                            self.id
-                        ),
-                    }
-                }
-            }
-
-            /// Waits until `want` matches an event and returns it, keeping
-            /// publishes seen meanwhile.
-            async fn wait_for(
-                &mut self,
-                what: &str,
-                want: impl Fn(&$api::Event) -> bool,
-            ) -> $api::Event {
-                loop {
-                    match self.next_event().await {
-                        Some(Ok(event)) if want(&event) => return event,
-                        Some(Ok($api::Event::Incoming($api::Packet::Publish(publish)))) => {
-                            self.backlog.push_back(publish);
-                        }
-                        Some(Ok(_)) => {}
-                        other => panic!(
-                            "{}: connection ended waiting for {what}: {other:?}",
-                            self.id
-                        ),
-                    }
-                }
-            }
-
-            /// Subscribes and returns the SUBACK return codes.
-            async fn subscribe(
-                &mut self,
-                filter: &str,
-                qos: $api::QoS,
-            ) -> Vec<$api::SubscribeReasonCode> {
-                self.client
-                    .subscribe(filter, qos)
-                    .await
-                    .expect("subscribe request queued");
-                match self
-                    .wait_for("SUBACK", |e| {
-                        matches!(e, $api::Event::Incoming($api::Packet::SubAck(_)))
-                    })
-                    .await
-                {
-                    $api::Event::Incoming($api::Packet::SubAck(suback)) => suback.return_codes,
-                    _ => unreachable!(),
-                }
-            }
-
-            /// Publishes and waits until the QoS flow is complete (written for
-            /// QoS 0, PUBACK for QoS 1, PUBCOMP for QoS 2).
-            async fn publish(&mut self, topic: &str, qos: $api::QoS, payload: &str) {
-                self.client
-                    .publish(topic, qos, false, payload.as_bytes().to_vec())
-                    .await
-                    .expect("publish request queued");
-                match qos {
-                    $api::QoS::AtMostOnce => {
-                        self.wait_for("the QoS 0 PUBLISH to be written", |e| {
-                            matches!(e, $api::Event::Outgoing($api::Outgoing::Publish(_)))
-                        })
-                        .await
-                    }
-                    $api::QoS::AtLeastOnce => {
-                        self.wait_for("PUBACK", |e| {
-                            matches!(e, $api::Event::Incoming($api::Packet::PubAck(_)))
-                        })
-                        .await
-                    }
-                    $api::QoS::ExactlyOnce => {
-                        self.wait_for("PUBCOMP", |e| {
-                            matches!(e, $api::Event::Incoming($api::Packet::PubComp(_)))
-                        })
-                        .await
-                    }
-                };
-            }
-
-            /// Drops the connection without DISCONNECT (a network failure).
-            #[allow(dead_code)] // used for one protocol version only
-            async fn kill(self) {
-                self.task.abort();
-                let _ = self.task.await;
-            }
-
-            /// Sends DISCONNECT, then closes the socket as a client must.
-            async fn disconnect(mut self) {
-                self.client
-                    .disconnect()
-                    .await
-                    .expect("disconnect request queued");
-                self.wait_for("DISCONNECT to be written", |e| {
-                    matches!(e, $api::Event::Outgoing($api::Outgoing::Disconnect))
-                })
-                .await;
-                self.task.abort();
-                let _ = self.task.await;
-            }
-        }
-    };
-}
-
-mqtt_client!(Client4, v4api);
-mqtt_client!(Client5, v5api);
-
-trait Message {
-    fn topic_text(&self) -> String;
-    fn payload_text(&self) -> String;
-}
-
-impl Message for v4api::Publish {
-    fn topic_text(&self) -> String {
-        self.topic.clone()
-    }
-    fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-}
-
-impl Message for v5api::Publish {
-    fn topic_text(&self) -> String {
-        String::from_utf8_lossy(&self.topic).into_owned()
-    }
-    fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-}
-
-/// Payloads of every message the subscriber receives up to (not including)
-/// the first one whose payload is `marker`. Publishing the marker after the
-/// messages under test shows which of them were, and were not, delivered.
-macro_rules! payloads_before_marker {
-    ($sub:expr, $marker:expr) => {{
-        let mut seen = Vec::new();
-        loop {
-            let payload = $sub.next_publish().await.payload_text();
-            if payload == $marker {
-                break;
-            }
-            seen.push(payload);
-        }
-        seen
-    }};
-}
-
-/// A client id unique to this run (so a shared external broker holds no
-/// session from an earlier run), alphanumeric and at most 23 characters.
-fn unique_id(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let stamp = (now.as_nanos() as u64 ^ u64::from(std::process::id()) << 40) as u32;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tag: String = tag
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
-        .collect();
-    format!("{tag}{stamp:08x}{n}")
-}
+use common::ids::unique_id;
+use common::mqtt::{Client4, Client5, Message, v4api, v5api};
 
 fn q4(qos: u8) -> v4api::QoS {
     match qos {
@@ -302,39 +46,12 @@ fn v5_persistent_manual_acks(options: &mut v5api::MqttOptions) {
 // ---------------------------------------------------------------------------
 
 mod raw {
-    use super::WAIT;
-    use bytes::BytesMut;
-    use mqttbytes::{Protocol, QoS};
-    use std::net::SocketAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-    use tokio::time::timeout;
+    use mqttbytes::QoS;
 
-    pub const CONNACK: u8 = 2;
-    pub const PUBLISH: u8 = 3;
-    pub const PUBREC: u8 = 5;
-    pub const PUBREL: u8 = 6;
-    pub const PUBCOMP: u8 = 7;
-    pub const SUBACK: u8 = 9;
-    pub const PINGRESP: u8 = 13;
-    pub const DISCONNECT: u8 = 14;
-
-    #[derive(Debug)]
-    pub struct Frame {
-        pub header: u8,
-        pub body: Vec<u8>,
-    }
-
-    impl Frame {
-        pub fn kind(&self) -> u8 {
-            self.header >> 4
-        }
-
-        /// The packet identifier of an acknowledgement (PUBACK .. PUBCOMP).
-        pub fn ack_pkid(&self) -> u16 {
-            u16::from_be_bytes([self.body[0], self.body[1]])
-        }
-    }
+    pub use crate::common::wire::{
+        CONNACK, DISCONNECT, Frame, PINGRESP, PUBCOMP, PUBLISH, PUBREC, PUBREL, Raw, SUBACK,
+        connack_u16_property, connect_v4_bytes, connect_v5_bytes, encode, varint_at,
+    };
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Publish {
@@ -348,9 +65,13 @@ mod raw {
     /// Decodes a PUBLISH frame (`v5` says whether a property block follows
     /// the packet identifier).
     pub fn parse_publish(frame: &Frame, v5: bool) -> Publish {
-        assert_eq!(frame.kind(), PUBLISH, "expected PUBLISH, got {frame:?}");
-        let qos = (frame.header >> 1) & 0x03;
-        let dup = frame.header & 0x08 != 0;
+        assert_eq!(
+            frame.packet_type(),
+            PUBLISH,
+            "expected PUBLISH, got {frame:?}"
+        );
+        let qos = (frame.first >> 1) & 0x03;
+        let dup = frame.first & 0x08 != 0;
         let body = &frame.body;
         let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
         let topic = String::from_utf8(body[2..2 + topic_len].to_vec()).expect("UTF-8 topic");
@@ -361,16 +82,8 @@ mod raw {
             at += 2;
         }
         if v5 {
-            let mut len = 0usize;
-            for shift in 0..4 {
-                let byte = body[at];
-                at += 1;
-                len |= usize::from(byte & 0x7f) << (7 * shift);
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
-            at += len;
+            let properties_len = varint_at(body, &mut at);
+            at += properties_len;
         }
         let payload = String::from_utf8_lossy(&body[at..]).into_owned();
         Publish {
@@ -382,63 +95,7 @@ mod raw {
         }
     }
 
-    pub struct Raw {
-        stream: TcpStream,
-        pub v5: bool,
-    }
-
     impl Raw {
-        pub async fn connect(addr: SocketAddr, v5: bool) -> Raw {
-            let stream = timeout(WAIT, TcpStream::connect(addr))
-                .await
-                .expect("TCP connect in time")
-                .expect("TCP connect");
-            stream.set_nodelay(true).unwrap();
-            Raw { stream, v5 }
-        }
-
-        pub async fn send(&mut self, bytes: &[u8]) {
-            self.stream.write_all(bytes).await.expect("write to broker");
-        }
-
-        /// The next frame, or `None` once the broker has closed the connection.
-        pub async fn read_frame(&mut self) -> Option<Frame> {
-            let header = self.stream.read_u8().await.ok()?;
-            let mut remaining = 0usize;
-            for shift in 0..4 {
-                let byte = self.stream.read_u8().await.ok()?;
-                remaining |= usize::from(byte & 0x7f) << (7 * shift);
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
-            let mut body = vec![0; remaining];
-            self.stream.read_exact(&mut body).await.ok()?;
-            Some(Frame { header, body })
-        }
-
-        pub async fn expect_frame(&mut self, kind: u8) -> Frame {
-            let frame = timeout(WAIT, self.read_frame())
-                .await
-                .expect("a frame from the broker in time");
-            match frame {
-                Some(frame) if frame.kind() == kind => frame,
-                other => panic!("expected packet type {kind}, got {other:?}"),
-            }
-        }
-
-        /// Reads until the broker closes the connection; returns what it sent.
-        pub async fn until_closed(&mut self) -> Vec<Frame> {
-            let mut frames = Vec::new();
-            while let Some(frame) = timeout(WAIT, self.read_frame())
-                .await
-                .expect("a frame or a close from the broker in time")
-            {
-                frames.push(frame);
-            }
-            frames
-        }
-
         pub async fn expect_publish(&mut self) -> Publish {
             let frame = self.expect_frame(PUBLISH).await;
             parse_publish(&frame, self.v5)
@@ -451,11 +108,11 @@ mod raw {
             self.send(&[0xC0, 0x00]).await;
             let mut seen = Vec::new();
             loop {
-                let frame = timeout(WAIT, self.read_frame())
+                let frame = self
+                    .next_frame()
                     .await
-                    .expect("PINGRESP in time")
                     .expect("connection open until PINGRESP");
-                match frame.kind() {
+                match frame.packet_type() {
                     PINGRESP => return seen,
                     PUBLISH => seen.push(parse_publish(&frame, self.v5)),
                     other => panic!("unexpected packet type {other} before PINGRESP: {frame:?}"),
@@ -492,38 +149,11 @@ mod raw {
             receive_maximum: Option<u16>,
         ) -> bool {
             let bytes = if self.v5 {
-                let properties = mqttbytes::v5::ConnectProperties {
-                    session_expiry_interval: if clean { None } else { Some(300) },
-                    receive_maximum,
-                    max_packet_size: None,
-                    topic_alias_max: None,
-                    request_response_info: None,
-                    request_problem_info: None,
-                    user_properties: Vec::new(),
-                    authentication_method: None,
-                    authentication_data: None,
-                };
-                let connect = mqttbytes::v5::Connect {
-                    protocol: Protocol::V5,
-                    keep_alive: 60,
-                    client_id: id.to_string(),
-                    clean_session: clean,
-                    last_will: None,
-                    login: None,
-                    properties: Some(properties),
-                };
-                encode(|b| connect.write(b))
+                let session_expiry = if clean { None } else { Some(300) };
+                connect_v5_bytes(id, clean, 60, None, session_expiry, receive_maximum)
             } else {
                 assert!(receive_maximum.is_none(), "3.1.1 has no Receive Maximum");
-                let connect = mqttbytes::v4::Connect {
-                    protocol: Protocol::V4,
-                    keep_alive: 60,
-                    client_id: id.to_string(),
-                    clean_session: clean,
-                    last_will: None,
-                    login: None,
-                };
-                encode(|b| connect.write(b))
+                connect_v4_bytes(id, clean, 60)
             };
             self.send(&bytes).await;
             let connack = self.expect_frame(CONNACK).await;
@@ -565,59 +195,6 @@ mod raw {
             };
             self.send(&bytes).await;
         }
-    }
-
-    /// A v5 CONNECT with clean start and no properties.
-    pub fn connect_v5_bytes(id: &str) -> Vec<u8> {
-        let connect = mqttbytes::v5::Connect {
-            protocol: Protocol::V5,
-            keep_alive: 60,
-            client_id: id.to_string(),
-            clean_session: true,
-            last_will: None,
-            login: None,
-            properties: None,
-        };
-        encode(|b| connect.write(b))
-    }
-
-    /// The two-byte value of v5 CONNACK property `id`, if present.
-    pub fn connack_u16_property(connack: &Frame, id: u8) -> Option<u16> {
-        let body = &connack.body;
-        let (mut len, mut at) = (0usize, 2usize);
-        for shift in 0..4 {
-            let byte = body[at];
-            at += 1;
-            len |= usize::from(byte & 0x7f) << (7 * shift);
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = at + len;
-        let string_len = |at: usize| 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
-        while at < end {
-            let property = body[at];
-            at += 1;
-            let size = match property {
-                0x11 | 0x27 | 0x02 => 4,
-                0x21 | 0x22 | 0x13 => 2,
-                0x24 | 0x25 | 0x28 | 0x29 | 0x2A | 0x01 => 1,
-                0x12 | 0x1A | 0x1C | 0x1F | 0x15 | 0x03 | 0x08 | 0x16 | 0x09 => string_len(at),
-                0x26 => string_len(at) + string_len(at + string_len(at)),
-                other => panic!("unexpected CONNACK property {other:#x}"),
-            };
-            if property == id && size == 2 {
-                return Some(u16::from_be_bytes([body[at], body[at + 1]]));
-            }
-            at += size;
-        }
-        None
-    }
-
-    pub fn encode(write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>) -> Vec<u8> {
-        let mut buffer = BytesMut::new();
-        write(&mut buffer).expect("packet encodes");
-        buffer.to_vec()
     }
 
     pub fn qos_of(n: u8) -> QoS {
@@ -923,7 +500,7 @@ async fn v4_resend_unacknowledged_on_resume(tag: &str, drop_connection: bool) {
     publisher
         .publish(&topic, v4api::QoS::AtLeastOnce, "marker")
         .await;
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert!(
         seen.is_empty(),
         "acknowledged messages delivered again: {seen:?}"
@@ -985,7 +562,7 @@ async fn v5_unacknowledged_qos1_messages_are_resent_with_dup_on_session_resume()
     publisher
         .publish(&topic, v5api::QoS::AtLeastOnce, "marker")
         .await;
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert!(
         seen.is_empty(),
         "acknowledged messages delivered again: {seen:?}"
@@ -1033,7 +610,7 @@ async fn v4_unacknowledged_pubrel_is_resent_instead_of_the_publish_on_session_re
     let broker = common::start_broker().await;
     let id = unique_id("pubrel4");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, false).await;
+    let mut sub = Raw::open(broker.addr, false).await;
     sub.mqtt_connect(&id, false, None).await;
     sub.subscribe(&topic, 2).await;
     let (mut publisher, _) = Client4::connect(broker.addr, &unique_id("pub"), |_| {}).await;
@@ -1048,11 +625,11 @@ async fn v4_unacknowledged_pubrel_is_resent_instead_of_the_publish_on_session_re
     assert_eq!(pubrel.ack_pkid(), delivered.pkid);
     drop(sub); // without PUBCOMP
 
-    let mut sub = Raw::connect(broker.addr, false).await;
+    let mut sub = Raw::open(broker.addr, false).await;
     assert!(sub.mqtt_connect(&id, false, None).await, "session present");
     // [MQTT-4.4.0-1]: the PUBREL is re-sent; the PUBLISH is not.
     let pubrel = sub.expect_frame(raw::PUBREL).await;
-    assert_eq!(pubrel.header, 0x62, "PUBREL fixed header flags");
+    assert_eq!(pubrel.first, 0x62, "PUBREL fixed header flags");
     assert_eq!(pubrel.ack_pkid(), delivered.pkid);
     sub.pubcomp(delivered.pkid).await;
     let extra = sub.publishes_before_pingresp().await;
@@ -1095,14 +672,14 @@ async fn v4_qos2_publish_resent_before_pubrel_is_routed_once() {
     let (mut sub, _) = Client4::connect(broker.addr, &unique_id("sub"), |_| {}).await;
     sub.subscribe(&topic, v4api::QoS::ExactlyOnce).await;
 
-    let mut publisher = Raw::connect(broker.addr, false).await;
+    let mut publisher = Raw::open(broker.addr, false).await;
     publisher.mqtt_connect(&id, true, None).await;
     publish_qos2_twice_then_release(&mut publisher, &topic, 7, "exactly once").await;
     // After PUBCOMP the packet id is free: the same id carries a new message.
     publish_qos2_twice_then_release(&mut publisher, &topic, 7, "new message, same id").await;
     publisher.publish(&topic, 0, 0, false, "marker").await;
 
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert_eq!(
         seen,
         vec!["exactly once", "new message, same id"],
@@ -1118,13 +695,13 @@ async fn v5_qos2_publish_resent_before_pubrel_is_routed_once() {
     let (mut sub, _) = Client5::connect(broker.addr, &unique_id("sub"), |_| {}).await;
     sub.subscribe(&topic, v5api::QoS::ExactlyOnce).await;
 
-    let mut publisher = Raw::connect(broker.addr, true).await;
+    let mut publisher = Raw::open(broker.addr, true).await;
     publisher.mqtt_connect(&id, true, None).await;
     publish_qos2_twice_then_release(&mut publisher, &topic, 7, "exactly once").await;
     publish_qos2_twice_then_release(&mut publisher, &topic, 7, "new message, same id").await;
     publisher.publish(&topic, 0, 0, false, "marker").await;
 
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert_eq!(
         seen,
         vec!["exactly once", "new message, same id"],
@@ -1142,14 +719,14 @@ async fn qos2_resent_after_reconnect_is_routed_once(v5: bool) {
     let (mut sub, _) = Client4::connect(broker.addr, &unique_id("sub"), |_| {}).await;
     sub.subscribe(&topic, v4api::QoS::ExactlyOnce).await;
 
-    let mut publisher = Raw::connect(broker.addr, v5).await;
+    let mut publisher = Raw::open(broker.addr, v5).await;
     publisher.mqtt_connect(&id, false, None).await;
     publisher.publish(&topic, 2, 9, false, "exactly once").await;
     let pubrec = publisher.expect_frame(raw::PUBREC).await;
     assert_eq!(pubrec.ack_pkid(), 9);
     drop(publisher); // connection lost before PUBREL
 
-    let mut publisher = Raw::connect(broker.addr, v5).await;
+    let mut publisher = Raw::open(broker.addr, v5).await;
     assert!(
         publisher.mqtt_connect(&id, false, None).await,
         "session present"
@@ -1162,7 +739,7 @@ async fn qos2_resent_after_reconnect_is_routed_once(v5: bool) {
     assert_eq!(pubcomp.ack_pkid(), 9);
     publisher.publish(&topic, 0, 0, false, "marker").await;
 
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert_eq!(
         seen,
         vec!["exactly once"],
@@ -1188,7 +765,7 @@ async fn v4_pubrel_resent_after_reconnect_is_answered_and_the_message_routed_onc
     let (mut sub, _) = Client4::connect(broker.addr, &unique_id("sub"), |_| {}).await;
     sub.subscribe(&topic, v4api::QoS::ExactlyOnce).await;
 
-    let mut publisher = Raw::connect(broker.addr, false).await;
+    let mut publisher = Raw::open(broker.addr, false).await;
     publisher.mqtt_connect(&id, false, None).await;
     publisher.publish(&topic, 2, 5, false, "exactly once").await;
     assert_eq!(publisher.expect_frame(raw::PUBREC).await.ack_pkid(), 5);
@@ -1196,7 +773,7 @@ async fn v4_pubrel_resent_after_reconnect_is_answered_and_the_message_routed_onc
     // The PUBCOMP is lost with the connection, as far as the client knows.
     drop(publisher);
 
-    let mut publisher = Raw::connect(broker.addr, false).await;
+    let mut publisher = Raw::open(broker.addr, false).await;
     assert!(
         publisher.mqtt_connect(&id, false, None).await,
         "session present"
@@ -1207,7 +784,7 @@ async fn v4_pubrel_resent_after_reconnect_is_answered_and_the_message_routed_onc
     assert_eq!(publisher.expect_frame(raw::PUBCOMP).await.ack_pkid(), 5);
     publisher.publish(&topic, 0, 0, false, "marker").await;
 
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert_eq!(seen, vec!["exactly once"], "routed once");
 }
 
@@ -1216,8 +793,10 @@ async fn v5_client_exceeding_the_server_receive_maximum_is_disconnected_with_0x9
     let broker = common::start_broker_with(|s| s.limits.receive_maximum = 2).await;
     let id = unique_id("inflow5");
     let topic = format!("petrel-test/{id}/data");
-    let mut publisher = Raw::connect(broker.addr, true).await;
-    publisher.send(&raw::connect_v5_bytes(&id)).await;
+    let mut publisher = Raw::open(broker.addr, true).await;
+    publisher
+        .send(&raw::connect_v5_bytes(&id, true, 60, None, None, None))
+        .await;
     let connack = publisher.expect_frame(raw::CONNACK).await;
     assert_eq!(
         raw::connack_u16_property(&connack, 0x21),
@@ -1232,9 +811,9 @@ async fn v5_client_exceeding_the_server_receive_maximum_is_disconnected_with_0x9
     // ... so a third breaks [MQTT-3.3.4-7]; MQTT 5 §3.3.4: the server
     // answers with DISCONNECT 0x93 (Receive Maximum exceeded).
     publisher.publish(&topic, 2, 3, false, "one too many").await;
-    let frames = publisher.until_closed().await;
+    let frames = publisher.frames_until_closed().await;
     assert_eq!(frames.len(), 1, "one DISCONNECT then close: {frames:?}");
-    assert_eq!(frames[0].kind(), raw::DISCONNECT);
+    assert_eq!(frames[0].packet_type(), raw::DISCONNECT);
     assert_eq!(frames[0].body.first(), Some(&0x93), "{frames:?}");
 }
 
@@ -1243,7 +822,7 @@ async fn outbound_packet_ids_are_never_reused_while_in_flight() {
     let broker = common::start_broker_with(|s| s.limits.max_inflight = 4).await;
     let id = unique_id("pkids");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, false).await;
+    let mut sub = Raw::open(broker.addr, false).await;
     sub.mqtt_connect(&id, true, None).await;
     sub.subscribe(&topic, 1).await;
     publish_numbered_v4(broker.addr, &topic, 1, 0..40).await;
@@ -1300,7 +879,7 @@ async fn v4_outbound_inflight_window_is_capped_by_max_inflight() {
     let broker = common::start_broker_with(|s| s.limits.max_inflight = 2).await;
     let id = unique_id("window4");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, false).await;
+    let mut sub = Raw::open(broker.addr, false).await;
     sub.mqtt_connect(&id, true, None).await;
     sub.subscribe(&topic, 1).await;
     publish_numbered_v4(broker.addr, &topic, 1, 0..5).await;
@@ -1335,7 +914,7 @@ async fn v5_outbound_inflight_window_is_capped_by_client_receive_maximum() {
     let broker = common::start_broker().await;
     let id = unique_id("recvmax5");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, true).await;
+    let mut sub = Raw::open(broker.addr, true).await;
     sub.mqtt_connect(&id, true, Some(1)).await;
     sub.subscribe(&topic, 1).await;
     publish_numbered_v4(broker.addr, &topic, 1, 0..3).await;
@@ -1357,7 +936,7 @@ async fn v5_outbound_inflight_window_is_the_smaller_of_receive_maximum_and_max_i
     let broker = common::start_broker_with(|s| s.limits.max_inflight = 2).await;
     let id = unique_id("window5");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, true).await;
+    let mut sub = Raw::open(broker.addr, true).await;
     sub.mqtt_connect(&id, true, Some(5)).await;
     sub.subscribe(&topic, 1).await;
     publish_numbered_v4(broker.addr, &topic, 1, 0..4).await;
@@ -1381,7 +960,7 @@ async fn v5_qos2_message_holds_its_inflight_slot_until_pubcomp() {
     let broker = common::start_broker().await;
     let id = unique_id("slot5");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, true).await;
+    let mut sub = Raw::open(broker.addr, true).await;
     sub.mqtt_connect(&id, true, Some(1)).await;
     sub.subscribe(&topic, 2).await;
     publish_numbered_v4(broker.addr, &topic, 2, 0..2).await;
@@ -1426,7 +1005,7 @@ async fn offline_session_queue_is_bounded_by_max_queued_messages_and_counts_drop
     publisher
         .publish(&topic, v4api::QoS::AtLeastOnce, "marker")
         .await;
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     assert_eq!(
         seen.len(),
         5,
@@ -1438,12 +1017,8 @@ async fn offline_session_queue_is_bounded_by_max_queued_messages_and_counts_drop
         "kept in publish order: {numbers:?}"
     );
 
-    let petrel = broker
-        .petrel
-        .as_ref()
-        .expect("tuned settings always run petrel");
     assert_eq!(
-        petrel.metrics().messages_dropped(),
+        broker.petrel().metrics().messages_dropped(),
         3,
         "8 published, 5 queued"
     );
@@ -1478,7 +1053,7 @@ async fn full_queue_drops_qos0_messages_before_qos1() {
     publisher
         .publish(&topic, v4api::QoS::AtLeastOnce, "marker")
         .await;
-    let seen = payloads_before_marker!(sub, "marker");
+    let seen = sub.payloads_before_marker("marker").await;
     let qos1: Vec<&str> = seen
         .iter()
         .map(String::as_str)
@@ -1490,12 +1065,8 @@ async fn full_queue_drops_qos0_messages_before_qos1() {
         "DESIGN §3: QoS 0 is dropped first, so every QoS 1 message is kept; got {seen:?}"
     );
 
-    let petrel = broker
-        .petrel
-        .as_ref()
-        .expect("tuned settings always run petrel");
     assert_eq!(
-        petrel.metrics().messages_dropped() as usize,
+        broker.petrel().metrics().messages_dropped() as usize,
         10 - seen.len(),
         "every message not delivered is counted as dropped (delivered {seen:?})"
     );
@@ -1510,7 +1081,7 @@ async fn queue_behind_a_full_inflight_window_is_bounded_for_a_connected_subscrib
     .await;
     let id = unique_id("slowsub");
     let topic = format!("petrel-test/{id}/data");
-    let mut sub = Raw::connect(broker.addr, false).await;
+    let mut sub = Raw::open(broker.addr, false).await;
     sub.mqtt_connect(&id, true, None).await;
     sub.subscribe(&topic, 1).await;
     // 2 go in flight, 5 wait in the queue, 3 do not fit.
@@ -1533,12 +1104,8 @@ async fn queue_behind_a_full_inflight_window_is_bounded_for_a_connected_subscrib
         "delivered in publish order: {numbers:?}"
     );
 
-    let petrel = broker
-        .petrel
-        .as_ref()
-        .expect("tuned settings always run petrel");
     assert_eq!(
-        petrel.metrics().messages_dropped(),
+        broker.petrel().metrics().messages_dropped(),
         3,
         "10 published, 2 in flight + 5 queued"
     );

@@ -10,10 +10,8 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
@@ -22,38 +20,16 @@ use rumqttc::v5::mqttbytes::v5::{
     UnsubAckReason,
 };
 use rumqttc::{QoS, SubscribeFilter, SubscribeReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
+
+use common::ids::{client_id, unique};
+use common::mqtt::{Events, forward_events};
+use common::scoped::V5;
+use common::wire::{Raw, push_varint, read_varint};
 
 // ---------------------------------------------------------------------------
 // Harness: rumqttc clients for 3.1.1 and 5.0, and a raw socket client.
 // ---------------------------------------------------------------------------
-
-/// A prefix no other test (or earlier run against the same broker) uses.
-fn unique(name: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    format!(
-        "{name}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A client id that is unique in this process and short enough for any broker.
-fn client_id(role: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{role}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// One application message as a subscriber saw it, whatever the protocol.
 #[derive(Debug, Clone)]
@@ -106,16 +82,13 @@ trait Subscriber {
     }
 }
 
-type Event4 = Result<rumqttc::Event, rumqttc::ConnectionError>;
-type Event5 = Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>;
-
 /// A 3.1.1 client driven by rumqttc.
 struct V4 {
     id: String,
     client: rumqttc::AsyncClient,
-    events: mpsc::Receiver<Event4>,
+    events: Events<rumqttc::EventLoop>,
     scope: String,
-    buffered: std::collections::VecDeque<rumqttc::Publish>,
+    buffered: VecDeque<rumqttc::Publish>,
 }
 
 impl V4 {
@@ -131,17 +104,8 @@ impl V4 {
         let id = client_id("v4");
         let mut options = rumqttc::MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
         adjust(&mut options);
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-        let (tx, events) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let failed = event.is_err();
-                if tx.send(event).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let (client, eventloop) = rumqttc::AsyncClient::new(options, 64);
+        let (events, _) = forward_events(eventloop);
         let mut me = V4 {
             id,
             client,
@@ -236,6 +200,10 @@ impl V4 {
         .await
     }
 
+    async fn publish_marker(&mut self, topic: &str) {
+        self.publish(topic, QoS::AtLeastOnce, false, "marker").await
+    }
+
     /// Publishes and, for QoS 1 and 2, waits until the broker has acknowledged it.
     async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
         self.client
@@ -284,73 +252,9 @@ impl Subscriber for V4 {
     }
 }
 
-/// An MQTT 5 client driven by rumqttc.
-struct V5 {
-    id: String,
-    client: rumqttc::v5::AsyncClient,
-    events: mpsc::Receiver<Event5>,
-    scope: String,
-    buffered: std::collections::VecDeque<rumqttc::v5::mqttbytes::v5::Publish>,
-}
-
 impl V5 {
     async fn connect(addr: SocketAddr, scope: &str) -> V5 {
-        let id = client_id("v5");
-        let options = rumqttc::v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options.clone(), 64);
-        let (tx, events) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let failed = event.is_err();
-                if tx.send(event).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let mut me = V5 {
-            id: options.client_id(),
-            client,
-            events,
-            scope: scope.to_string(),
-            buffered: Default::default(),
-        };
-        match me.next_packet().await {
-            Packet5::ConnAck(_) => {}
-            other => panic!("{}: expected CONNACK, got {other:?}", me.id),
-        }
-        me
-    }
-
-    async fn next_packet(&mut self) -> Packet5 {
-        loop {
-            let event = timeout(common::WAIT, self.events.recv())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("{}: nothing arrived within {:?}", self.id, common::WAIT)
-                });
-            match event {
-                Some(Ok(rumqttc::v5::Event::Incoming(packet))) => return packet,
-                Some(Ok(rumqttc::v5::Event::Outgoing(_))) => continue,
-                Some(Err(error)) => panic!("{}: connection failed: {error}", self.id),
-                None => panic!("{}: connection already ended", self.id),
-            }
-        }
-    }
-
-    async fn wait_for<T>(&mut self, what: &str, pick: impl Fn(&Packet5) -> Option<T>) -> T {
-        loop {
-            let packet = self.next_packet().await;
-            if let Some(found) = pick(&packet) {
-                return found;
-            }
-            match packet {
-                Packet5::Publish(publish) => self.buffered.push_back(publish),
-                // Intermediate steps of a QoS 2 flow, and keep-alive.
-                Packet5::PubRec(_) | Packet5::PingResp(_) => {}
-                other => panic!("{}: expected {what}, got {other:?}", self.id),
-            }
-        }
+        V5::open(addr, scope, &client_id("v5"), |_| {}).await.0
     }
 
     /// Sends one SUBSCRIBE and returns the SUBACK's reason codes.
@@ -382,24 +286,6 @@ impl V5 {
         );
     }
 
-    /// Sends DISCONNECT and waits until the broker has closed the connection.
-    async fn disconnect(mut self) {
-        self.client.disconnect().await.expect("disconnect queued");
-        let closed = async {
-            while let Some(event) = self.events.recv().await {
-                if event.is_err() {
-                    break;
-                }
-            }
-        };
-        timeout(common::WAIT, closed).await.unwrap_or_else(|_| {
-            panic!(
-                "{}: the broker did not close the connection after DISCONNECT",
-                self.id
-            )
-        });
-    }
-
     async fn unsubscribe(&mut self, filter: &str) -> Vec<UnsubAckReason> {
         self.client
             .unsubscribe(filter)
@@ -410,6 +296,11 @@ impl V5 {
             _ => None,
         })
         .await
+    }
+
+    async fn publish_marker(&mut self, topic: &str) {
+        self.publish(topic, QoS5::AtLeastOnce, false, "marker")
+            .await
     }
 
     /// Publishes and, for QoS 1 and 2, waits until the broker has acknowledged it.
@@ -436,31 +327,19 @@ impl V5 {
 
 impl Subscriber for V5 {
     async fn next_msg(&mut self) -> Msg {
-        loop {
-            let publish = match self.buffered.pop_front() {
-                Some(publish) => publish,
-                None => match self.next_packet().await {
-                    Packet5::Publish(publish) => publish,
-                    _ => continue,
-                },
-            };
-            let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-            if !topic.contains(&self.scope) {
-                continue; // another test's traffic on a shared external broker
-            }
-            let mut subscription_ids = publish
-                .properties
-                .as_ref()
-                .map(|p| p.subscription_identifiers.clone())
-                .unwrap_or_default();
-            subscription_ids.sort_unstable();
-            return Msg {
-                topic,
-                payload: publish.payload,
-                qos: publish.qos as u8,
-                retain: publish.retain,
-                subscription_ids,
-            };
+        let publish = self.next_publish().await;
+        let mut subscription_ids = publish
+            .properties
+            .as_ref()
+            .map(|p| p.subscription_identifiers.clone())
+            .unwrap_or_default();
+        subscription_ids.sort_unstable();
+        Msg {
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            payload: publish.payload,
+            qos: publish.qos as u8,
+            retain: publish.retain,
+            subscription_ids,
         }
     }
 }
@@ -469,137 +348,7 @@ fn filter(path: &str, qos: QoS5) -> Filter {
     Filter::new(path, qos)
 }
 
-/// A frame as read off the wire: the first header byte and the bytes after
-/// the remaining-length field.
-#[derive(Debug)]
-struct Frame {
-    first: u8,
-    body: Bytes,
-}
-
-impl Frame {
-    fn packet_type(&self) -> u8 {
-        self.first >> 4
-    }
-}
-
-/// A client on a plain socket, for packets rumqttc refuses to send.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
 impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        let stream = timeout(common::WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("broker accepts TCP");
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// Connects with protocol level 4 and checks the CONNACK accepts.
-    async fn connect_v4(addr: SocketAddr) -> Raw {
-        let mut raw = Raw::open(addr).await;
-        let mut out = BytesMut::new();
-        rumqttc::Connect::new(client_id("raw4"))
-            .write(&mut out)
-            .expect("encode CONNECT");
-        raw.send(&out).await;
-        let ack = raw.next_frame().await.expect("CONNACK before close");
-        assert_eq!(ack.packet_type(), 2, "expected CONNACK, got {ack:?}");
-        assert_eq!(ack.body.get(1), Some(&0), "CONNACK refuses: {ack:?}");
-        raw
-    }
-
-    /// Connects with protocol level 5 and checks the CONNACK accepts.
-    async fn connect_v5(addr: SocketAddr) -> Raw {
-        let mut raw = Raw::open(addr).await;
-        let connect = rumqttc::v5::mqttbytes::v5::Connect {
-            keep_alive: 60,
-            client_id: client_id("raw5"),
-            clean_start: true,
-            properties: None,
-        };
-        raw.send_packet5(Packet5::Connect(connect, None, None))
-            .await;
-        let ack = raw.next_frame().await.expect("CONNACK before close");
-        assert_eq!(ack.packet_type(), 2, "expected CONNACK, got {ack:?}");
-        assert_eq!(ack.body.get(1), Some(&0), "CONNACK refuses: {ack:?}");
-        raw
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        // The broker may already have closed the socket; the reads that follow tell.
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    async fn send_packet5(&mut self, packet: Packet5) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("encode packet");
-        self.send(&out).await;
-    }
-
-    /// The next frame, or `None` once the broker closed the connection.
-    async fn next_frame(&mut self) -> Option<Frame> {
-        timeout(common::WAIT, self.read_frame())
-            .await
-            .unwrap_or_else(|_| panic!("no packet and no close within {:?}", common::WAIT))
-    }
-
-    async fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.split_frame() {
-                return Some(frame);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn split_frame(&mut self) -> Option<Frame> {
-        let mut remaining = 0usize;
-        let mut header_len = 1;
-        loop {
-            let byte = *self.buf.get(header_len)?;
-            remaining |= usize::from(byte & 0x7f) << (7 * (header_len - 1));
-            header_len += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            assert!(header_len <= 4, "malformed remaining length from broker");
-        }
-        if self.buf.len() < header_len + remaining {
-            return None;
-        }
-        let mut frame = self.buf.split_to(header_len + remaining).freeze();
-        let first = frame[0];
-        frame.advance(header_len);
-        Some(Frame { first, body: frame })
-    }
-
-    /// Reads until the broker closes the connection and returns what it sent
-    /// before closing. Panics if the connection stays open.
-    async fn frames_until_closed(&mut self) -> Vec<Frame> {
-        let deadline = tokio::time::Instant::now() + common::WAIT;
-        let mut frames = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.read_frame()).await {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => return frames,
-                Err(_) => panic!(
-                    "the broker kept the connection open for {:?}, after sending {frames:?}",
-                    common::WAIT
-                ),
-            }
-        }
-    }
-
     /// Sends a SUBSCRIBE (protocol level 4) with packet id 1 and returns the
     /// SUBACK's return codes.
     async fn subscribe_v4(&mut self, filters: &[(&str, QoS)]) -> Vec<u8> {
@@ -633,7 +382,7 @@ impl Raw {
                 .collect(),
             properties: None,
         };
-        self.send_packet5(Packet5::Subscribe(subscribe)).await;
+        self.send_packet(Packet5::Subscribe(subscribe)).await;
         let ack = self
             .next_frame()
             .await
@@ -647,18 +396,6 @@ impl Raw {
     }
 }
 
-fn read_varint(body: &mut Bytes) -> usize {
-    let mut value = 0usize;
-    for shift in 0..4 {
-        let byte = body.get_u8();
-        value |= usize::from(byte & 0x7f) << (7 * shift);
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    value
-}
-
 /// A PUBLISH at QoS 0 on protocol level 4 or 5, written by hand so that any
 /// topic, even an invalid one, goes on the wire.
 fn raw_publish_qos0(topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {
@@ -670,18 +407,7 @@ fn raw_publish_qos0(topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {
     }
     body.extend_from_slice(payload);
     let mut packet = vec![0x30];
-    let mut remaining = body.len();
-    loop {
-        let mut byte = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if remaining == 0 {
-            break;
-        }
-    }
+    push_varint(&mut packet, body.len());
     packet.extend_from_slice(&body);
     packet
 }
@@ -714,9 +440,7 @@ async fn multi_level_wildcard_matches_the_parent_level_and_every_descendant() {
             .await;
     }
     let marker = format!("{p}/sport/marker");
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
 
     let expected: Vec<String> = [
         "sport",
@@ -753,9 +477,7 @@ async fn single_level_wildcard_matches_exactly_one_level_even_an_empty_one() {
             .await;
     }
     let marker = format!("{p}/sport/marker/player");
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
 
     let expected = vec![
         format!("{p}/sport/tennis/player"),
@@ -842,12 +564,8 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards_but_by_their_own_pre
         .await;
     let marker = format!("marker/{p}");
     let dollar_marker = format!("$test/{p}/marker");
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
-    publisher
-        .publish(&dollar_marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
+    publisher.publish_marker(&dollar_marker).await;
 
     wildcards.expect_topics_then_marker(&[], &marker).await;
     dollar
@@ -904,9 +622,7 @@ async fn v5_single_delivery_for_overlapping_subscriptions_carries_every_subscrip
         .publish(&topic, QoS5::AtLeastOnce, false, "x")
         .await;
     let marker = format!("{p}/b/marker");
-    publisher
-        .publish(&marker, QoS5::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
 
     let got = sub
         .expect_topics_then_marker(std::slice::from_ref(&topic), &marker)
@@ -947,9 +663,7 @@ async fn unsubscribe_stops_delivery() {
     publisher
         .publish(&topic, QoS::AtLeastOnce, false, "after")
         .await;
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
     sub.expect_topics_then_marker(&[], &marker).await;
 }
 
@@ -979,9 +693,7 @@ async fn v5_unsuback_reports_success_and_no_subscription_existed() {
     publisher
         .publish(&topic, QoS5::AtLeastOnce, false, "after")
         .await;
-    publisher
-        .publish(&marker, QoS5::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
     sub.expect_topics_then_marker(&[], &marker).await;
 }
 
@@ -1161,7 +873,7 @@ async fn each_shared_group_gets_its_own_copy() {
 async fn v5_no_local_on_a_shared_subscription_is_a_protocol_error() {
     let broker = common::start_broker().await;
     let p = unique("shared-no-local");
-    let mut raw = Raw::connect_v5(broker.addr).await;
+    let mut raw = Raw::connect_v5(broker.addr, None).await.0;
     let subscribe = rumqttc::v5::mqttbytes::v5::Subscribe {
         pkid: 1,
         filters: vec![Filter {
@@ -1170,7 +882,7 @@ async fn v5_no_local_on_a_shared_subscription_is_a_protocol_error() {
         }],
         properties: None,
     };
-    raw.send_packet5(Packet5::Subscribe(subscribe)).await;
+    raw.send_packet(Packet5::Subscribe(subscribe)).await;
     let frames = raw.frames_until_closed().await;
     assert_eq!(
         frames.len(),
@@ -1204,9 +916,7 @@ async fn resubscribing_replaces_the_subscription_and_its_qos() {
     publisher
         .publish(&topic, QoS::AtLeastOnce, false, "x")
         .await;
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
     let got = sub
         .expect_topics_then_marker(std::slice::from_ref(&topic), &marker)
         .await;
@@ -1271,9 +981,7 @@ async fn newer_retained_message_replaces_the_older_one() {
     assert_eq!(first.payload_str(), "new");
     assert!(first.retain);
 
-    publisher
-        .publish(&topic, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&topic).await;
     let next = sub.next_msg().await;
     assert_eq!(
         next.payload_str(),
@@ -1306,9 +1014,7 @@ async fn empty_retained_payload_clears_the_retained_message_and_is_still_forward
 
     let mut late = V4::connect(broker.addr, &p).await;
     late.subscribe_ok(&topic, QoS::AtLeastOnce).await;
-    publisher
-        .publish(&topic, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&topic).await;
     let first = late.next_msg().await;
     assert_eq!(
         (first.payload_str().as_str(), first.retain),
@@ -1332,9 +1038,7 @@ async fn wildcard_subscription_receives_every_matching_retained_message() {
     sub.subscribe_ok(&format!("{p}/r/#"), QoS::AtLeastOnce)
         .await;
     let marker = format!("{p}/r/marker");
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
 
     let got = sub
         .expect_topics_then_marker(&[format!("{p}/r/a"), format!("{p}/r/b/c")], &marker)
@@ -1399,9 +1103,7 @@ async fn retained_dollar_topics_are_not_sent_for_leading_wildcards() {
     sub.subscribe_ok("#", QoS::AtLeastOnce).await;
     sub.subscribe_ok(&format!("+/{p}"), QoS::AtLeastOnce).await;
     let marker = format!("{p}/marker");
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
     sub.expect_topics_then_marker(std::slice::from_ref(&plain), &marker)
         .await;
 }
@@ -1409,6 +1111,16 @@ async fn retained_dollar_topics_are_not_sent_for_leading_wildcards() {
 // ---------------------------------------------------------------------------
 // MQTT 5 subscription options
 // ---------------------------------------------------------------------------
+
+/// A publisher in scope `p` that has left the retained message "stored" on
+/// `topic`.
+async fn retained_publisher(addr: SocketAddr, p: &str, topic: &str) -> V5 {
+    let mut publisher = V5::connect(addr, p).await;
+    publisher
+        .publish(topic, QoS5::AtLeastOnce, true, "stored")
+        .await;
+    publisher
+}
 
 fn with_retain_handling(path: &str, rule: RetainForwardRule) -> Filter {
     Filter {
@@ -1422,10 +1134,7 @@ async fn v5_retained_message_sent_on_subscribe_carries_the_subscription_identifi
     let broker = common::start_broker().await;
     let p = unique("retained-sub-id");
     let topic = format!("{p}/r");
-    let mut publisher = V5::connect(broker.addr, &p).await;
-    publisher
-        .publish(&topic, QoS5::AtLeastOnce, true, "stored")
-        .await;
+    let _publisher = retained_publisher(broker.addr, &p, &topic).await;
 
     let mut sub = V5::connect(broker.addr, &p).await;
     let codes = sub
@@ -1446,10 +1155,7 @@ async fn v5_retain_handling_0_sends_retained_messages_on_every_subscribe() {
     let broker = common::start_broker().await;
     let p = unique("rh0");
     let topic = format!("{p}/r");
-    let mut publisher = V5::connect(broker.addr, &p).await;
-    publisher
-        .publish(&topic, QoS5::AtLeastOnce, true, "stored")
-        .await;
+    let _publisher = retained_publisher(broker.addr, &p, &topic).await;
 
     let mut sub = V5::connect(broker.addr, &p).await;
     for round in ["new subscription", "re-subscription"] {
@@ -1472,10 +1178,7 @@ async fn v5_retain_handling_1_sends_retained_messages_only_for_a_new_subscriptio
     let broker = common::start_broker().await;
     let p = unique("rh1");
     let topic = format!("{p}/r");
-    let mut publisher = V5::connect(broker.addr, &p).await;
-    publisher
-        .publish(&topic, QoS5::AtLeastOnce, true, "stored")
-        .await;
+    let mut publisher = retained_publisher(broker.addr, &p, &topic).await;
 
     let mut sub = V5::connect(broker.addr, &p).await;
     sub.subscribe_ok(with_retain_handling(
@@ -1491,9 +1194,7 @@ async fn v5_retain_handling_1_sends_retained_messages_only_for_a_new_subscriptio
         RetainForwardRule::OnNewSubscribe,
     ))
     .await;
-    publisher
-        .publish(&topic, QoS5::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&topic).await;
     let next = sub.next_msg().await;
     assert_eq!(
         next.payload_str(),
@@ -1507,17 +1208,12 @@ async fn v5_retain_handling_2_never_sends_retained_messages() {
     let broker = common::start_broker().await;
     let p = unique("rh2");
     let topic = format!("{p}/r");
-    let mut publisher = V5::connect(broker.addr, &p).await;
-    publisher
-        .publish(&topic, QoS5::AtLeastOnce, true, "stored")
-        .await;
+    let mut publisher = retained_publisher(broker.addr, &p, &topic).await;
 
     let mut sub = V5::connect(broker.addr, &p).await;
     sub.subscribe_ok(with_retain_handling(&topic, RetainForwardRule::Never))
         .await;
-    publisher
-        .publish(&topic, QoS5::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&topic).await;
     let next = sub.next_msg().await;
     assert_eq!(
         next.payload_str(),
@@ -1596,9 +1292,7 @@ async fn v5_no_local_subscription_does_not_echo_own_publishes() {
     client
         .publish(&topic, QoS5::AtLeastOnce, false, "own")
         .await;
-    client
-        .publish(&marker, QoS5::AtLeastOnce, false, "marker")
-        .await;
+    client.publish_marker(&marker).await;
 
     // The message was routed (another subscriber got it), just not echoed.
     assert_eq!(other.next_msg().await.payload_str(), "own");
@@ -1627,9 +1321,7 @@ async fn own_publishes_are_echoed_without_no_local() {
 async fn assert_nothing_routed_before_marker(sub: &mut V4, addr: SocketAddr, p: &str) {
     let marker = format!("{p}/marker");
     let mut publisher = V4::connect(addr, p).await;
-    publisher
-        .publish(&marker, QoS::AtLeastOnce, false, "marker")
-        .await;
+    publisher.publish_marker(&marker).await;
     sub.expect_topics_then_marker(&[], &marker).await;
 }
 
@@ -1640,7 +1332,7 @@ async fn v5_publish_to_a_wildcard_topic_disconnects_with_topic_name_invalid() {
     let mut sub = V4::connect(broker.addr, &p).await;
     sub.subscribe_ok(&format!("{p}/#"), QoS::AtLeastOnce).await;
 
-    let mut raw = Raw::connect_v5(broker.addr).await;
+    let mut raw = Raw::connect_v5(broker.addr, None).await.0;
     raw.send(&raw_publish_qos0(&format!("{p}/+"), b"bad", true))
         .await;
     let frames = raw.frames_until_closed().await;
@@ -1711,7 +1403,7 @@ async fn v311_subscribe_with_a_misplaced_multi_level_wildcard_gets_return_code_0
 async fn v5_subscribe_with_a_misplaced_multi_level_wildcard_gets_a_failure_reason_code() {
     let broker = common::start_broker().await;
     let p = unique("bad-filter5");
-    let mut raw = Raw::connect_v5(broker.addr).await;
+    let mut raw = Raw::connect_v5(broker.addr, None).await.0;
     let valid = format!("{p}/ok");
     let codes = raw
         .subscribe_v5(&[

@@ -10,283 +10,13 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
-use common::WAIT;
-
-// ---------------------------------------------------------------------------
-// rumqttc clients driven by a task that forwards every event to the test
-// ---------------------------------------------------------------------------
-
-mod v4api {
-    pub use rumqttc::{
-        AsyncClient, ConnAck, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions,
-        Outgoing, Packet, Publish, QoS, SubscribeReasonCode,
-    };
-}
-
-mod v5api {
-    pub use rumqttc::Outgoing;
-    pub use rumqttc::v5::mqttbytes::QoS;
-    pub use rumqttc::v5::mqttbytes::v5::{
-        ConnAck, ConnectReturnCode, LastWill, LastWillProperties, Packet, Publish,
-        SubscribeReasonCode,
-    };
-    pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-}
-
-/// A connected rumqttc client. Its event loop runs in a task that stops at the
-/// first connection error, so a closed connection is never silently
-/// re-established behind the test's back.
-macro_rules! mqtt_client {
-    ($name:ident, $api:ident) => {
-        struct $name {
-            id: String,
-            client: $api::AsyncClient,
-            events: mpsc::Receiver<Result<$api::Event, $api::ConnectionError>>,
-            task: JoinHandle<()>,
-            /// Publishes that arrived while a helper waited for something else.
-            backlog: VecDeque<$api::Publish>,
-        }
-
-        impl $name {
-            /// Connects and returns the CONNACK; panics if the connection fails.
-            async fn connect(
-                addr: SocketAddr,
-                id: &str,
-                configure: impl FnOnce(&mut $api::MqttOptions),
-            ) -> ($name, $api::ConnAck) {
-                let mut options = $api::MqttOptions::new(id, addr.ip().to_string(), addr.port());
-                configure(&mut options);
-                let (client, mut eventloop) = $api::AsyncClient::new(options, 64);
-                let (tx, events) = mpsc::channel(1024);
-                let task = tokio::spawn(async move {
-                    loop {
-                        let event = eventloop.poll().await;
-                        let failed = event.is_err();
-                        if tx.send(event).await.is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                let mut me = $name {
-                    id: id.to_string(),
-                    client,
-                    events,
-                    task,
-                    backlog: VecDeque::new(),
-                };
-                match me.next_event().await {
-                    Some(Ok($api::Event::Incoming($api::Packet::ConnAck(connack)))) => {
-                        (me, connack)
-                    }
-                    other => panic!("{id}: expected CONNACK, got {other:?}"),
-                }
-            }
-
-            /// The next event; `None` once the event loop has stopped.
-            async fn next_event(&mut self) -> Option<Result<$api::Event, $api::ConnectionError>> {
-                match timeout(WAIT, self.events.recv()).await {
-                    Ok(event) => event,
-                    Err(_) => panic!("{}: no MQTT event within {WAIT:?}", self.id),
-                }
-            }
-
-            /// Waits for the next PUBLISH delivered to this client.
-            async fn next_publish(&mut self) -> $api::Publish {
-                if let Some(publish) = self.backlog.pop_front() {
-                    return publish;
-                }
-                loop {
-                    match self.next_event().await {
-                        Some(Ok($api::Event::Incoming($api::Packet::Publish(publish)))) => {
-                            return publish;
-                        }
-                        Some(Ok(_)) => {}
-                        other => panic!(
-                            "{}: connection ended waiting for PUBLISH: {other:?}",
-                            self.id
-                        ),
-                    }
-                }
-            }
-
-            /// Waits until `want` matches an event, keeping publishes seen meanwhile.
-            async fn wait_for(&mut self, what: &str, want: impl Fn(&$api::Event) -> bool) {
-                loop {
-                    match self.next_event().await {
-                        Some(Ok(event)) if want(&event) => return,
-                        Some(Ok($api::Event::Incoming($api::Packet::Publish(publish)))) => {
-                            self.backlog.push_back(publish);
-                        }
-                        Some(Ok(_)) => {}
-                        other => panic!(
-                            "{}: connection ended waiting for {what}: {other:?}",
-                            self.id
-                        ),
-                    }
-                }
-            }
-
-            /// Subscribes and returns the SUBACK return codes.
-            async fn subscribe(
-                &mut self,
-                filter: &str,
-                qos: $api::QoS,
-            ) -> Vec<$api::SubscribeReasonCode> {
-                self.client
-                    .subscribe(filter, qos)
-                    .await
-                    .expect("subscribe request queued");
-                loop {
-                    match self.next_event().await {
-                        Some(Ok($api::Event::Incoming($api::Packet::SubAck(suback)))) => {
-                            return suback.return_codes;
-                        }
-                        Some(Ok($api::Event::Incoming($api::Packet::Publish(publish)))) => {
-                            self.backlog.push_back(publish);
-                        }
-                        Some(Ok(_)) => {}
-                        other => panic!(
-                            "{}: connection ended waiting for SUBACK: {other:?}",
-                            self.id
-                        ),
-                    }
-                }
-            }
-
-            /// Publishes and waits until the QoS flow is complete (written for
-            /// QoS 0, PUBACK for QoS 1, PUBCOMP for QoS 2).
-            async fn publish(&mut self, topic: &str, qos: $api::QoS, payload: &str) {
-                self.client
-                    .publish(topic, qos, false, payload.as_bytes().to_vec())
-                    .await
-                    .expect("publish request queued");
-                match qos {
-                    $api::QoS::AtMostOnce => {
-                        self.wait_for("the QoS 0 PUBLISH to be written", |e| {
-                            matches!(e, $api::Event::Outgoing($api::Outgoing::Publish(_)))
-                        })
-                        .await
-                    }
-                    $api::QoS::AtLeastOnce => {
-                        self.wait_for("PUBACK", |e| {
-                            matches!(e, $api::Event::Incoming($api::Packet::PubAck(_)))
-                        })
-                        .await
-                    }
-                    $api::QoS::ExactlyOnce => {
-                        self.wait_for("PUBCOMP", |e| {
-                            matches!(e, $api::Event::Incoming($api::Packet::PubComp(_)))
-                        })
-                        .await
-                    }
-                }
-            }
-
-            /// Sends DISCONNECT, then closes the socket as a client must.
-            async fn disconnect(mut self) {
-                self.client
-                    .disconnect()
-                    .await
-                    .expect("disconnect request queued");
-                self.wait_for("DISCONNECT to be written", |e| {
-                    matches!(e, $api::Event::Outgoing($api::Outgoing::Disconnect))
-                })
-                .await;
-                self.task.abort();
-                let _ = self.task.await;
-            }
-
-            /// Drops the connection without DISCONNECT (a network failure).
-            async fn kill(self) {
-                self.task.abort();
-                let _ = self.task.await;
-            }
-
-            /// Waits until the broker ends the connection and returns the error
-            /// the client saw.
-            #[allow(dead_code)] // used for one protocol version only
-            async fn closed(&mut self) -> Option<$api::ConnectionError> {
-                loop {
-                    match self.next_event().await {
-                        Some(Ok($api::Event::Incoming($api::Packet::Publish(publish)))) => {
-                            self.backlog.push_back(publish);
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => return Some(error),
-                        None => return None,
-                    }
-                }
-            }
-        }
-    };
-}
-
-mqtt_client!(Client4, v4api);
-mqtt_client!(Client5, v5api);
-
-trait Message {
-    fn topic_text(&self) -> String;
-    fn payload_text(&self) -> String;
-}
-
-impl Message for v4api::Publish {
-    fn topic_text(&self) -> String {
-        self.topic.clone()
-    }
-    fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-}
-
-impl Message for v5api::Publish {
-    fn topic_text(&self) -> String {
-        String::from_utf8_lossy(&self.topic).into_owned()
-    }
-    fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-}
-
-/// Collects `(topic, payload)` of every message the subscriber receives before
-/// one on `marker_topic`. Used to show that something was *not* delivered: the
-/// marker is published after the moment the unwanted message would have been.
-macro_rules! received_before_marker {
-    ($sub:expr, $marker_topic:expr) => {{
-        let mut seen = Vec::new();
-        loop {
-            let publish = $sub.next_publish().await;
-            if publish.topic_text() == $marker_topic {
-                break;
-            }
-            seen.push((publish.topic_text(), publish.payload_text()));
-        }
-        seen
-    }};
-}
-
-/// A client id unique to this run (so a shared external broker holds no
-/// session from an earlier run), alphanumeric and at most 23 characters.
-fn unique_id(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let stamp = (now.as_nanos() as u64 ^ u64::from(std::process::id()) << 40) as u32;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tag: String = tag
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
-        .collect();
-    format!("{tag}{stamp:08x}{n}")
-}
+use common::ids::unique_id;
+use common::mqtt::{Client4, Client5, Message, v4api, v5api};
 
 fn v4_persistent(options: &mut v4api::MqttOptions) {
     options.set_clean_session(false);
@@ -302,136 +32,12 @@ fn v5_persistent(options: &mut v5api::MqttOptions) {
 // ---------------------------------------------------------------------------
 
 mod raw {
-    use super::WAIT;
-    use bytes::BytesMut;
-    use mqttbytes::{Protocol, QoS};
-    use std::net::SocketAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-    use tokio::time::timeout;
+    use mqttbytes::QoS;
 
-    pub const CONNACK: u8 = 2;
-    pub const SUBACK: u8 = 9;
-    pub const PINGRESP: u8 = 13;
-    pub const DISCONNECT: u8 = 14;
-
-    #[derive(Debug)]
-    pub struct Frame {
-        pub header: u8,
-        pub body: Vec<u8>,
-    }
-
-    impl Frame {
-        pub fn kind(&self) -> u8 {
-            self.header >> 4
-        }
-    }
-
-    pub struct Raw {
-        stream: TcpStream,
-    }
-
-    impl Raw {
-        pub async fn connect(addr: SocketAddr) -> Raw {
-            let stream = timeout(WAIT, TcpStream::connect(addr))
-                .await
-                .expect("TCP connect in time")
-                .expect("TCP connect");
-            stream.set_nodelay(true).unwrap();
-            Raw { stream }
-        }
-
-        pub async fn send(&mut self, bytes: &[u8]) {
-            self.stream.write_all(bytes).await.expect("write to broker");
-        }
-
-        /// The next frame, or `None` once the broker has closed the connection.
-        pub async fn read_frame(&mut self) -> Option<Frame> {
-            let header = self.stream.read_u8().await.ok()?;
-            let mut remaining = 0usize;
-            for shift in 0..4 {
-                let byte = self.stream.read_u8().await.ok()?;
-                remaining |= usize::from(byte & 0x7f) << (7 * shift);
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
-            let mut body = vec![0; remaining];
-            self.stream.read_exact(&mut body).await.ok()?;
-            Some(Frame { header, body })
-        }
-
-        /// Like `read_frame`, failing the test after `WAIT`.
-        pub async fn next_frame(&mut self) -> Option<Frame> {
-            timeout(WAIT, self.read_frame())
-                .await
-                .expect("a frame or a close from the broker in time")
-        }
-
-        pub async fn expect_frame(&mut self, kind: u8) -> Frame {
-            match self.next_frame().await {
-                Some(frame) if frame.kind() == kind => frame,
-                other => panic!("expected packet type {kind}, got {other:?}"),
-            }
-        }
-
-        /// Reads until the broker closes the connection; returns what it sent.
-        pub async fn until_closed(&mut self) -> Vec<Frame> {
-            let mut frames = Vec::new();
-            while let Some(frame) = self.next_frame().await {
-                frames.push(frame);
-            }
-            frames
-        }
-    }
-
-    pub fn encode(write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>) -> Vec<u8> {
-        let mut buffer = BytesMut::new();
-        write(&mut buffer).expect("packet encodes");
-        buffer.to_vec()
-    }
-
-    pub fn connect_v4(id: &str, clean_session: bool, keep_alive: u16) -> Vec<u8> {
-        let connect = mqttbytes::v4::Connect {
-            protocol: Protocol::V4,
-            keep_alive,
-            client_id: id.to_string(),
-            clean_session,
-            last_will: None,
-            login: None,
-        };
-        encode(|b| connect.write(b))
-    }
-
-    pub fn connect_v5(
-        id: &str,
-        clean_start: bool,
-        keep_alive: u16,
-        last_will: Option<mqttbytes::v5::LastWill>,
-        session_expiry: Option<u32>,
-    ) -> Vec<u8> {
-        let properties = session_expiry.map(|interval| mqttbytes::v5::ConnectProperties {
-            session_expiry_interval: Some(interval),
-            receive_maximum: None,
-            max_packet_size: None,
-            topic_alias_max: None,
-            request_response_info: None,
-            request_problem_info: None,
-            user_properties: Vec::new(),
-            authentication_method: None,
-            authentication_data: None,
-        });
-        let connect = mqttbytes::v5::Connect {
-            protocol: Protocol::V5,
-            keep_alive,
-            client_id: id.to_string(),
-            clean_session: clean_start,
-            last_will,
-            login: None,
-            properties,
-        };
-        encode(|b| connect.write(b))
-    }
+    pub use crate::common::wire::{
+        CONNACK, DISCONNECT, Frame, PINGRESP, Raw, SUBACK, connack_u16_property, connect_v4_bytes,
+        connect_v5_bytes, encode,
+    };
 
     /// SUBSCRIBE (packet id 1, QoS 1) on a v5 connection; waits for SUBACK.
     pub async fn subscribe_v5(raw: &mut Raw, filter: &str) {
@@ -464,47 +70,15 @@ mod raw {
         };
         encode(|b| disconnect.write(b))
     }
-
-    /// The v5 CONNACK property `id`'s two-byte value, if present.
-    pub fn connack_u16_property(connack: &Frame, id: u8) -> Option<u16> {
-        let body = &connack.body;
-        let (mut len, mut at) = (0usize, 2usize);
-        for shift in 0..4 {
-            let byte = body[at];
-            at += 1;
-            len |= usize::from(byte & 0x7f) << (7 * shift);
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = at + len;
-        let string_len = |at: usize| 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
-        while at < end {
-            let property = body[at];
-            at += 1;
-            let size = match property {
-                0x11 | 0x27 | 0x02 => 4,
-                0x21 | 0x22 | 0x13 => 2,
-                0x24 | 0x25 | 0x28 | 0x29 | 0x2A | 0x01 => 1,
-                0x12 | 0x1A | 0x1C | 0x1F | 0x15 | 0x03 | 0x08 | 0x16 | 0x09 => string_len(at),
-                0x26 => string_len(at) + string_len(at + string_len(at)),
-                other => panic!("unexpected CONNACK property {other:#x}"),
-            };
-            if property == id && size == 2 {
-                return Some(u16::from_be_bytes([body[at], body[at + 1]]));
-            }
-            at += size;
-        }
-        None
-    }
 }
 
 use raw::Raw;
 
 /// A raw v4 connection that has received a successful CONNACK.
 async fn raw_v4_session(addr: SocketAddr, id: &str, clean: bool, keep_alive: u16) -> Raw {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(&raw::connect_v4(id, clean, keep_alive)).await;
+    let mut raw = Raw::open(addr, false).await;
+    raw.send(&raw::connect_v4_bytes(id, clean, keep_alive))
+        .await;
     let connack = raw.expect_frame(raw::CONNACK).await;
     assert_eq!(connack.body[1], 0x00, "CONNACK return code for {id}");
     raw
@@ -517,9 +91,11 @@ async fn raw_v5_session(
     keep_alive: u16,
     will: Option<mqttbytes::v5::LastWill>,
 ) -> (Raw, raw::Frame) {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(&raw::connect_v5(id, true, keep_alive, will, None))
-        .await;
+    let mut raw = Raw::open(addr, true).await;
+    raw.send(&raw::connect_v5_bytes(
+        id, true, keep_alive, will, None, None,
+    ))
+    .await;
     let connack = raw.expect_frame(raw::CONNACK).await;
     assert_eq!(connack.body[1], 0x00, "CONNACK reason code for {id}");
     (raw, connack)
@@ -532,18 +108,18 @@ async fn raw_v5_session(
 #[tokio::test]
 async fn unsupported_protocol_level_is_refused_with_0x01_and_closed() {
     let broker = common::start_broker().await;
-    let mut raw = Raw::connect(broker.addr).await;
+    let mut raw = Raw::open(broker.addr, false).await;
     // CONNECT, protocol name "MQTT", protocol level 6, clean session, keep
     // alive 60, client id "x".
     raw.send(&[
         0x10, 13, 0x00, 0x04, b'M', b'Q', b'T', b'T', 6, 0x02, 0x00, 60, 0x00, 0x01, b'x',
     ])
     .await;
-    let frames = raw.until_closed().await;
+    let frames = raw.frames_until_closed().await;
     // [MQTT-3.1.2-2]: CONNACK return code 0x01 (unacceptable protocol level),
     // then close.
     assert_eq!(frames.len(), 1, "one CONNACK then close, got {frames:?}");
-    assert_eq!(frames[0].kind(), raw::CONNACK);
+    assert_eq!(frames[0].packet_type(), raw::CONNACK);
     assert_eq!(
         frames[0].body,
         vec![0x00, 0x01],
@@ -554,12 +130,12 @@ async fn unsupported_protocol_level_is_refused_with_0x01_and_closed() {
 #[tokio::test]
 async fn v4_empty_client_id_with_clean_session_false_is_refused_with_0x02() {
     let broker = common::start_broker().await;
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(&raw::connect_v4("", false, 60)).await;
-    let frames = raw.until_closed().await;
+    let mut raw = Raw::open(broker.addr, false).await;
+    raw.send(&raw::connect_v4_bytes("", false, 60)).await;
+    let frames = raw.frames_until_closed().await;
     // [MQTT-3.1.3-8]: CONNACK 0x02 (identifier rejected), then close.
     assert_eq!(frames.len(), 1, "one CONNACK then close, got {frames:?}");
-    assert_eq!(frames[0].kind(), raw::CONNACK);
+    assert_eq!(frames[0].packet_type(), raw::CONNACK);
     assert_eq!(
         frames[0].body,
         vec![0x00, 0x02],
@@ -615,35 +191,27 @@ async fn v4_session_present_is_0_on_clean_session_and_1_on_resumed_session() {
     let broker = common::start_broker().await;
     let id = unique_id("present4");
 
-    let (client, connack) = Client4::connect(broker.addr, &id, v4_persistent).await;
     assert!(
-        !connack.session_present,
+        !Client4::session_present(broker.addr, &id, v4_persistent).await,
         "no session existed for a new client id"
     );
-    client.disconnect().await;
 
-    let (client, connack) = Client4::connect(broker.addr, &id, v4_persistent).await;
     assert!(
-        connack.session_present,
+        Client4::session_present(broker.addr, &id, v4_persistent).await,
         "[MQTT-3.2.2-2] persistent session is resumed"
     );
-    client.disconnect().await;
 
-    let (client, connack) = Client4::connect(broker.addr, &id, |_| {}).await;
     assert!(
-        !connack.session_present,
+        !Client4::session_present(broker.addr, &id, |_| {}).await,
         "[MQTT-3.2.2-1] clean session: session present 0"
     );
-    client.disconnect().await;
 
     // The clean session discarded the stored one and itself ended with its
     // connection [MQTT-3.1.2-6].
-    let (client, connack) = Client4::connect(broker.addr, &id, v4_persistent).await;
     assert!(
-        !connack.session_present,
+        !Client4::session_present(broker.addr, &id, v4_persistent).await,
         "a clean session leaves nothing behind"
     );
-    client.disconnect().await;
 }
 
 #[tokio::test]
@@ -651,30 +219,24 @@ async fn v5_session_present_is_0_on_clean_start_and_1_on_resumed_session() {
     let broker = common::start_broker().await;
     let id = unique_id("present5");
 
-    let (client, connack) = Client5::connect(broker.addr, &id, v5_persistent).await;
     assert!(
-        !connack.session_present,
+        !Client5::session_present(broker.addr, &id, v5_persistent).await,
         "no session existed for a new client id"
     );
-    client.disconnect().await;
 
-    let (client, connack) = Client5::connect(broker.addr, &id, v5_persistent).await;
     assert!(
-        connack.session_present,
+        Client5::session_present(broker.addr, &id, v5_persistent).await,
         "[MQTT-3.2.2-3] existing session is resumed"
     );
-    client.disconnect().await;
 
-    let (client, connack) = Client5::connect(broker.addr, &id, |o| {
-        o.set_clean_start(true);
-        o.set_session_expiry_interval(Some(300));
-    })
-    .await;
     assert!(
-        !connack.session_present,
+        !Client5::session_present(broker.addr, &id, |o| {
+            o.set_clean_start(true);
+            o.set_session_expiry_interval(Some(300));
+        })
+        .await,
         "[MQTT-3.2.2-2] clean start: session present 0"
     );
-    client.disconnect().await;
 }
 
 #[tokio::test]
@@ -692,15 +254,9 @@ async fn v4_clean_session_discards_earlier_subscriptions() {
     assert!(!connack.session_present);
     sub.subscribe(&marker, v4api::QoS::AtLeastOnce).await;
 
-    let (mut publisher, _) = Client4::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&topic, v4api::QoS::AtLeastOnce, "old subscription")
+    let seen = sub
+        .received_before_marker(broker.addr, &[(&topic, "old subscription")], &marker)
         .await;
-    publisher
-        .publish(&marker, v4api::QoS::AtLeastOnce, "marker")
-        .await;
-
-    let seen = received_before_marker!(sub, marker);
     assert!(
         seen.is_empty(),
         "the discarded subscription still delivered {seen:?}"
@@ -725,15 +281,9 @@ async fn v5_clean_start_discards_earlier_subscriptions() {
     assert!(!connack.session_present);
     sub.subscribe(&marker, v5api::QoS::AtLeastOnce).await;
 
-    let (mut publisher, _) = Client5::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&topic, v5api::QoS::AtLeastOnce, "old subscription")
+    let seen = sub
+        .received_before_marker(broker.addr, &[(&topic, "old subscription")], &marker)
         .await;
-    publisher
-        .publish(&marker, v5api::QoS::AtLeastOnce, "marker")
-        .await;
-
-    let seen = received_before_marker!(sub, marker);
     assert!(
         seen.is_empty(),
         "the discarded subscription still delivered {seen:?}"
@@ -763,14 +313,9 @@ async fn v5_session_expiry_0_discards_the_session_at_disconnect() {
     );
     sub.subscribe(&marker, v5api::QoS::AtLeastOnce).await;
 
-    let (mut publisher, _) = Client5::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&topic, v5api::QoS::AtLeastOnce, "expired subscription")
+    let seen = sub
+        .received_before_marker(broker.addr, &[(&topic, "expired subscription")], &marker)
         .await;
-    publisher
-        .publish(&marker, v5api::QoS::AtLeastOnce, "marker")
-        .await;
-    let seen = received_before_marker!(sub, marker);
     assert!(
         seen.is_empty(),
         "the expired session still delivered {seen:?}"
@@ -832,14 +377,9 @@ async fn v5_session_is_discarded_after_its_expiry_interval() {
         "session outlived its expiry interval"
     );
     sub.subscribe(&marker, v5api::QoS::AtLeastOnce).await;
-    let (mut publisher, _) = Client5::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&topic, v5api::QoS::AtLeastOnce, "expired subscription")
+    let seen = sub
+        .received_before_marker(broker.addr, &[(&topic, "expired subscription")], &marker)
         .await;
-    publisher
-        .publish(&marker, v5api::QoS::AtLeastOnce, "marker")
-        .await;
-    let seen = received_before_marker!(sub, marker);
     assert!(
         seen.is_empty(),
         "the expired session still delivered {seen:?}"
@@ -877,9 +417,16 @@ async fn v5_session_expiry_interval_on_disconnect_replaces_the_connect_value() {
     let broker = common::start_broker().await;
     let id = unique_id("expirydisc");
 
-    let mut raw = Raw::connect(broker.addr).await;
-    raw.send(&raw::connect_v5(&id, false, 60, None, Some(300)))
-        .await;
+    let mut raw = Raw::open(broker.addr, true).await;
+    raw.send(&raw::connect_v5_bytes(
+        &id,
+        false,
+        60,
+        None,
+        Some(300),
+        None,
+    ))
+    .await;
     raw.expect_frame(raw::CONNACK).await;
     // MQTT 5 §3.14.2.2.2: a Session Expiry Interval on DISCONNECT replaces
     // the one from CONNECT; 0 ends the session now.
@@ -888,18 +435,16 @@ async fn v5_session_expiry_interval_on_disconnect_replaces_the_connect_value() {
         Some(0),
     ))
     .await;
-    let frames = raw.until_closed().await;
+    let frames = raw.frames_until_closed().await;
     assert!(
         frames.is_empty(),
         "nothing is sent after DISCONNECT: {frames:?}"
     );
 
-    let (client, connack) = Client5::connect(broker.addr, &id, v5_persistent).await;
     assert!(
-        !connack.session_present,
+        !Client5::session_present(broker.addr, &id, v5_persistent).await,
         "session kept although DISCONNECT set its expiry to 0"
     );
-    client.disconnect().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -917,7 +462,7 @@ async fn v4_silent_client_is_disconnected_after_one_and_a_half_keep_alive() {
     let broker = common::start_broker().await;
     let mut raw = raw_v4_session(broker.addr, &unique_id("silent4"), true, 1).await;
     let silent_since = Instant::now();
-    let frames = raw.until_closed().await;
+    let frames = raw.frames_until_closed().await;
     let elapsed = silent_since.elapsed();
     assert!(
         frames.is_empty(),
@@ -939,12 +484,12 @@ async fn v5_silent_client_is_disconnected_after_one_and_a_half_keep_alive() {
         server_keep_alive.is_none() || server_keep_alive == Some(1),
         "unexpected Server Keep Alive {server_keep_alive:?} for a 1 s keep alive"
     );
-    let frames = raw.until_closed().await;
+    let frames = raw.frames_until_closed().await;
     let elapsed = silent_since.elapsed();
     // The server may send DISCONNECT 0x8D (keep alive timeout) before closing.
     for frame in &frames {
         assert_eq!(
-            frame.kind(),
+            frame.packet_type(),
             raw::DISCONNECT,
             "only DISCONNECT may precede the close"
         );
@@ -974,7 +519,7 @@ async fn client_sending_pingreq_within_keep_alive_stays_connected() {
             .next_frame()
             .await
             .expect("connection stays open while pinging");
-        assert_eq!(frame.kind(), raw::PINGRESP);
+        assert_eq!(frame.packet_type(), raw::PINGRESP);
     }
 }
 
@@ -1015,9 +560,9 @@ async fn v5_session_takeover_disconnects_old_client_with_0x8e() {
     // The first client is a raw socket so the test sees the exact bytes the
     // broker sends it (rumqttc 0.25 cannot decode a DISCONNECT that carries
     // a reason code but omits the property length, which the spec allows).
-    let mut first = Raw::connect(broker.addr).await;
+    let mut first = Raw::open(broker.addr, true).await;
     first
-        .send(&raw::connect_v5(&id, true, 60, None, Some(300)))
+        .send(&raw::connect_v5_bytes(&id, true, 60, None, Some(300), None))
         .await;
     let connack = first.expect_frame(raw::CONNACK).await;
     assert_eq!(connack.body[1], 0x00);
@@ -1027,9 +572,9 @@ async fn v5_session_takeover_disconnects_old_client_with_0x8e() {
     assert!(connack.session_present, "the taken-over session continues");
     // [MQTT-3.1.4-3]: DISCONNECT 0x8E (session taken over) to the existing
     // client, then its connection is closed.
-    let frames = first.until_closed().await;
+    let frames = first.frames_until_closed().await;
     assert_eq!(frames.len(), 1, "one DISCONNECT then close, got {frames:?}");
-    assert_eq!(frames[0].kind(), raw::DISCONNECT, "{frames:?}");
+    assert_eq!(frames[0].packet_type(), raw::DISCONNECT, "{frames:?}");
     assert_eq!(
         frames[0].body.first(),
         Some(&0x8E),
@@ -1050,25 +595,30 @@ async fn v5_session_takeover_disconnects_old_client_with_0x8e() {
 // Wills
 // ---------------------------------------------------------------------------
 
+/// Options with a QoS 1 will on `topic`.
+fn v4_will(topic: &str, payload: &str, retain: bool) -> impl FnOnce(&mut v4api::MqttOptions) {
+    let will = v4api::LastWill::new(topic, payload, v4api::QoS::AtLeastOnce, retain);
+    move |o| {
+        o.set_last_will(will);
+    }
+}
+
+/// Options with the QoS 1 will "gone" on `topic`.
+fn v5_will(topic: &str) -> impl FnOnce(&mut v5api::MqttOptions) {
+    let will = v5api::LastWill::new(topic, "gone", v5api::QoS::AtLeastOnce, false, None);
+    move |o| {
+        o.set_last_will(will);
+    }
+}
+
 #[tokio::test]
 async fn v4_will_is_published_when_the_connection_drops() {
     let broker = common::start_broker().await;
     let id = unique_id("will4drop");
     let will_topic = format!("petrel-test/{id}/will");
-    let (mut watcher, _) = Client4::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&will_topic, v4api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client4::watch(broker.addr, &will_topic).await;
 
-    let (client, _) = Client4::connect(broker.addr, &id, |o| {
-        o.set_last_will(v4api::LastWill::new(
-            &will_topic,
-            "gone",
-            v4api::QoS::AtLeastOnce,
-            false,
-        ));
-    })
-    .await;
+    let (client, _) = Client4::connect(broker.addr, &id, v4_will(&will_topic, "gone", false)).await;
     client.kill().await;
 
     let will = watcher.next_publish().await;
@@ -1084,27 +634,14 @@ async fn v4_will_is_not_published_after_normal_disconnect() {
     let id = unique_id("will4norm");
     let prefix = format!("petrel-test/{id}");
     let (will_topic, marker) = (format!("{prefix}/will"), format!("{prefix}/marker"));
-    let (mut watcher, _) = Client4::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&format!("{prefix}/#"), v4api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client4::watch(broker.addr, &format!("{prefix}/#")).await;
 
-    let (client, _) = Client4::connect(broker.addr, &id, |o| {
-        o.set_last_will(v4api::LastWill::new(
-            &will_topic,
-            "gone",
-            v4api::QoS::AtLeastOnce,
-            false,
-        ));
-    })
-    .await;
+    let (client, _) = Client4::connect(broker.addr, &id, v4_will(&will_topic, "gone", false)).await;
     client.disconnect().await;
 
-    let (mut publisher, _) = Client4::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&marker, v4api::QoS::AtLeastOnce, "marker")
+    let seen = watcher
+        .received_before_marker(broker.addr, &[], &marker)
         .await;
-    let seen = received_before_marker!(watcher, marker);
     assert!(
         seen.is_empty(),
         "[MQTT-3.14.4-3] will published after DISCONNECT: {seen:?}"
@@ -1116,19 +653,13 @@ async fn v4_will_with_retain_is_kept_as_the_retained_message() {
     let broker = common::start_broker().await;
     let id = unique_id("willret");
     let will_topic = format!("petrel-test/{id}/will");
-    let (mut watcher, _) = Client4::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&will_topic, v4api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client4::watch(broker.addr, &will_topic).await;
 
-    let (client, _) = Client4::connect(broker.addr, &id, |o| {
-        o.set_last_will(v4api::LastWill::new(
-            &will_topic,
-            "gone for good",
-            v4api::QoS::AtLeastOnce,
-            true,
-        ));
-    })
+    let (client, _) = Client4::connect(
+        broker.addr,
+        &id,
+        v4_will(&will_topic, "gone for good", true),
+    )
     .await;
     client.kill().await;
     let live = watcher.next_publish().await;
@@ -1160,21 +691,9 @@ async fn v5_will_is_published_when_the_connection_drops() {
     let broker = common::start_broker().await;
     let id = unique_id("will5drop");
     let will_topic = format!("petrel-test/{id}/will");
-    let (mut watcher, _) = Client5::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&will_topic, v5api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client5::watch(broker.addr, &will_topic).await;
 
-    let (client, _) = Client5::connect(broker.addr, &id, |o| {
-        o.set_last_will(v5api::LastWill::new(
-            &will_topic,
-            "gone",
-            v5api::QoS::AtLeastOnce,
-            false,
-            None,
-        ));
-    })
-    .await;
+    let (client, _) = Client5::connect(broker.addr, &id, v5_will(&will_topic)).await;
     client.kill().await;
 
     let will = watcher.next_publish().await;
@@ -1189,28 +708,14 @@ async fn v5_will_is_not_published_after_normal_disconnect() {
     let id = unique_id("will5norm");
     let prefix = format!("petrel-test/{id}");
     let (will_topic, marker) = (format!("{prefix}/will"), format!("{prefix}/marker"));
-    let (mut watcher, _) = Client5::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&format!("{prefix}/#"), v5api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client5::watch(broker.addr, &format!("{prefix}/#")).await;
 
-    let (client, _) = Client5::connect(broker.addr, &id, |o| {
-        o.set_last_will(v5api::LastWill::new(
-            &will_topic,
-            "gone",
-            v5api::QoS::AtLeastOnce,
-            false,
-            None,
-        ));
-    })
-    .await;
+    let (client, _) = Client5::connect(broker.addr, &id, v5_will(&will_topic)).await;
     client.disconnect().await;
 
-    let (mut publisher, _) = Client5::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&marker, v5api::QoS::AtLeastOnce, "marker")
+    let seen = watcher
+        .received_before_marker(broker.addr, &[], &marker)
         .await;
-    let seen = received_before_marker!(watcher, marker);
     assert!(
         seen.is_empty(),
         "[MQTT-3.1.2-10] will published after DISCONNECT 0x00: {seen:?}"
@@ -1222,10 +727,7 @@ async fn v5_will_is_published_on_disconnect_with_reason_0x04() {
     let broker = common::start_broker().await;
     let id = unique_id("will5x04");
     let will_topic = format!("petrel-test/{id}/will");
-    let (mut watcher, _) = Client5::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&will_topic, v5api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client5::watch(broker.addr, &will_topic).await;
 
     let (mut raw, _) = raw_v5_session(
         broker.addr,
@@ -1275,10 +777,7 @@ async fn v5_will_is_published_after_the_will_delay_interval() {
     let broker = common::start_broker().await;
     let id = unique_id("willdelay");
     let will_topic = format!("petrel-test/{id}/will");
-    let (mut watcher, _) = Client5::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&will_topic, v5api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client5::watch(broker.addr, &will_topic).await;
 
     let (client, _) = Client5::connect(broker.addr, &id, v5_will_with_delay(&will_topic, 2)).await;
     let dropped_at = Instant::now();
@@ -1299,10 +798,7 @@ async fn v5_will_is_not_published_when_the_client_reconnects_within_the_will_del
     let id = unique_id("willback");
     let prefix = format!("petrel-test/{id}");
     let (will_topic, marker) = (format!("{prefix}/will"), format!("{prefix}/marker"));
-    let (mut watcher, _) = Client5::connect(broker.addr, &unique_id("watch"), |_| {}).await;
-    watcher
-        .subscribe(&format!("{prefix}/#"), v5api::QoS::AtLeastOnce)
-        .await;
+    let mut watcher = Client5::watch(broker.addr, &format!("{prefix}/#")).await;
 
     let (client, _) = Client5::connect(broker.addr, &id, v5_will_with_delay(&will_topic, 2)).await;
     client.kill().await;
@@ -1312,11 +808,9 @@ async fn v5_will_is_not_published_when_the_client_reconnects_within_the_will_del
     // The passage of time is the behaviour under test: wait past the 2 s will
     // delay; the will must not come.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    let (mut publisher, _) = Client5::connect(broker.addr, &unique_id("pub"), |_| {}).await;
-    publisher
-        .publish(&marker, v5api::QoS::AtLeastOnce, "marker")
+    let seen = watcher
+        .received_before_marker(broker.addr, &[], &marker)
         .await;
-    let seen = received_before_marker!(watcher, marker);
     assert!(
         seen.is_empty(),
         "[MQTT-3.1.3-9] will published despite reconnect: {seen:?}"
@@ -1332,8 +826,8 @@ async fn v5_will_is_not_published_when_the_client_reconnects_within_the_will_del
 async fn socket_that_never_sends_connect_is_closed_after_connect_timeout() {
     let broker = common::start_broker_with(|s| s.limits.connect_timeout_secs = 1).await;
     let opened_at = Instant::now();
-    let mut raw = Raw::connect(broker.addr).await;
-    let frames = raw.until_closed().await;
+    let mut raw = Raw::open(broker.addr, false).await;
+    let frames = raw.frames_until_closed().await;
     let elapsed = opened_at.elapsed();
     assert!(
         frames.is_empty(),
@@ -1348,9 +842,9 @@ async fn socket_that_never_sends_connect_is_closed_after_connect_timeout() {
 #[tokio::test]
 async fn first_packet_other_than_connect_closes_the_connection() {
     let broker = common::start_broker().await;
-    let mut raw = Raw::connect(broker.addr).await;
+    let mut raw = Raw::open(broker.addr, false).await;
     raw.send(&raw::PINGREQ).await;
-    let frames = raw.until_closed().await;
+    let frames = raw.frames_until_closed().await;
     // [MQTT-3.1.0-1]: the first packet must be CONNECT; nothing is answered.
     assert!(frames.is_empty(), "no reply before the close: {frames:?}");
 }
@@ -1360,8 +854,8 @@ async fn v4_second_connect_on_a_connection_closes_it() {
     let broker = common::start_broker().await;
     let id = unique_id("twice4");
     let mut raw = raw_v4_session(broker.addr, &id, true, 60).await;
-    raw.send(&raw::connect_v4(&id, true, 60)).await;
-    let frames = raw.until_closed().await;
+    raw.send(&raw::connect_v4_bytes(&id, true, 60)).await;
+    let frames = raw.frames_until_closed().await;
     // [MQTT-3.1.0-2]: a protocol violation; the connection is closed and the
     // second CONNECT is not acknowledged.
     assert!(
@@ -1375,12 +869,13 @@ async fn v5_second_connect_on_a_connection_closes_it() {
     let broker = common::start_broker().await;
     let id = unique_id("twice5");
     let (mut raw, _) = raw_v5_session(broker.addr, &id, 60, None).await;
-    raw.send(&raw::connect_v5(&id, true, 60, None, None)).await;
-    let frames = raw.until_closed().await;
+    raw.send(&raw::connect_v5_bytes(&id, true, 60, None, None, None))
+        .await;
+    let frames = raw.frames_until_closed().await;
     // [MQTT-3.1.0-2]: a Protocol Error; the server may send DISCONNECT 0x82.
     for frame in &frames {
         assert_eq!(
-            frame.kind(),
+            frame.packet_type(),
             raw::DISCONNECT,
             "only DISCONNECT may precede the close"
         );

@@ -11,93 +11,37 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectProperties, ConnectReturnCode, Filter, Packet, PubAck, PubAckReason, Publish,
     PublishProperties, SubscribeReasonCode, UnsubAckReason,
 };
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+
+use common::ids::{client_id, unique};
+use common::scoped::V5;
+use common::wire::Raw;
 
 // ---------------------------------------------------------------------------
 // Harness: an MQTT 5 rumqttc client and a raw socket client.
 // ---------------------------------------------------------------------------
-
-/// A prefix no other test (or earlier run against the same broker) uses.
-fn unique(name: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    format!(
-        "{name}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A client id that is unique in this process and short enough for any broker.
-fn client_id(role: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{role}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// An MQTT 5 client driven by rumqttc.
-struct V5 {
-    id: String,
-    client: AsyncClient,
-    events: mpsc::Receiver<Result<Event, ConnectionError>>,
-    scope: String,
-    buffered: std::collections::VecDeque<Publish>,
-}
 
 impl V5 {
     async fn connect(addr: SocketAddr, scope: &str) -> (V5, ConnAck) {
         Self::connect_as(addr, scope, &client_id("v5"), |_| {}).await
     }
 
+    /// Connects as `id` and checks the CONNACK accepts.
     async fn connect_as(
         addr: SocketAddr,
         scope: &str,
         id: &str,
         adjust: impl FnOnce(&mut MqttOptions),
     ) -> (V5, ConnAck) {
-        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        adjust(&mut options);
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let (tx, events) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let failed = event.is_err();
-                if tx.send(event).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let mut me = V5 {
-            id: id.to_string(),
-            client,
-            events,
-            scope: scope.to_string(),
-            buffered: Default::default(),
-        };
-        let connack = match me.next_packet().await {
-            Packet::ConnAck(ack) => ack,
-            other => panic!("{}: expected CONNACK, got {other:?}", me.id),
-        };
+        let (me, connack) = V5::open(addr, scope, id, adjust).await;
         assert_eq!(
             connack.code,
             ConnectReturnCode::Success,
@@ -107,37 +51,24 @@ impl V5 {
         (me, connack)
     }
 
-    /// The next packet from the broker; panics on a timeout or a closed connection.
-    async fn next_packet(&mut self) -> Packet {
-        loop {
-            let event = timeout(common::WAIT, self.events.recv())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("{}: nothing arrived within {:?}", self.id, common::WAIT)
-                });
-            match event {
-                Some(Ok(Event::Incoming(packet))) => return packet,
-                Some(Ok(Event::Outgoing(_))) => continue,
-                Some(Err(error)) => panic!("{}: connection failed: {error}", self.id),
-                None => panic!("{}: connection already ended", self.id),
-            }
-        }
+    /// A client in scope `p` subscribed to `topic` at QoS 1.
+    async fn subscribed(addr: SocketAddr, p: &str, topic: &str) -> V5 {
+        let (mut sub, _) = V5::connect(addr, p).await;
+        sub.subscribe_ok(topic, QoS::AtLeastOnce).await;
+        sub
     }
 
-    /// Waits for a packet `pick` accepts; publishes seen meanwhile are kept.
-    async fn wait_for<T>(&mut self, what: &str, pick: impl Fn(&Packet) -> Option<T>) -> T {
-        loop {
-            let packet = self.next_packet().await;
-            if let Some(found) = pick(&packet) {
-                return found;
-            }
-            match packet {
-                Packet::Publish(publish) => self.buffered.push_back(publish),
-                // Intermediate steps of a QoS 2 flow, and keep-alive.
-                Packet::PubRec(_) | Packet::PingResp(_) => {}
-                other => panic!("{}: expected {what}, got {other:?}", self.id),
-            }
-        }
+    /// Publishes "marker" on `topic` from a new client and checks it is the
+    /// next message this client receives: whatever was published before it
+    /// was not routed here.
+    async fn expect_marker_next(&mut self, addr: SocketAddr, p: &str, topic: &str, why: &str) {
+        let (mut publisher, _) = V5::connect(addr, p).await;
+        publisher.publish_plain(topic, "marker").await;
+        assert_eq!(
+            self.next_publish().await.payload,
+            Bytes::from_static(b"marker"),
+            "{why}"
+        );
     }
 
     async fn subscribe_ok(&mut self, path: &str, qos: QoS) {
@@ -184,253 +115,13 @@ impl V5 {
             .await;
         assert_accepted(&ack, topic);
     }
-
-    /// The next PUBLISH on a topic inside this test's prefix.
-    async fn next_publish(&mut self) -> Publish {
-        loop {
-            let publish = match self.buffered.pop_front() {
-                Some(publish) => publish,
-                None => match self.next_packet().await {
-                    Packet::Publish(publish) => publish,
-                    _ => continue,
-                },
-            };
-            if String::from_utf8_lossy(&publish.topic).contains(&self.scope) {
-                return publish;
-            }
-        }
-    }
-
-    /// Sends DISCONNECT and waits until the broker has closed the connection,
-    /// so that the session is offline when this returns.
-    async fn disconnect(mut self) {
-        self.client.disconnect().await.expect("disconnect queued");
-        let closed = async {
-            while let Some(event) = self.events.recv().await {
-                if event.is_err() {
-                    break;
-                }
-            }
-        };
-        timeout(common::WAIT, closed).await.unwrap_or_else(|_| {
-            panic!(
-                "{}: the broker did not close the connection after DISCONNECT",
-                self.id
-            )
-        });
-    }
 }
 
 fn topic_of(publish: &Publish) -> String {
     String::from_utf8_lossy(&publish.topic).into_owned()
 }
 
-/// A frame as read off the wire: the first header byte and the bytes after
-/// the remaining-length field.
-#[derive(Debug)]
-struct Frame {
-    first: u8,
-    body: Bytes,
-}
-
-impl Frame {
-    fn packet_type(&self) -> u8 {
-        self.first >> 4
-    }
-
-    /// Decodes the frame with rumqttc's codec (not for DISCONNECT, see
-    /// [`Frame::disconnect`]).
-    fn decode(&self) -> Packet {
-        let mut whole = BytesMut::new();
-        whole.extend_from_slice(&[self.first]);
-        let mut remaining = self.body.len();
-        loop {
-            let mut byte = (remaining % 128) as u8;
-            remaining /= 128;
-            if remaining > 0 {
-                byte |= 0x80;
-            }
-            whole.extend_from_slice(&[byte]);
-            if remaining == 0 {
-                break;
-            }
-        }
-        whole.extend_from_slice(&self.body);
-        Packet::read(&mut whole, None)
-            .unwrap_or_else(|e| panic!("cannot decode {self:?} from the broker: {e:?}"))
-    }
-
-    /// Reason code and reason string of a DISCONNECT. Parsed by hand because
-    /// a DISCONNECT may omit the reason code and the property length.
-    fn disconnect(&self) -> (u8, Option<String>) {
-        assert_eq!(self.packet_type(), 14, "expected DISCONNECT, got {self:?}");
-        let mut body = self.body.clone();
-        if body.is_empty() {
-            return (0, None);
-        }
-        let reason = body.get_u8();
-        if body.is_empty() {
-            return (reason, None);
-        }
-        let len = read_varint(&mut body);
-        let mut props = body.split_to(len);
-        let mut reason_string = None;
-        while props.has_remaining() {
-            match props.get_u8() {
-                0x11 => {
-                    props.get_u32();
-                }
-                0x1F => reason_string = Some(read_string(&mut props)),
-                0x1C => {
-                    read_string(&mut props);
-                }
-                0x26 => {
-                    read_string(&mut props);
-                    read_string(&mut props);
-                }
-                other => panic!("unexpected property {other:#x} in DISCONNECT {self:?}"),
-            }
-        }
-        (reason, reason_string)
-    }
-}
-
-fn read_varint(body: &mut Bytes) -> usize {
-    let mut value = 0usize;
-    for shift in 0..4 {
-        let byte = body.get_u8();
-        value |= usize::from(byte & 0x7f) << (7 * shift);
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    value
-}
-
-fn read_string(body: &mut Bytes) -> String {
-    let len = usize::from(body.get_u16());
-    String::from_utf8_lossy(&body.split_to(len)).into_owned()
-}
-
-/// A client on a plain socket, for packets rumqttc refuses to send and for
-/// replies rumqttc cannot show.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
 impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        let stream = timeout(common::WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("broker accepts TCP");
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// Connects with protocol level 5 and returns the accepting CONNACK.
-    async fn connect_v5(addr: SocketAddr, properties: Option<ConnectProperties>) -> (Raw, ConnAck) {
-        let mut raw = Raw::open(addr).await;
-        let connect = rumqttc::v5::mqttbytes::v5::Connect {
-            keep_alive: 60,
-            client_id: client_id("raw5"),
-            clean_start: true,
-            properties,
-        };
-        raw.send_packet(Packet::Connect(connect, None, None)).await;
-        let frame = raw.next_frame().await.expect("CONNACK before close");
-        let Packet::ConnAck(ack) = frame.decode() else {
-            panic!("expected CONNACK, got {frame:?}");
-        };
-        assert_eq!(ack.code, ConnectReturnCode::Success, "CONNACK refuses");
-        (raw, ack)
-    }
-
-    /// Connects with protocol level 4 and checks the CONNACK accepts.
-    async fn connect_v4(addr: SocketAddr) -> Raw {
-        let mut raw = Raw::open(addr).await;
-        let mut out = BytesMut::new();
-        rumqttc::Connect::new(client_id("raw4"))
-            .write(&mut out)
-            .expect("encode CONNECT");
-        raw.send(&out).await;
-        let ack = raw.next_frame().await.expect("CONNACK before close");
-        assert_eq!(ack.packet_type(), 2, "expected CONNACK, got {ack:?}");
-        assert_eq!(ack.body.get(1), Some(&0), "CONNACK refuses: {ack:?}");
-        raw
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        // The broker may already have closed the socket; the reads that follow tell.
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    async fn send_packet(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("encode packet");
-        self.send(&out).await;
-    }
-
-    /// The next frame, or `None` once the broker closed the connection.
-    async fn next_frame(&mut self) -> Option<Frame> {
-        timeout(common::WAIT, self.read_frame())
-            .await
-            .unwrap_or_else(|_| panic!("no packet and no close within {:?}", common::WAIT))
-    }
-
-    async fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.split_frame() {
-                return Some(frame);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn split_frame(&mut self) -> Option<Frame> {
-        let mut remaining = 0usize;
-        let mut header_len = 1;
-        loop {
-            let byte = *self.buf.get(header_len)?;
-            remaining |= usize::from(byte & 0x7f) << (7 * (header_len - 1));
-            header_len += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            assert!(header_len <= 4, "malformed remaining length from broker");
-        }
-        if self.buf.len() < header_len + remaining {
-            return None;
-        }
-        let mut frame = self.buf.split_to(header_len + remaining).freeze();
-        let first = frame[0];
-        frame.advance(header_len);
-        Some(Frame { first, body: frame })
-    }
-
-    /// Reads until the broker closes the connection and returns what it sent
-    /// before closing. Panics if the connection stays open.
-    async fn frames_until_closed(&mut self) -> Vec<Frame> {
-        let deadline = tokio::time::Instant::now() + common::WAIT;
-        let mut frames = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.read_frame()).await {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => return frames,
-                Err(_) => panic!(
-                    "the broker kept the connection open for {:?}, after sending {frames:?}",
-                    common::WAIT
-                ),
-            }
-        }
-    }
-
     /// Publishes at QoS 1 with packet id `pkid` and returns the broker's
     /// answer: a PUBACK, or the DISCONNECT (reason code and reason string) it
     /// closed the connection with.
@@ -502,6 +193,13 @@ fn properties() -> PublishProperties {
 // Message expiry
 // ---------------------------------------------------------------------------
 
+fn expiring(seconds: u32) -> PublishProperties {
+    PublishProperties {
+        message_expiry_interval: Some(seconds),
+        ..properties()
+    }
+}
+
 /// Connects a subscriber whose session outlives the connection, subscribes
 /// it to `topic` at QoS 1 and takes it offline.
 async fn offline_subscriber(addr: SocketAddr, p: &str, topic: &str) -> String {
@@ -533,11 +231,7 @@ async fn message_expiry_interval_is_reduced_by_the_time_the_message_waited() {
     let id = offline_subscriber(broker.addr, &p, &topic).await;
 
     let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    let sent = PublishProperties {
-        message_expiry_interval: Some(5),
-        ..properties()
-    };
-    let ack = publisher.publish(&topic, "waits", sent).await;
+    let ack = publisher.publish(&topic, "waits", expiring(5)).await;
     assert_accepted(&ack, "publish");
     let published = Instant::now();
 
@@ -567,18 +261,10 @@ async fn message_that_expired_while_queued_is_never_delivered() {
     let id = offline_subscriber(broker.addr, &p, &topic).await;
 
     let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    let short = PublishProperties {
-        message_expiry_interval: Some(1),
-        ..properties()
-    };
-    let ack = publisher.publish(&topic, "expires", short).await;
+    let ack = publisher.publish(&topic, "expires", expiring(1)).await;
     assert_accepted(&ack, "publish");
     let published = Instant::now();
-    let long = PublishProperties {
-        message_expiry_interval: Some(600),
-        ..properties()
-    };
-    let ack = publisher.publish(&topic, "marker", long).await;
+    let ack = publisher.publish(&topic, "marker", expiring(600)).await;
     assert_accepted(&ack, "publish");
 
     // Let the first message's one second run out (with margin for brokers
@@ -599,10 +285,6 @@ async fn retained_message_expires_and_keeps_counting_down_while_stored() {
     let broker = common::start_broker().await;
     let p = unique("retained-expiry");
     let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    let expiring = |seconds| PublishProperties {
-        message_expiry_interval: Some(seconds),
-        ..properties()
-    };
     for (topic, payload, seconds) in [("r/short", "expires", 1), ("r/long", "stays", 60)] {
         publisher
             .client
@@ -803,8 +485,7 @@ async fn v5_publish_above_the_server_maximum_packet_size_is_disconnected_with_pa
     let broker = common::start_broker_with(|s| s.limits.max_packet_size = 1024).await;
     let p = unique("server-max");
     let topic = format!("{p}/t");
-    let (mut sub, _) = V5::connect(broker.addr, &p).await;
-    sub.subscribe_ok(&topic, QoS::AtLeastOnce).await;
+    let mut sub = V5::subscribed(broker.addr, &p, &topic).await;
 
     let (mut raw, connack) = Raw::connect_v5(broker.addr, None).await;
     assert_eq!(
@@ -834,13 +515,13 @@ async fn v5_publish_above_the_server_maximum_packet_size_is_disconnected_with_pa
         "nothing after DISCONNECT"
     );
 
-    let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    publisher.publish_plain(&topic, "marker").await;
-    assert_eq!(
-        sub.next_publish().await.payload,
-        Bytes::from_static(b"marker"),
-        "the oversized message was not routed"
-    );
+    sub.expect_marker_next(
+        broker.addr,
+        &p,
+        &topic,
+        "the oversized message was not routed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -848,8 +529,7 @@ async fn v311_publish_above_the_server_maximum_packet_size_closes_the_connection
     let broker = common::start_broker_with(|s| s.limits.max_packet_size = 1024).await;
     let p = unique("server-max4");
     let topic = format!("{p}/t");
-    let (mut sub, _) = V5::connect(broker.addr, &p).await;
-    sub.subscribe_ok(&topic, QoS::AtLeastOnce).await;
+    let mut sub = V5::subscribed(broker.addr, &p, &topic).await;
 
     let mut raw = Raw::connect_v4(broker.addr).await;
     let mut out = BytesMut::new();
@@ -863,13 +543,13 @@ async fn v311_publish_above_the_server_maximum_packet_size_closes_the_connection
         "3.1.1 has no DISCONNECT from the server: {frames:?}"
     );
 
-    let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    publisher.publish_plain(&topic, "marker").await;
-    assert_eq!(
-        sub.next_publish().await.payload,
-        Bytes::from_static(b"marker"),
-        "the oversized message was not routed"
-    );
+    sub.expect_marker_next(
+        broker.addr,
+        &p,
+        &topic,
+        "the oversized message was not routed",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -881,8 +561,7 @@ async fn user_properties_and_request_response_properties_are_forwarded_unchanged
     let broker = common::start_broker().await;
     let p = unique("pass-through");
     let topic = format!("{p}/request");
-    let (mut sub, _) = V5::connect(broker.addr, &p).await;
-    sub.subscribe_ok(&topic, QoS::AtLeastOnce).await;
+    let mut sub = V5::subscribed(broker.addr, &p, &topic).await;
 
     let sent = PublishProperties {
         payload_format_indicator: Some(1),
@@ -926,8 +605,7 @@ async fn response_topic_with_wildcards_is_refused() {
     let broker = common::start_broker().await;
     let p = unique("bad-response-topic");
     let topic = format!("{p}/t");
-    let (mut sub, _) = V5::connect(broker.addr, &p).await;
-    sub.subscribe_ok(&topic, QoS::AtLeastOnce).await;
+    let mut sub = V5::subscribed(broker.addr, &p, &topic).await;
 
     let (mut raw, _) = Raw::connect_v5(broker.addr, None).await;
     let bad = PublishProperties {
@@ -950,13 +628,13 @@ async fn response_topic_with_wildcards_is_refused() {
         Answer::Closed => {}
     }
 
-    let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    publisher.publish_plain(&topic, "marker").await;
-    assert_eq!(
-        sub.next_publish().await.payload,
-        Bytes::from_static(b"marker"),
-        "the request with the invalid Response Topic was not routed"
-    );
+    sub.expect_marker_next(
+        broker.addr,
+        &p,
+        &topic,
+        "the request with the invalid Response Topic was not routed",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -977,8 +655,7 @@ async fn payload_declared_utf8_but_invalid_is_refused_with_payload_format_invali
     let broker = common::start_broker().await;
     let p = unique("bad-utf8");
     let topic = format!("{p}/t");
-    let (mut sub, _) = V5::connect(broker.addr, &p).await;
-    sub.subscribe_ok(&topic, QoS::AtLeastOnce).await;
+    let mut sub = V5::subscribed(broker.addr, &p, &topic).await;
 
     // The same bytes without the UTF-8 declaration are just binary data.
     let (mut raw, _) = Raw::connect_v5(broker.addr, None).await;
@@ -1002,13 +679,13 @@ async fn payload_declared_utf8_but_invalid_is_refused_with_payload_format_invali
         Answer::Closed => panic!("closed without PUBACK 0x99 or DISCONNECT 0x99"),
     }
 
-    let (mut publisher, _) = V5::connect(broker.addr, &p).await;
-    publisher.publish_plain(&topic, "marker").await;
-    assert_eq!(
-        sub.next_publish().await.payload,
-        Bytes::from_static(b"marker"),
-        "the invalid message was not routed"
-    );
+    sub.expect_marker_next(
+        broker.addr,
+        &p,
+        &topic,
+        "the invalid message was not routed",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,15 @@
 //! `PETREL_TEST_BROKER=host:port` points the tests that use `start_broker()`
 //! at another running broker instead (for example a Mosquitto, to compare
 //! behaviour); tests that need particular settings always run petrel.
+//!
+//! Every test crate that says `mod common;` compiles all of it and uses only
+//! part, hence `allow(dead_code)`.
 #![allow(dead_code)]
+
+pub mod ids;
+pub mod mqtt;
+pub mod scoped;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +25,16 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// `None` when the tests run against an external broker.
     pub petrel: Option<Broker>,
+}
+
+impl TestBroker {
+    /// The petrel under test, for tests that tuned its settings and so
+    /// always run petrel.
+    pub fn petrel(&self) -> &Broker {
+        self.petrel
+            .as_ref()
+            .expect("tuned settings always run petrel")
+    }
 }
 
 /// Starts a broker with the default settings on an ephemeral loopback port.
