@@ -2,13 +2,14 @@
 # Durable QoS 1 fan-in: what storing every message for an offline-capable
 # subscriber costs, in petrel and in Mosquitto.
 #
-# Starts four brokers on free 127.0.0.1 ports and runs the same fan-in
+# Starts five brokers on free 127.0.0.1 ports and runs the same fan-in
 # against each: 64 publishers at QoS 1 with unlimited offered load, one
 # wildcard subscriber with a persistent session (`petrel bench
 # --persistent`), so the broker must keep every copy for it:
 #
 #   petrel-sync        petrel, durability = "sync" (the default), data dir
 #                      in a temporary directory
+#   petrel-async       petrel, durability = "async" (flush every 100 ms)
 #   petrel-memory      petrel, durability = "memory"
 #   mosquitto-persist  Mosquitto, persistence true
 #   mosquitto-memory   Mosquitto, persistence false (reference)
@@ -127,12 +128,9 @@ fi
 [ -x "$PETREL_BIN" ] || { echo "petrel not found: $PETREL_BIN" >&2; exit 1; }
 [ -x "$BENCH_BIN" ] || { echo "load generator not found: $BENCH_BIN" >&2; exit 1; }
 
-TARGETS=(petrel-sync petrel-memory mosquitto-persist mosquitto-memory)
+TARGETS=(petrel-sync petrel-async petrel-memory mosquitto-persist mosquitto-memory)
 declare -A PORT PID
 NOTES=()
-# Cleared when this petrel build refuses the durability key, so that the
-# petrel rows still run (on the build's only mode) and say so.
-DURABILITY_KEY=1
 
 data_dir() { # target -> the directory its broker writes to
     echo "$WORK/$1-data"
@@ -142,9 +140,8 @@ start_petrel() { # target mode
     local t=$1 mode=$2 dir
     dir=$(data_dir "$t")
     mkdir -p "$dir"
-    local env=(PETREL_LIMITS__MAX_QUEUED_MESSAGES="$QUEUE_LIMIT" PETREL_LIMITS__MAX_INFLIGHT="$INFLIGHT")
-    if [ "$DURABILITY_KEY" = 1 ]; then env+=(PETREL_DURABILITY="$mode"); fi
-    env "${env[@]}" "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "${PORT[$t]}" \
+    env PETREL_LIMITS__MAX_QUEUED_MESSAGES="$QUEUE_LIMIT" PETREL_LIMITS__MAX_INFLIGHT="$INFLIGHT" \
+        PETREL_DURABILITY="$mode" "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "${PORT[$t]}" \
         --data-dir "$dir" >>"$WORK/$t.log" 2>&1 &
     PID[$t]=$!
     PIDS+=("${PID[$t]}")
@@ -176,20 +173,13 @@ start() { # target
     local t=$1
     case "$t" in
         petrel-sync) start_petrel "$t" sync ;;
+        petrel-async) start_petrel "$t" async ;;
         petrel-memory) start_petrel "$t" memory ;;
         mosquitto-persist) start_mosquitto "$t" true ;;
         mosquitto-memory) start_mosquitto "$t" false ;;
     esac
     if wait_listening "${PORT[$t]}" "${PID[$t]}"; then
         return 0
-    fi
-    # shellcheck disable=SC2016 # the backquotes are petrel's own
-    if [ "$DURABILITY_KEY" = 1 ] && [[ $t == petrel-* ]] && grep -q 'unknown field `durability`' "$WORK/$t.log"; then
-        DURABILITY_KEY=0
-        NOTES+=("This petrel build refuses the durability key ($(grep -m1 'unknown field' "$WORK/$t.log" | tr -d '`')): both petrel rows ran its one built-in behaviour, so petrel-sync / petrel-memory compares a mode with itself.")
-        log "petrel does not know the durability key; running both petrel targets without it"
-        start "$t"
-        return
     fi
     tail -20 "$WORK/$t.log" >&2
     echo "$t did not start" >&2
@@ -306,14 +296,16 @@ ratio_row() { # name A B
 RATIOS="| ratio | acked msg/s | delivered msg/s | p50 | p99 | ack p99 |
 |---|---|---|---|---|---|
 $(ratio_row "petrel-sync / petrel-memory" petrel-sync petrel-memory)
+$(ratio_row "petrel-async / petrel-memory" petrel-async petrel-memory)
 $(ratio_row "petrel-sync / mosquitto-persist" petrel-sync mosquitto-persist)
+$(ratio_row "petrel-async / mosquitto-persist" petrel-async mosquitto-persist)
 $(ratio_row "petrel-memory / mosquitto-memory" petrel-memory mosquitto-memory)"
 
 MODE=full; [ "$QUICK" = 1 ] && MODE=quick
 REPORT="## Durable QoS 1 fan-in ($MODE run, MQTT protocol level $PROTOCOL, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ), ${ELAPSED}s)
 
 $PUBLISHERS publishers x $MESSAGES messages at QoS 1, unlimited offered load, 64-byte payloads, publisher window $INFLIGHT -> 1 subscriber on a \`+\` wildcard with a persistent session (\`petrel bench --scenario fan-in --qos 1 --publishers $PUBLISHERS --messages $MESSAGES --persistent\`).
-Every broker: $INFLIGHT messages in flight and $QUEUE_LIMIT queued per session. petrel: \`durability = \"sync\"\` / \`\"memory\"\` via PETREL_DURABILITY; Mosquitto: \`persistence true\` / \`false\` (with persistence it writes to disk only every autosave_interval, 1800 s by default, and at exit).
+Every broker: $INFLIGHT messages in flight and $QUEUE_LIMIT queued per session. petrel: \`durability = \"sync\"\` / \`\"async\"\` / \`\"memory\"\` via PETREL_DURABILITY; Mosquitto: \`persistence true\` / \`false\` (with persistence it writes to disk only every autosave_interval, 1800 s by default, and at exit).
 Each target ran $REPEAT time(s), the first target rotating between repetitions; rates and latencies are medians, lost and dup are totals over the repetitions. Latency is publish to delivery; ack latency is PUBLISH to PUBACK at the publisher. Data dir is its size after the runs.
 
 ### Results

@@ -569,3 +569,30 @@ fn a_data_dir_that_cannot_be_written_is_refused_at_start() {
         std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 }
+
+#[test]
+fn a_damaged_database_is_refused_at_start_not_started_empty() {
+    let dir = TempDir::new("corrupt");
+    {
+        let store = SledStore::open(dir.path(), None).unwrap();
+        let message = Message {
+            topic: "kept/1".into(),
+            payload: bytes::Bytes::from_static(b"state"),
+            qos: petrel::protocol::QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+        };
+        store.put_retained(&message).unwrap();
+        store.flush().unwrap();
+    }
+    let file = dir.path().join("db").join("db");
+    let length = std::fs::metadata(&file).unwrap().len() as usize;
+    std::fs::write(&file, vec![0xff; length]).unwrap();
+    match SledStore::open(dir.path(), None) {
+        Err(StoreError::Corrupt(reason)) => assert!(reason.contains("no readable petrel data")),
+        Err(other) => panic!("expected a corruption error, got {other}"),
+        Ok(_) => panic!("a damaged database must not open as an empty one"),
+    }
+}

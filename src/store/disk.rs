@@ -48,6 +48,10 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(&dir).map_err(|e| open_error(e.to_string()))?;
+        // sled reads a damaged log as one that simply ends early, so a
+        // database file that existed but yields no format mark is refused
+        // rather than silently started empty.
+        let existed = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
         let db = sled::Config::new()
             .path(&dir)
             .flush_every_ms(background_flush_ms)
@@ -70,8 +74,15 @@ impl SledStore {
                 )));
             }
             Some(_) => {}
+            None if existed => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} exists but holds no readable petrel data",
+                    dir.join("db").display()
+                )));
+            }
             None => {
                 meta.insert("format", &[FORMAT]).map_err(backend)?;
+                db.flush().map_err(backend)?;
             }
         }
         Ok(SledStore {
