@@ -152,7 +152,25 @@ impl Codec {
 
     /// Appends `packet` to `out`. On error nothing is appended: mqttbytes may
     /// leave partial bytes behind when it fails, so they are cut off here.
+    ///
+    /// A packet other than PUBLISH that exceeds the client's Maximum Packet
+    /// Size goes out without its Reason String instead [MQTT-3.1.2-25,
+    /// MQTT-3.4.2-2, MQTT-3.5.2-2, MQTT-3.6.2-2, MQTT-3.7.2-2, MQTT-3.9.2-1,
+    /// MQTT-3.14.2-3]; petrel sends User Properties only on PUBLISH. Only
+    /// a PUBLISH (or a packet too large even without them) is refused.
     pub fn encode(&self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
+        match self.encode_exact(packet, out) {
+            Err(EncodeError::TooLarge { size }) => match without_reason_string(packet) {
+                Some(stripped) => self
+                    .encode_exact(&stripped, out)
+                    .map_err(|_| EncodeError::TooLarge { size }),
+                None => Err(EncodeError::TooLarge { size }),
+            },
+            result => result,
+        }
+    }
+
+    fn encode_exact(&self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
         let start = out.len();
         let version = self.version.unwrap_or(Version::V311);
         let result = encode::packet(version, packet, out);
@@ -169,6 +187,47 @@ impl Codec {
             Ok(()) => Ok(written),
         }
     }
+}
+
+/// A copy of `packet` without the properties a sender must leave out rather
+/// than exceed the receiver's Maximum Packet Size, or `None` when it has none
+/// (or is a PUBLISH, which is never cut down).
+fn without_reason_string(packet: &Packet) -> Option<Packet> {
+    let stripped = match packet {
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack)
+            if ack.reason_string.is_some() =>
+        {
+            let ack = crate::protocol::Ack {
+                reason_string: None,
+                ..ack.clone()
+            };
+            match packet {
+                Packet::PubAck(_) => Packet::PubAck(ack),
+                Packet::PubRec(_) => Packet::PubRec(ack),
+                Packet::PubRel(_) => Packet::PubRel(ack),
+                _ => Packet::PubComp(ack),
+            }
+        }
+        Packet::SubAck(suback) if suback.reason_string.is_some() => {
+            Packet::SubAck(crate::protocol::SubAck {
+                reason_string: None,
+                ..suback.clone()
+            })
+        }
+        Packet::Disconnect(disconnect) if disconnect.reason_string.is_some() => {
+            Packet::Disconnect(crate::protocol::Disconnect {
+                reason_string: None,
+                ..disconnect.clone()
+            })
+        }
+        Packet::ConnAck(connack) if connack.properties.reason_string.is_some() => {
+            let mut connack = connack.clone();
+            connack.properties.reason_string = None;
+            Packet::ConnAck(connack)
+        }
+        _ => return None,
+    };
+    Some(stripped)
 }
 
 /// Reads the fixed header: (first byte, header length, remaining length), or
@@ -436,5 +495,40 @@ mod tests {
             Err(EncodeError::TooLarge { .. })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn oversized_acks_lose_their_reason_string_not_the_packet() {
+        let mut codec = connected(Version::V5);
+        codec.set_max_outgoing(16);
+        let long = Some("x".repeat(40));
+        let mut ack = Ack::new(7, ReasonCode::PAYLOAD_FORMAT_INVALID);
+        ack.reason_string = long.clone();
+        let suback = crate::protocol::SubAck {
+            packet_id: 9,
+            reasons: vec![ReasonCode::TOPIC_FILTER_INVALID],
+            reason_string: long.clone(),
+        };
+        let disconnect = Disconnect {
+            reason_string: long,
+            ..Disconnect::new(ReasonCode::PROTOCOL_ERROR)
+        };
+        let cases: [(Packet, &[u8]); 4] = [
+            (
+                Packet::PubAck(ack.clone()),
+                &[0x40, 0x04, 0x00, 0x07, 0x99, 0x00],
+            ),
+            (Packet::PubRec(ack), &[0x50, 0x04, 0x00, 0x07, 0x99, 0x00]),
+            (
+                Packet::SubAck(suback),
+                &[0x90, 0x04, 0x00, 0x09, 0x00, 0x8F],
+            ),
+            (Packet::Disconnect(disconnect), &[0xE0, 0x02, 0x82, 0x00]),
+        ];
+        for (packet, expected) in cases {
+            let mut out = BytesMut::new();
+            assert!(codec.encode(&packet, &mut out).is_ok(), "{packet:?}");
+            assert_eq!(&out[..], expected, "{packet:?}");
+        }
     }
 }

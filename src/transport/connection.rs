@@ -336,12 +336,18 @@ async fn write_batch(
                     publishes += 1;
                 }
             }
-            Err(EncodeError::TooLarge { size }) => {
-                if let Packet::Publish(publish) = packet {
+            // The codec already retried other packets without their Reason
+            // String; what is still too large cannot be sent at all.
+            Err(EncodeError::TooLarge { size }) => match packet {
+                Packet::Publish(publish) => {
                     tracing::debug!(size, topic = %publish.topic, "message larger than the client accepts: skipped");
                     client.skip_oversized(publish);
                 }
-            }
+                _ => tracing::debug!(
+                    size,
+                    "packet larger than the client accepts even without reason string: skipped"
+                ),
+            },
             Err(error) => {
                 tracing::warn!(%error, "cannot encode packet");
             }
