@@ -923,3 +923,224 @@ async fn connect_without_authentication_method_gets_no_auth_exchange() {
         "nothing else arrives"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 4.1 sessions, 4.3.3 QoS 2 and expiry, 4.8.2 shared subscriptions
+
+/// A persistent v5 session (expiry `expiry_secs`) with clean start `clean`.
+fn persistent(client_id: &str, clean: bool, expiry_secs: u32) -> Connect {
+    Connect {
+        clean,
+        properties: prop_u32(SESSION_EXPIRY_INTERVAL, expiry_secs),
+        ..Connect::v5(client_id)
+    }
+}
+
+/// The next PUBLISH `client` receives, parsed.
+async fn next_publish(client: &mut RawClient) -> Publish {
+    Publish::parse(&client.expect_kind(PUBLISH).await, true)
+}
+
+/// Every PUBLISH payload `client` receives before the answer to a PINGREQ.
+async fn payloads_until_ping(client: &mut RawClient) -> Vec<Vec<u8>> {
+    client.send(&[0xc0, 0x00]).await;
+    let mut payloads = Vec::new();
+    loop {
+        let packet = client.expect_packet().await;
+        match packet.kind() {
+            PUBLISH => payloads.push(Publish::parse(&packet, true).payload),
+            raw::PINGRESP => return payloads,
+            _ => {}
+        }
+    }
+}
+
+/// [MQTT-4.1.0-1] A session with a 1 s expiry is not discarded while its
+/// connection stays open longer than that.
+#[tokio::test]
+async fn session_state_is_kept_while_the_connection_is_open() {
+    let broker = common::start_broker().await;
+    let topic = prefix("open");
+    let (mut client, _) = connect_v5_with(broker.addr, &persistent(&unique_id("o"), true, 1)).await;
+    subscribe_all(&mut client, 1, &[], &[(topic.as_bytes(), 1)]).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        client.ping().await;
+    }
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    publisher
+        .send(&publish_v5(&topic, 1, 1, &[], b"still subscribed"))
+        .await;
+    publisher.expect_kind(PUBACK).await;
+    assert_eq!(next_publish(&mut client).await.payload, b"still subscribed");
+}
+
+/// [MQTT-4.3.3-7] A QoS 2 message already sent is re-sent after its expiry
+/// has passed: expiry no longer applies once it is in flight.
+#[tokio::test]
+async fn qos2_message_in_flight_is_resent_after_its_expiry() {
+    let broker = common::start_broker().await;
+    let topic = prefix("inflight");
+    let id = unique_id("r");
+    let (mut receiver, _) = connect_v5_with(broker.addr, &persistent(&id, true, 60)).await;
+    subscribe_all(&mut receiver, 1, &[], &[(topic.as_bytes(), 2)]).await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    let expiry = prop_u32(raw::MESSAGE_EXPIRY_INTERVAL, 1);
+    publisher
+        .send(&publish_v5(&topic, 2, 1, &expiry, b"short-lived"))
+        .await;
+    publisher.expect_kind(PUBREC).await;
+    let first = next_publish(&mut receiver).await;
+    drop(receiver); // no PUBREC
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (mut receiver, connack) = connect_v5_with(broker.addr, &persistent(&id, false, 60)).await;
+    assert!(connack.session_present);
+    let again = next_publish(&mut receiver).await;
+    assert!(again.dup, "re-sent with DUP");
+    assert_eq!(again.packet_id, first.packet_id);
+    assert_eq!(again.payload, b"short-lived");
+}
+
+/// [MQTT-4.3.3-13] A QoS 2 exchange is completed even when the message has
+/// expired meanwhile: PUBREL after the expiry gets PUBCOMP 0x00.
+#[tokio::test]
+async fn qos2_exchange_completes_after_the_message_expired() {
+    let broker = common::start_broker().await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    let expiry = prop_u32(raw::MESSAGE_EXPIRY_INTERVAL, 1);
+    publisher
+        .send(&publish_v5(&prefix("expired"), 2, 3, &expiry, b"x"))
+        .await;
+    assert_eq!(publisher.expect_kind(PUBREC).await.packet_id(), 3);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    publisher.send(&ack(0x62, 3)).await;
+    let pubcomp = publisher.expect_kind(raw::PUBCOMP).await;
+    assert_eq!(pubcomp.to_bytes()[..4], [0x70, 0x02, 0x00, 0x03][..]);
+    assert_eq!(pubcomp.ack_reason(), 0x00);
+}
+
+/// Two persistent members of one shared group; returns them with their ids.
+async fn shared_pair(addr: SocketAddr, filter: &str, expiry_secs: u32) -> [(String, RawClient); 2] {
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let id = unique_id("m");
+        let (mut client, _) = connect_v5_with(addr, &persistent(&id, true, expiry_secs)).await;
+        subscribe_all(&mut client, 1, &[], &[(filter.as_bytes(), 2)]).await;
+        members.push((id, client));
+    }
+    members.try_into().ok().unwrap()
+}
+
+/// Which member got the one message: (its index, the PUBLISH).
+async fn receiving_member(members: &mut [(String, RawClient); 2]) -> (usize, Publish) {
+    for _ in 0..50 {
+        for (index, (_, client)) in members.iter_mut().enumerate() {
+            if let Some(raw::Event::Packet(packet)) =
+                client.next_event_within(Duration::from_millis(100)).await
+            {
+                assert_eq!(packet.kind(), PUBLISH, "{packet:?}");
+                return (index, Publish::parse(&packet, true));
+            }
+        }
+    }
+    panic!("no member received the shared message");
+}
+
+/// [MQTT-4.8.2-4] A shared QoS 2 delivery cut off before PUBREC is completed
+/// to the same member when it reconnects, never to the other one.
+#[tokio::test]
+async fn shared_qos2_delivery_cut_off_goes_back_to_the_same_member() {
+    let broker = common::start_broker().await;
+    let topic = prefix("share-resume");
+    let filter = format!("$share/{}/{topic}", unique_id("g"));
+    let mut members = shared_pair(broker.addr, &filter, 60).await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    publisher
+        .send(&publish_v5(&topic, 2, 1, &[], b"once"))
+        .await;
+    publisher.expect_kind(PUBREC).await;
+    let (got, first) = receiving_member(&mut members).await;
+    let [(id_a, a), (id_b, b)] = members;
+    let ((id, cut), (_, mut other)) = if got == 0 {
+        ((id_a, a), (id_b, b))
+    } else {
+        ((id_b, b), (id_a, a))
+    };
+    drop(cut);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !payloads_until_ping(&mut other)
+            .await
+            .contains(&b"once".to_vec()),
+        "the other member must not get it"
+    );
+    let (mut back, _) = connect_v5_with(broker.addr, &persistent(&id, false, 60)).await;
+    let again = next_publish(&mut back).await;
+    assert!(again.dup);
+    assert_eq!(
+        (again.packet_id, again.payload),
+        (first.packet_id, b"once".to_vec())
+    );
+}
+
+/// [MQTT-4.8.2-5] When that member's session ends before it reconnects, the
+/// message is not offered to another member.
+#[tokio::test]
+async fn shared_delivery_of_an_ended_session_is_not_given_to_another_member() {
+    let broker = common::start_broker().await;
+    let topic = prefix("share-ended");
+    let filter = format!("$share/{}/{topic}", unique_id("g"));
+    let mut members = shared_pair(broker.addr, &filter, 1).await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    publisher
+        .send(&publish_v5(&topic, 2, 1, &[], b"orphan"))
+        .await;
+    publisher.expect_kind(PUBREC).await;
+    let (got, _) = receiving_member(&mut members).await;
+    let [(_, a), (_, b)] = members;
+    let (cut, mut other) = if got == 0 { (a, b) } else { (b, a) };
+    drop(cut);
+    // The cut member's 1 s session expires.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        !payloads_until_ping(&mut other)
+            .await
+            .contains(&b"orphan".to_vec()),
+        "the message must not move to the other member"
+    );
+}
+
+/// [MQTT-4.8.2-6] A shared delivery refused with PUBACK 0x80 is discarded,
+/// not offered to the other member.
+#[tokio::test]
+async fn shared_delivery_refused_by_a_member_is_discarded() {
+    let broker = common::start_broker().await;
+    let topic = prefix("share-refused");
+    let filter = format!("$share/{}/{topic}", unique_id("g"));
+    let mut members = shared_pair(broker.addr, &filter, 60).await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    publisher
+        .send(&publish_v5(&topic, 1, 1, &[], b"refused"))
+        .await;
+    publisher.expect_kind(PUBACK).await;
+    let (got, delivered) = receiving_member(&mut members).await;
+    let [(_, a), (_, b)] = members;
+    let (mut refuser, mut other) = if got == 0 { (a, b) } else { (b, a) };
+    let mut refusal = packet(0x40, &delivered.packet_id.unwrap().to_be_bytes());
+    refusal.extend([0x80]);
+    refusal[1] = 3;
+    refuser.send(&refusal).await;
+    refuser.ping().await;
+    for id in 2..=3u16 {
+        publisher
+            .send(&publish_v5(&topic, 1, id, &[], b"marker"))
+            .await;
+        publisher.expect_kind(PUBACK).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = payloads_until_ping(&mut other).await;
+    assert!(
+        !seen.contains(&b"refused".to_vec()),
+        "the refused message went to the other member: {seen:?}"
+    );
+}
