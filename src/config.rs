@@ -178,6 +178,17 @@ impl Default for Settings {
     }
 }
 
+/// The log filter override read by the logger, not a setting: it must not
+/// reach the settings as a `log` value.
+pub const LOG_FILTER_VARIABLE: &str = "PETREL_LOG";
+
+/// The process environment minus the variables that are not settings.
+fn setting_variables() -> std::collections::HashMap<String, String> {
+    std::env::vars()
+        .filter(|(name, _)| name != LOG_FILTER_VARIABLE)
+        .collect()
+}
+
 impl Settings {
     /// Loads `path`, then applies `PETREL_*` environment overrides.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
@@ -187,7 +198,8 @@ impl Settings {
                 config::Environment::with_prefix("PETREL")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(setting_variables())),
             )
             .build()
             .map_err(|source| ConfigError::Read {

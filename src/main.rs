@@ -90,7 +90,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PETREL_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(petrel::config::LOG_FILTER_VARIABLE)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match settings.log.format {

@@ -111,6 +111,9 @@ fn serve_runs_on_the_default_config() {
         .args(["serve", "-p", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.join("data"))
+        // The log filter override is not a setting and must not be refused
+        // as one.
+        .env("PETREL_LOG", "petrel=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -483,7 +483,10 @@ fn petrel_serve(dir: &Path) -> Command {
     )
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_petrel"));
+    // Every PETREL_* variable is a setting to petrel: the harness's own must
+    // not reach it.
     command
+        .env_remove("PETREL_TEST_BROKER")
         .arg("serve")
         .arg("-c")
         .arg(&config)

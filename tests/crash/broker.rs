@@ -98,7 +98,10 @@ impl BrokerProcess {
         self.starts += 1;
         let log = File::create(self.log_path(self.starts)).expect("create the broker log");
         let log_too = log.try_clone().expect("share the broker log");
+        // Every PETREL_* variable is a setting to petrel: the harness's own
+        // must not reach it.
         let child = Command::new(PETREL)
+            .env_remove("PETREL_TEST_BROKER")
             .arg("serve")
             .arg("-c")
             .arg(self.dir.join("petrel.toml"))
