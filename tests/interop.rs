@@ -2,14 +2,23 @@
 //! real broker.
 //!
 //! The clients are Mosquitto's command-line tools (`mosquitto_pub`,
-//! `mosquitto_sub`; Debian package mosquitto-clients) and Python paho-mqtt 2.x,
-//! driven by the scripts in `tests/interop/` (one event per stdout line, see
-//! `paho_common.py`). A missing tool fails the tests that need it.
+//! `mosquitto_sub`; Debian package mosquitto-clients), Python paho-mqtt 2.x
+//! and MQTT.js 5.x (npm `mqtt`, pinned by
+//! `tests/interop/node/package-lock.json` and installed there with
+//! `npm ci --prefix tests/interop/node`), driven by
+//! the scripts in `tests/interop/` (one event per stdout line, see
+//! `paho_common.py` and `node/mqttjs_common.js`), and rumqttc, run in process
+//! by `interop/rumqttc_driver.rs`, which prints the same lines. A missing
+//! tool fails the tests that need it.
+//!
+//! The matrix in conformance/README.md ("Interop matrix") lists, for every
+//! client and protocol version, the test that proves each basic behaviour.
 //!
 //! A subscriber counts as subscribed once its client has received the SUBACK:
-//! the paho scripts print `SUBSCRIBED`, and `mosquitto_sub -d` prints
-//! `Subscribed (mid: N): <codes>`. mosquitto_sub flushes stdout only after a
-//! message, so it runs under `stdbuf -oL` to make that line visible at once.
+//! the paho, MQTT.js and rumqttc drivers print `SUBSCRIBED`, and
+//! `mosquitto_sub -d` prints `Subscribed (mid: N): <codes>`. mosquitto_sub
+//! flushes stdout only after a message, so it runs under `stdbuf -oL` to make
+//! that line visible at once.
 //!
 //! Every topic, client id and share group carries a per-test unique prefix, so
 //! all tests can share one external broker (`PETREL_TEST_BROKER`).
@@ -23,6 +32,8 @@ mod clients;
 mod common;
 #[path = "interop/process.rs"]
 mod process;
+#[path = "interop/rumqttc_driver.rs"]
+mod rumqttc_driver;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,6 +129,9 @@ async fn keepalive_pings_are_answered(ctx: &Ctx, client: Client) {
     let (keepalive, pings) = match client.family {
         Family::Mosquitto => (5, 1),
         Family::Paho => (1, 2),
+        Family::MqttJs | Family::Rumqttc => {
+            panic!("{} is not driven to log its pings", client.label())
+        }
     };
     let topic = ctx.topic("alive");
     let extras = SubscribeExtras {
@@ -646,6 +660,22 @@ const PAHO_V5: Client = Client {
     family: Family::Paho,
     version: Version::V5,
 };
+const MQTTJS_V311: Client = Client {
+    family: Family::MqttJs,
+    version: Version::V311,
+};
+const MQTTJS_V5: Client = Client {
+    family: Family::MqttJs,
+    version: Version::V5,
+};
+const RUMQTTC_V311: Client = Client {
+    family: Family::Rumqttc,
+    version: Version::V311,
+};
+const RUMQTTC_V5: Client = Client {
+    family: Family::Rumqttc,
+    version: Version::V5,
+};
 
 macro_rules! interop_tests {
     ($($name:ident: $scenario:ident($($arg:expr),*);)*) => {$(
@@ -789,4 +819,72 @@ interop_tests! {
         shared_subscription_splits_messages(PAHO_V311);
     paho_v5_shared_subscription_splits_messages_between_two_subscribers:
         shared_subscription_splits_messages(PAHO_V5);
+
+    mqttjs_v311_qos0_round_trip: round_trip(MQTTJS_V311, MQTTJS_V311, 0);
+    mqttjs_v311_qos1_round_trip: round_trip(MQTTJS_V311, MQTTJS_V311, 1);
+    mqttjs_v311_qos2_round_trip: round_trip(MQTTJS_V311, MQTTJS_V311, 2);
+    mqttjs_v311_wildcard_subscriptions_match_plus_and_hash: wildcard_subscriptions(MQTTJS_V311);
+    mqttjs_v311_retained_message_reaches_later_subscriber:
+        retained_message_reaches_later_subscriber(MQTTJS_V311);
+    mqttjs_v311_empty_retained_payload_clears_retained_message:
+        empty_retained_payload_clears_retained_message(MQTTJS_V311);
+    mqttjs_v311_will_published_when_client_is_killed:
+        will_published_when_client_is_killed(MQTTJS_V311);
+    mqttjs_v311_will_not_published_after_clean_disconnect:
+        will_not_published_after_clean_disconnect(MQTTJS_V311);
+    mqttjs_v311_persistent_session_receives_qos1_queued_while_offline:
+        persistent_session_receives_messages_queued_while_offline(MQTTJS_V311);
+    mqttjs_v5_qos0_round_trip: round_trip(MQTTJS_V5, MQTTJS_V5, 0);
+    mqttjs_v5_qos1_round_trip: round_trip(MQTTJS_V5, MQTTJS_V5, 1);
+    mqttjs_v5_qos2_round_trip: round_trip(MQTTJS_V5, MQTTJS_V5, 2);
+    mqttjs_v5_wildcard_subscriptions_match_plus_and_hash: wildcard_subscriptions(MQTTJS_V5);
+    mqttjs_v5_retained_message_reaches_later_subscriber:
+        retained_message_reaches_later_subscriber(MQTTJS_V5);
+    mqttjs_v5_empty_retained_payload_clears_retained_message:
+        empty_retained_payload_clears_retained_message(MQTTJS_V5);
+    mqttjs_v5_will_published_when_client_is_killed: will_published_when_client_is_killed(MQTTJS_V5);
+    mqttjs_v5_will_not_published_after_clean_disconnect:
+        will_not_published_after_clean_disconnect(MQTTJS_V5);
+    mqttjs_v5_persistent_session_receives_qos1_queued_while_offline:
+        persistent_session_receives_messages_queued_while_offline(MQTTJS_V5);
+    rumqttc_v311_qos0_round_trip: round_trip(RUMQTTC_V311, RUMQTTC_V311, 0);
+    rumqttc_v311_qos1_round_trip: round_trip(RUMQTTC_V311, RUMQTTC_V311, 1);
+    rumqttc_v311_qos2_round_trip: round_trip(RUMQTTC_V311, RUMQTTC_V311, 2);
+    rumqttc_v311_wildcard_subscriptions_match_plus_and_hash: wildcard_subscriptions(RUMQTTC_V311);
+    rumqttc_v311_retained_message_reaches_later_subscriber:
+        retained_message_reaches_later_subscriber(RUMQTTC_V311);
+    rumqttc_v311_empty_retained_payload_clears_retained_message:
+        empty_retained_payload_clears_retained_message(RUMQTTC_V311);
+    rumqttc_v311_will_published_when_client_is_killed:
+        will_published_when_client_is_killed(RUMQTTC_V311);
+    rumqttc_v311_will_not_published_after_clean_disconnect:
+        will_not_published_after_clean_disconnect(RUMQTTC_V311);
+    rumqttc_v311_persistent_session_receives_qos1_queued_while_offline:
+        persistent_session_receives_messages_queued_while_offline(RUMQTTC_V311);
+    rumqttc_v5_qos0_round_trip: round_trip(RUMQTTC_V5, RUMQTTC_V5, 0);
+    rumqttc_v5_qos1_round_trip: round_trip(RUMQTTC_V5, RUMQTTC_V5, 1);
+    rumqttc_v5_qos2_round_trip: round_trip(RUMQTTC_V5, RUMQTTC_V5, 2);
+    rumqttc_v5_wildcard_subscriptions_match_plus_and_hash: wildcard_subscriptions(RUMQTTC_V5);
+    rumqttc_v5_retained_message_reaches_later_subscriber:
+        retained_message_reaches_later_subscriber(RUMQTTC_V5);
+    rumqttc_v5_empty_retained_payload_clears_retained_message:
+        empty_retained_payload_clears_retained_message(RUMQTTC_V5);
+    rumqttc_v5_will_published_when_client_is_killed:
+        will_published_when_client_is_killed(RUMQTTC_V5);
+    rumqttc_v5_will_not_published_after_clean_disconnect:
+        will_not_published_after_clean_disconnect(RUMQTTC_V5);
+    rumqttc_v5_persistent_session_receives_qos1_queued_while_offline:
+        persistent_session_receives_messages_queued_while_offline(RUMQTTC_V5);
+    mqttjs_v5_publisher_reaches_rumqttc_v311_subscriber_at_qos2:
+        round_trip(MQTTJS_V5, RUMQTTC_V311, 2);
+    rumqttc_v5_publisher_reaches_mqttjs_v311_subscriber_at_qos1:
+        round_trip(RUMQTTC_V5, MQTTJS_V311, 1);
+    mqttjs_v311_publisher_reaches_paho_v5_subscriber_at_qos2:
+        round_trip(MQTTJS_V311, PAHO_V5, 2);
+    mosquitto_v5_publisher_reaches_mqttjs_v5_subscriber_at_qos2:
+        round_trip(MOSQUITTO_V5, MQTTJS_V5, 2);
+    rumqttc_v311_publisher_reaches_mosquitto_v5_subscriber_at_qos1:
+        round_trip(RUMQTTC_V311, MOSQUITTO_V5, 1);
+    paho_v311_publisher_reaches_rumqttc_v5_subscriber_at_qos2:
+        round_trip(PAHO_V311, RUMQTTC_V5, 2);
 }

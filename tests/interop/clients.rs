@@ -1,5 +1,9 @@
 //! How to make each client program connect, subscribe, publish, keep a
 //! session and carry a will, for both protocol versions.
+//!
+//! The paho-mqtt and MQTT.js scripts take the same arguments and print the
+//! same lines, and the rumqttc driver prints them too, so those three share
+//! most of the code here; mosquitto_pub/mosquitto_sub have their own.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -12,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::process::Command;
 
 use crate::process::Proc;
+use crate::rumqttc_driver::{self, Job, Spec};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Family {
@@ -19,6 +24,10 @@ pub enum Family {
     Mosquitto,
     /// The paho-mqtt scripts in tests/interop/.
     Paho,
+    /// The MQTT.js (npm `mqtt` 5.x) scripts in tests/interop/node/.
+    MqttJs,
+    /// rumqttc, in process (tests/interop/rumqttc_driver.rs).
+    Rumqttc,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +54,8 @@ const MOSQUITTO_SUB_FORMAT: &str = "MSG %t %q %r %p";
 const MOSQUITTO_SUB_FORMAT_WITH_PROPERTIES: &str =
     "PROPS ct=%C|rt=%R|cd=%D|pf=%F|ex=%E|up=%P\\nMSG %t %q %r %p";
 
-/// How a subscriber differs from the default one.
+/// How a subscriber differs from the default one. Only paho (and, for
+/// `keepalive` and `show_properties`, mosquitto_sub) can do any of this.
 #[derive(Clone, Debug, Default)]
 pub struct SubscribeExtras {
     /// Keep alive in seconds; paho then also prints its ping traffic.
@@ -63,6 +73,18 @@ pub struct SubscribeExtras {
     /// Once subscribed, publish this (topic, payload) at QoS 1 on the same
     /// connection (paho only); returns once it is acknowledged.
     pub publish_after_subscribe: Option<(String, String)>,
+}
+
+impl SubscribeExtras {
+    fn is_default(&self) -> bool {
+        self.keepalive.is_none()
+            && !self.show_properties
+            && !self.no_local
+            && !self.retain_as_published
+            && self.retain_handling == 0
+            && !self.resubscribe
+            && self.publish_after_subscribe.is_none()
+    }
 }
 
 /// v5 PUBLISH properties a test sends, all strings as UTF-8.
@@ -92,6 +114,8 @@ impl Client {
         let family = match self.family {
             Family::Mosquitto => "mosquitto",
             Family::Paho => "paho",
+            Family::MqttJs => "mqtt.js",
+            Family::Rumqttc => "rumqttc",
         };
         let version = match self.version {
             Version::V311 => "v3.1.1",
@@ -141,8 +165,21 @@ impl Client {
                 expect_mosquitto_suback(&mut sub, filters, qos).await;
                 sub
             }
-            Family::Paho => {
-                let mut cmd = self.paho("paho_sub.py", ctx, &id);
+            Family::MqttJs | Family::Rumqttc if !extras.is_default() => {
+                panic!("{} subscribers cannot do {extras:?}", self.label())
+            }
+            Family::Rumqttc => {
+                let job = Job::Subscribe {
+                    filters: filters.iter().map(|f| f.to_string()).collect(),
+                    qos,
+                    exit: false,
+                };
+                let mut sub = self.rumqttc(ctx, &id, false, job);
+                self.expect_subscribed(&mut sub, filters, qos).await;
+                sub
+            }
+            Family::Paho | Family::MqttJs => {
+                let (name, mut cmd) = self.script("sub", ctx, &id);
                 cmd.args(["--qos", &qos.to_string()]);
                 if let Some(secs) = extras.keepalive {
                     cmd.args(["--keepalive", &secs.to_string(), "--log-pings"]);
@@ -168,20 +205,10 @@ impl Client {
                 for filter in filters {
                     cmd.args(["--topic", filter]);
                 }
-                let mut sub = Proc::spawn(format!("paho_sub.py {id}"), cmd, None);
+                let mut sub = Proc::spawn(name, cmd, None);
                 let subacks = if extras.resubscribe { 2 } else { 1 };
                 for _ in 0..subacks {
-                    let line = sub
-                        .wait_for("SUBSCRIBED", |l| l.starts_with("SUBSCRIBED "))
-                        .await;
-                    let granted = line.trim_start_matches("SUBSCRIBED ");
-                    let wanted = vec![qos.to_string(); filters.len()].join(",");
-                    assert_eq!(
-                        granted,
-                        wanted,
-                        "{} subscribing to {filters:?} at QoS {qos}: SUBACK codes",
-                        self.label()
-                    );
+                    self.expect_subscribed(&mut sub, filters, qos).await;
                 }
                 if extras.publish_after_subscribe.is_some() {
                     sub.wait_for("the PUBACK for its own message", |l| l == "PUBLISHED 1")
@@ -223,22 +250,34 @@ impl Client {
                     }
                 }
             }
-            Family::Paho => {
-                let mut cmd = self.paho("paho_pub.py", ctx, &id);
-                cmd.args(["--qos", &qos.to_string()]);
-                if retain {
-                    cmd.arg("--retain");
-                }
-                for (topic, payload) in messages {
-                    cmd.args(["--msg", topic, payload]);
-                }
-                let output = Proc::spawn(format!("paho_pub.py {id}"), cmd, None)
-                    .finish()
-                    .await;
+            Family::Paho | Family::MqttJs | Family::Rumqttc => {
+                let publisher = if let Family::Rumqttc = self.family {
+                    let job = Job::Publish {
+                        messages: messages
+                            .iter()
+                            .map(|(t, p)| (t.to_string(), p.to_string()))
+                            .collect(),
+                        qos,
+                        retain,
+                    };
+                    self.rumqttc(ctx, &id, false, job)
+                } else {
+                    let (name, mut cmd) = self.script("pub", ctx, &id);
+                    cmd.args(["--qos", &qos.to_string()]);
+                    if retain {
+                        cmd.arg("--retain");
+                    }
+                    for (topic, payload) in messages {
+                        cmd.args(["--msg", topic, payload]);
+                    }
+                    Proc::spawn(name, cmd, None)
+                };
+                let name = publisher.name().to_string();
+                let output = publisher.finish().await;
                 let done = format!("PUBLISHED {}", messages.len());
                 assert!(
                     output.contains(&done),
-                    "paho_pub.py {id} did not report `{done}`: {output:?}"
+                    "{name} did not report `{done}`: {output:?}"
                 );
             }
         }
@@ -282,8 +321,11 @@ impl Client {
                     .finish()
                     .await;
             }
+            Family::MqttJs | Family::Rumqttc => {
+                panic!("{} is not driven to publish v5 properties", self.label())
+            }
             Family::Paho => {
-                let mut cmd = self.paho("paho_pub.py", ctx, &id);
+                let (name, mut cmd) = self.script("pub", ctx, &id);
                 cmd.args(["--qos", &qos.to_string(), "--msg", topic, payload]);
                 for (name, value) in &properties.user {
                     cmd.args(["--user-property", name, value]);
@@ -293,12 +335,10 @@ impl Client {
                 cmd.args(["--correlation-data", &properties.correlation_data]);
                 cmd.args(["--payload-format-indicator", &pfi]);
                 cmd.args(["--message-expiry", &expiry]);
-                let output = Proc::spawn(format!("paho_pub.py {id}"), cmd, None)
-                    .finish()
-                    .await;
+                let output = Proc::spawn(name.clone(), cmd, None).finish().await;
                 assert!(
                     output.iter().any(|l| l == "PUBLISHED 1"),
-                    "paho_pub.py {id} did not report `PUBLISHED 1`: {output:?}"
+                    "{name} did not report `PUBLISHED 1`: {output:?}"
                 );
             }
         }
@@ -335,24 +375,34 @@ impl Client {
                     .finish()
                     .await;
             }
-            Family::Paho => {
-                let mut cmd = self.paho("paho_sub.py", ctx, id);
-                cmd.args(["--no-clean", "--session-expiry", SESSION_EXPIRY_SECS]);
-                cmd.args(["--qos", "1", "--topic", topic, "--exit-after-subscribe"]);
-                let output = Proc::spawn(format!("paho_sub.py {id}"), cmd, None)
-                    .finish()
-                    .await;
+            Family::Paho | Family::MqttJs | Family::Rumqttc => {
+                let sub = if let Family::Rumqttc = self.family {
+                    let job = Job::Subscribe {
+                        filters: vec![topic.to_string()],
+                        qos: 1,
+                        exit: true,
+                    };
+                    self.rumqttc(ctx, id, true, job)
+                } else {
+                    let (name, mut cmd) = self.script("sub", ctx, id);
+                    cmd.args(["--no-clean", "--session-expiry", SESSION_EXPIRY_SECS]);
+                    cmd.args(["--qos", "1", "--topic", topic, "--exit-after-subscribe"]);
+                    Proc::spawn(name, cmd, None)
+                };
+                let name = sub.name().to_string();
+                let output = sub.finish().await;
                 assert!(
                     output.iter().any(|l| l == "SUBSCRIBED 1"),
-                    "paho_sub.py {id} subscribing to {topic} at QoS 1: {output:?}"
+                    "{name} subscribing to {topic} at QoS 1: {output:?}"
                 );
             }
         }
     }
 
-    /// Reconnects `id` to its persistent session. paho does not subscribe
-    /// again and checks Session Present; mosquitto_sub always subscribes
-    /// again, which cannot bring back messages published while it was away.
+    /// Reconnects `id` to its persistent session. paho, MQTT.js and rumqttc
+    /// do not subscribe again and check Session Present; mosquitto_sub
+    /// always subscribes again (which cannot bring back messages published
+    /// while it was away) and does not print Session Present.
     pub async fn resume_persistent_session(&self, ctx: &Ctx, id: &str, topic: &str) -> Proc {
         match self.family {
             Family::Mosquitto => {
@@ -361,11 +411,20 @@ impl Client {
                 cmd.args(["-q", "1", "-t", topic]);
                 Proc::spawn(format!("mosquitto_sub {id} (resumed)"), cmd, None)
             }
-            Family::Paho => {
-                let mut cmd = self.paho("paho_sub.py", ctx, id);
-                cmd.args(["--no-clean", "--session-expiry", SESSION_EXPIRY_SECS]);
-                cmd.arg("--no-subscribe");
-                let mut sub = Proc::spawn(format!("paho_sub.py {id} (resumed)"), cmd, None);
+            Family::Paho | Family::MqttJs | Family::Rumqttc => {
+                let mut sub = if let Family::Rumqttc = self.family {
+                    let job = Job::Subscribe {
+                        filters: Vec::new(),
+                        qos: 1,
+                        exit: false,
+                    };
+                    self.rumqttc(ctx, id, true, job)
+                } else {
+                    let (name, mut cmd) = self.script("sub", ctx, id);
+                    cmd.args(["--no-clean", "--session-expiry", SESSION_EXPIRY_SECS]);
+                    cmd.arg("--no-subscribe");
+                    Proc::spawn(format!("{name} (resumed)"), cmd, None)
+                };
                 let connack = sub
                     .wait_for("CONNACK", |l| l.starts_with("CONNECTED "))
                     .await;
@@ -392,9 +451,8 @@ impl Client {
                     .await;
                 client
             }
-            Family::Paho => {
-                let cmd = self.paho_will_client(ctx, &id, topic, payload, qos);
-                let mut client = Proc::spawn(format!("paho_will.py {id}"), cmd, None);
+            Family::Paho | Family::MqttJs | Family::Rumqttc => {
+                let mut client = self.will_client(ctx, &id, topic, payload, qos, false);
                 client
                     .wait_for("CONNACK", |l| l.starts_with("CONNECTED "))
                     .await;
@@ -420,15 +478,13 @@ impl Client {
                     .finish()
                     .await;
             }
-            Family::Paho => {
-                let mut cmd = self.paho_will_client(ctx, &id, topic, payload, qos);
-                cmd.arg("--disconnect");
-                let output = Proc::spawn(format!("paho_will.py --disconnect {id}"), cmd, None)
-                    .finish()
-                    .await;
+            Family::Paho | Family::MqttJs | Family::Rumqttc => {
+                let client = self.will_client(ctx, &id, topic, payload, qos, true);
+                let name = client.name().to_string();
+                let output = client.finish().await;
                 assert!(
                     output.iter().any(|l| l == "DISCONNECTED"),
-                    "paho_will.py {id} should disconnect normally: {output:?}"
+                    "{name} should disconnect normally: {output:?}"
                 );
             }
         }
@@ -449,18 +505,61 @@ impl Client {
         cmd
     }
 
-    fn paho_will_client(
+    /// A paho, MQTT.js or rumqttc client with a will; with `disconnect` it
+    /// disconnects normally at once and prints DISCONNECTED.
+    fn will_client(
         &self,
         ctx: &Ctx,
         id: &str,
         topic: &str,
         payload: &str,
         qos: u8,
-    ) -> Command {
-        let mut cmd = self.paho("paho_will.py", ctx, id);
+        disconnect: bool,
+    ) -> Proc {
+        if let Family::Rumqttc = self.family {
+            let job = Job::Will {
+                topic: topic.to_string(),
+                payload: payload.to_string(),
+                qos,
+                disconnect,
+            };
+            return self.rumqttc(ctx, id, false, job);
+        }
+        let (name, mut cmd) = self.script("will", ctx, id);
         cmd.args(["--will-topic", topic, "--will-payload", payload]);
         cmd.args(["--will-qos", &qos.to_string()]);
-        cmd
+        if disconnect {
+            cmd.arg("--disconnect");
+        }
+        Proc::spawn(name, cmd, None)
+    }
+
+    /// Waits for the `SUBSCRIBED q,q` line of a paho, MQTT.js or rumqttc
+    /// subscriber and checks every filter was granted `qos`.
+    async fn expect_subscribed(&self, sub: &mut Proc, filters: &[&str], qos: u8) {
+        let line = sub
+            .wait_for("SUBSCRIBED", |l| l.starts_with("SUBSCRIBED "))
+            .await;
+        let granted = line.trim_start_matches("SUBSCRIBED ");
+        let wanted = vec![qos.to_string(); filters.len()].join(",");
+        assert_eq!(
+            granted,
+            wanted,
+            "{} subscribing to {filters:?} at QoS {qos}: SUBACK codes",
+            self.label()
+        );
+    }
+
+    /// A rumqttc client doing `job` as `id`.
+    fn rumqttc(&self, ctx: &Ctx, id: &str, persistent: bool, job: Job) -> Proc {
+        let spec = Spec {
+            addr: ctx.addr,
+            v5: matches!(self.version, Version::V5),
+            id: id.to_string(),
+            persistent,
+            job,
+        };
+        rumqttc_driver::spawn(format!("rumqttc {} {id}", self.label()), spec)
     }
 
     fn mosquitto_persistent_args(&self, cmd: &mut Command) {
@@ -513,23 +612,38 @@ impl Client {
         cmd
     }
 
-    fn paho(&self, script: &str, ctx: &Ctx, id: &str) -> Command {
+    /// The paho (`paho_<role>.py`) or MQTT.js (`node/mqttjs_<role>.js`)
+    /// script for `role` (sub, pub, will), with the connection arguments
+    /// both take; returns a name for reports and the command.
+    fn script(&self, role: &str, ctx: &Ctx, id: &str) -> (String, Command) {
         let version = match self.version {
             Version::V311 => "3.1.1",
             Version::V5 => "5",
         };
-        let mut cmd = Command::new(python());
-        // No __pycache__ left in the source tree.
-        cmd.env("PYTHONDONTWRITEBYTECODE", "1");
-        cmd.arg(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/interop")
-                .join(script),
-        );
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let (file, mut cmd) = match self.family {
+            Family::Paho => {
+                let file = format!("paho_{role}.py");
+                let mut cmd = Command::new(python());
+                // No __pycache__ left in the source tree.
+                cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+                cmd.arg(dir.join(&file));
+                (file, cmd)
+            }
+            Family::MqttJs => {
+                let file = format!("mqttjs_{role}.js");
+                let mut cmd = Command::new(node());
+                cmd.arg(dir.join("node").join(&file));
+                (file, cmd)
+            }
+            Family::Mosquitto | Family::Rumqttc => {
+                unreachable!("{} is not driven by a script", self.label())
+            }
+        };
         cmd.args(["--host", &ctx.addr.ip().to_string()]);
         cmd.args(["--port", &ctx.addr.port().to_string()]);
         cmd.args(["--version", version, "--client-id", id]);
-        cmd
+        (format!("{file} {id}"), cmd)
     }
 }
 
@@ -566,6 +680,23 @@ fn python() -> &'static Path {
         } else {
             shim
         }
+    })
+}
+
+/// `node`, once the MQTT.js module it needs is known to be installed
+/// under tests/interop/node (`npm ci --prefix tests/interop/node`).
+fn node() -> &'static Path {
+    static NODE: OnceLock<PathBuf> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let node = require_tool("node", "install Node.js (Debian packages nodejs and npm)");
+        let module = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/interop/node/node_modules/mqtt/package.json");
+        assert!(
+            module.is_file(),
+            "MQTT.js is not installed at {}: run `npm ci --prefix tests/interop/node`",
+            module.display()
+        );
+        node
     })
 }
 

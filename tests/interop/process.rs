@@ -1,11 +1,14 @@
-//! A client program as a child process, and what it prints.
+//! A client program as a child process (or an in-process client as a task
+//! that prints the same lines), and what it prints.
 
+use std::future::Future;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
 use crate::common::WAIT;
@@ -49,11 +52,11 @@ impl Received {
     }
 }
 
-/// A child process whose stdout is read line by line. It is killed if the
-/// test ends (or panics) first.
+/// A child process whose stdout is read line by line, or a task that sends
+/// such lines. Either is killed if the test ends (or panics) first.
 pub struct Proc {
     name: String,
-    child: Child,
+    runner: Runner,
     lines: mpsc::Receiver<String>,
     stdout: Vec<String>,
     /// Lines before this index have been consumed by `wait_for`.
@@ -62,6 +65,15 @@ pub struct Proc {
     message_cursor: usize,
     stderr: Arc<Mutex<String>>,
 }
+
+enum Runner {
+    Process(Child),
+    /// An in-process client; its error, if any, is also in `stderr`.
+    Task(JoinHandle<Result<(), String>>),
+}
+
+/// Where an in-process client prints its lines.
+pub type Lines = mpsc::Sender<String>;
 
 enum Read {
     Line,
@@ -124,7 +136,41 @@ impl Proc {
 
         Proc {
             name,
-            child,
+            runner: Runner::Process(child),
+            lines,
+            stdout: Vec::new(),
+            event_cursor: 0,
+            message_cursor: 0,
+            stderr,
+        }
+    }
+
+    /// Runs `client` as a task that prints lines to the `Lines` it is given,
+    /// like a child process to its stdout. An `Err` it returns counts as a
+    /// failed exit and goes to the report as stderr. Dropping (or killing)
+    /// the `Proc` aborts the task, dropping whatever connection it holds.
+    pub fn spawn_task<F>(name: String, client: impl FnOnce(Lines) -> F) -> Proc
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (tx, lines) = mpsc::channel(1024);
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        // The clone kept here holds the stream open until the error is
+        // recorded, so a reader that sees the end also sees the reason.
+        let keep_open = tx.clone();
+        let body = client(tx);
+        let task = tokio::spawn(async move {
+            let result = body.await;
+            if let Err(error) = &result {
+                sink.lock().expect("stderr buffer").push_str(error);
+            }
+            drop(keep_open);
+            result
+        });
+        Proc {
+            name,
+            runner: Runner::Task(task),
             lines,
             stdout: Vec::new(),
             event_cursor: 0,
@@ -150,10 +196,14 @@ impl Proc {
 
     /// Everything known about the process, for failure messages.
     pub fn report(&mut self) -> String {
-        let status = match self.child.try_wait() {
-            Ok(Some(status)) => format!("exited with {status}"),
-            Ok(None) => "still running".to_string(),
-            Err(e) => format!("status unknown: {e}"),
+        let status = match &mut self.runner {
+            Runner::Process(child) => match child.try_wait() {
+                Ok(Some(status)) => format!("exited with {status}"),
+                Ok(None) => "still running".to_string(),
+                Err(e) => format!("status unknown: {e}"),
+            },
+            Runner::Task(task) if task.is_finished() => "task ended".to_string(),
+            Runner::Task(_) => "task still running".to_string(),
         };
         format!(
             "--- {} ({status}); stdout:\n{}\n--- stderr:\n{}",
@@ -251,24 +301,51 @@ impl Proc {
                 }
             }
         }
-        match timeout_at(deadline, self.child.wait()).await {
-            Ok(Ok(status)) if status.success() => self.stdout,
-            Ok(Ok(status)) => {
-                let report = self.report();
-                panic!("{} failed: {status}\n{report}", self.name)
+        let failure = match &mut self.runner {
+            Runner::Process(child) => match timeout_at(deadline, child.wait()).await {
+                Ok(Ok(status)) if status.success() => None,
+                Ok(Ok(status)) => Some(format!("failed: {status}")),
+                Ok(Err(e)) => panic!("cannot wait for {}: {e}", self.name),
+                Err(_) => Some(format!("did not exit within {WAIT:?}")),
+            },
+            Runner::Task(task) => match timeout_at(deadline, task).await {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(error))) => Some(format!("failed: {error}")),
+                Ok(Err(e)) => Some(format!("task failed: {e}")),
+                Err(_) => Some(format!("did not end within {WAIT:?}")),
+            },
+        };
+        if let Some(failure) = failure {
+            let report = self.report();
+            panic!("{} {failure}\n{report}", self.name)
+        }
+        std::mem::take(&mut self.stdout)
+    }
+
+    /// SIGKILL, or aborting the task: the client gets no chance to send
+    /// DISCONNECT, and its socket is closed as by a crash.
+    pub async fn kill(&mut self) {
+        match &mut self.runner {
+            Runner::Process(child) => {
+                if let Err(e) = child.kill().await {
+                    panic!("cannot kill {}: {e}", self.name);
+                }
             }
-            Ok(Err(e)) => panic!("cannot wait for {}: {e}", self.name),
-            Err(_) => {
-                let report = self.report();
-                panic!("{} did not exit within {WAIT:?}\n{report}", self.name)
+            Runner::Task(task) => {
+                task.abort();
+                // Cancelled (or already ended): either way the task and the
+                // connection it owned are gone once this returns.
+                let _ = task.await;
             }
         }
     }
+}
 
-    /// SIGKILL: the process gets no chance to send DISCONNECT.
-    pub async fn kill(&mut self) {
-        if let Err(e) = self.child.kill().await {
-            panic!("cannot kill {}: {e}", self.name);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A child process is killed by `kill_on_drop`; a task needs this.
+        if let Runner::Task(task) = &self.runner {
+            task.abort();
         }
     }
 }
