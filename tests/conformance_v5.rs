@@ -1144,3 +1144,23 @@ async fn shared_delivery_refused_by_a_member_is_discarded() {
         "the refused message went to the other member: {seen:?}"
     );
 }
+
+/// [MQTT-3.1.2-24] A client announcing a Maximum Packet Size of 16 bytes
+/// still gets its CONNACK within that size.
+#[tokio::test]
+async fn connack_fits_a_small_client_maximum_packet_size() {
+    let broker = common::start_broker().await;
+    let connect = Connect {
+        properties: prop_u32(MAXIMUM_PACKET_SIZE, 16),
+        ..Connect::v5(&unique_id("tiny"))
+    };
+    let mut client = RawClient::connect(broker.addr).await;
+    client.send(&connect.encode()).await;
+    let connack = client.expect_kind(CONNACK).await;
+    assert!(
+        connack.to_bytes().len() <= 16,
+        "CONNACK of {} bytes exceeds the client's 16: {connack:?}",
+        connack.to_bytes().len()
+    );
+    assert_eq!(Connack::parse_v5(&connack).reason, 0);
+}

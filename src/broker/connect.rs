@@ -159,10 +159,10 @@ impl Client {
             properties.receive_maximum = Some(limits.receive_maximum);
             properties.maximum_packet_size = Some(limits.max_packet_size);
             properties.topic_alias_maximum = Some(limits.max_topic_alias);
-            properties.retain_available = Some(1);
-            properties.wildcard_subscription_available = Some(1);
-            properties.subscription_identifiers_available = Some(1);
-            properties.shared_subscription_available = Some(1);
+            // Retain, wildcard, subscription identifier and shared
+            // subscription support are all "available" when absent, so they
+            // are not sent: a shorter CONNACK fits a client's small Maximum
+            // Packet Size [MQTT-3.1.2-24].
             if connect.request_response_information {
                 properties.response_information = Some(format!("petrel/response/{client_id}"));
             }
