@@ -97,23 +97,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log() { echo "[compare] $*" >&2; }
 
-# Any socket on the port (listening or not) makes it unusable. Ports are
-# picked below Linux's default ephemeral range (32768-60999).
-port_free() { ! ss -Htan "sport = :$1" 2>/dev/null | grep -q .; }
-listening() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
-free_port() {
-    local p=$(( 20000 + RANDOM % 12000 ))
-    while ! port_free "$p"; do p=$(( p + 1 )); done
-    echo "$p"
-}
-wait_listening() { # port pid
-    for _ in $(seq 1 100); do
-        kill -0 "$2" 2>/dev/null || return 1
-        listening "$1" && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=benches/ports.sh
+. "$ROOT/benches/ports.sh"
 
 if [ "$BUILD" = 1 ]; then
     log "building petrel (release)"
