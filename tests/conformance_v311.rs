@@ -415,6 +415,98 @@ async fn publish_without_retain_leaves_the_retained_message_alone() {
     );
 }
 
+/// [MQTT-4.3.2-2]: once the broker has answered PUBACK `40 02 00 05`, a
+/// PUBLISH with packet id 5 again is a new message whatever its DUP flag:
+/// it is acknowledged again and the QoS 1 subscriber gets a second copy,
+/// both with DUP 0.
+#[tokio::test]
+async fn qos1_publish_reusing_an_acknowledged_id_is_a_new_message() {
+    let broker = common::start_broker().await;
+    let topic = prefix("reuse");
+    let mut sub = subscriber(broker.addr, &[(topic.as_bytes(), 1)]).await;
+
+    let mut publisher = connect_v311(broker.addr, &unique_id("p")).await;
+    publish_qos1(&mut publisher, 0x32, topic.as_bytes(), 5, b"m").await;
+    publish_qos1(&mut publisher, 0x3a, topic.as_bytes(), 5, b"m").await;
+
+    for copy in 1..=2 {
+        let delivery = sub.expect_kind(PUBLISH).await;
+        let id = Publish::parse(&delivery, false)
+            .packet_id
+            .expect("QoS 1 has a packet id");
+        assert_eq!(
+            delivery.to_bytes(),
+            publish(0x32, topic.as_bytes(), Some(id), None, b"m"),
+            "[MQTT-4.3.2-2] copy {copy} must be a first delivery at QoS 1"
+        );
+        sub.send(&ack(0x40, id)).await;
+    }
+    sub.ping().await;
+}
+
+// ---------------------------------------------------------------------------
+// 3.8 SUBSCRIBE
+
+/// [MQTT-3.8.4-3]: a second SUBSCRIBE to a filter the session already has
+/// replaces the subscription and sends the matching retained message again:
+/// both SUBSCRIBEs are answered by their SUBACK and by the retained `kept`
+/// with RETAIN 1 (in either order, as the broker may start sending before
+/// the SUBACK), and nothing else follows.
+#[tokio::test]
+async fn resubscribing_sends_the_retained_message_again() {
+    let broker = common::start_broker().await;
+    let topic = prefix("resubscribe-retained");
+    let mut publisher = connect_v311(broker.addr, &unique_id("p")).await;
+    publish_qos1(&mut publisher, 0x33, topic.as_bytes(), 1, b"kept").await;
+
+    let retained = qos0_publish_bytes(true, topic.as_bytes(), b"kept");
+    let mut client = connect_v311(broker.addr, &unique_id("s")).await;
+    for packet_id in [1u16, 2] {
+        client
+            .send(&subscribe(packet_id, None, &[(topic.as_bytes(), 0)]))
+            .await;
+        let mut replies = vec![
+            client.expect_packet().await.to_bytes(),
+            client.expect_packet().await.to_bytes(),
+        ];
+        replies.sort();
+        let mut suback_body = packet_id.to_be_bytes().to_vec();
+        suback_body.push(0x00);
+        let suback = packet(0x90, &suback_body);
+        let mut expected = vec![retained.clone(), suback];
+        expected.sort();
+        assert_eq!(
+            replies, expected,
+            "[MQTT-3.8.4-3] SUBSCRIBE {packet_id} must get its SUBACK and the retained message"
+        );
+    }
+    client.ping().await;
+}
+
+/// [MQTT-4.7.3-2]: a topic filter containing U+0000 (`00 00` in UTF-8) is
+/// never granted. 3.1.1 lets the server close the connection on U+0000
+/// ([MQTT-1.5.3-2]); refusing the filter with SUBACK `90 03 00 01 80` is
+/// accepted too.
+#[tokio::test]
+async fn subscribe_with_nul_in_the_filter_is_not_granted() {
+    let broker = common::start_broker().await;
+    let mut filter = prefix("nul").into_bytes();
+    filter.extend(b"/a\0b");
+    let mut client = connect_v311(broker.addr, &unique_id("n")).await;
+    client.send(&subscribe(1, None, &[(&filter, 0)])).await;
+    match client.next_event().await {
+        raw::Event::Closed | raw::Event::Reset => {}
+        raw::Event::Packet(reply) => {
+            assert_eq!(
+                reply.to_bytes(),
+                [0x90, 0x03, 0x00, 0x01, 0x80],
+                "[MQTT-4.7.3-2] a filter with U+0000 must be refused, got {reply:?}"
+            );
+            client.ping().await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 3.10 UNSUBSCRIBE
 
@@ -428,6 +520,20 @@ async fn unsubscribe_with_reserved_flags_closes_the_connection() {
     client
         .send(&[0xa0, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'])
         .await;
+    client.expect_closed().await;
+}
+
+/// [MQTT-2.3.1-1]: an UNSUBSCRIBE must carry a non-zero packet identifier;
+/// one with identifier 0 (`A2 05 00 00 00 01 61`) gets no UNSUBACK: the
+/// broker closes the connection.
+#[tokio::test]
+async fn unsubscribe_with_packet_id_0_closes_the_connection() {
+    let broker = common::start_broker().await;
+    let mut client = connect_v311(broker.addr, &unique_id("u")).await;
+    subscribe_all(&mut client, 1, &[(b"a", 0)]).await;
+    let bytes = unsubscribe(0, &[b"a"]);
+    assert_eq!(bytes, [0xa2, 0x05, 0x00, 0x00, 0x00, 0x01, b'a']);
+    client.send(&bytes).await;
     client.expect_closed().await;
 }
 

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use raw::{
     CONNACK, Connack, Connect, MAXIMUM_PACKET_SIZE, PAYLOAD_FORMAT_INDICATOR, PUBACK, PUBLISH,
-    PUBREC, Packet, Publish, RawClient, SESSION_EXPIRY_INTERVAL, SUBACK, TOPIC_ALIAS, UNSUBACK,
-    Will, ack, connect_v5, connect_v5_with, packet, parse_properties, prop_byte, prop_u16,
-    prop_u32, properties, publish, publish_v5, string, subscribe, unique_id,
+    PUBREC, Packet, Publish, RawClient, SESSION_EXPIRY_INTERVAL, SUBACK, TOPIC_ALIAS,
+    TOPIC_ALIAS_MAXIMUM, UNSUBACK, Will, ack, connect_v5, connect_v5_with, packet,
+    parse_properties, prop_byte, prop_u16, prop_u32, properties, publish, publish_v5, string,
+    subscribe, unique_id,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,6 +45,7 @@ const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
 const AUTHENTICATION_METHOD: u8 = 0x15;
 const REASON_STRING: u8 = 0x1f;
 const USER_PROPERTY: u8 = 0x26;
+const WILL_DELAY_INTERVAL: u8 = 0x18;
 
 /// A topic prefix that no other test, and no other run against a shared
 /// broker, uses.
@@ -785,6 +787,46 @@ async fn unsubscribe_of_three_filters_gets_one_unsuback_in_filter_order() {
     expect_nothing_queued(&mut client).await;
 }
 
+/// [MQTT-2.2.1-6], [MQTT-3.10.4-5]: an UNSUBSCRIBE with packet id 0x1234
+/// of a filter never subscribed is still answered, by an UNSUBACK whose
+/// variable header starts `12 34` and whose one reason code is 0x11 (no
+/// subscription existed).
+#[tokio::test]
+async fn unsuback_for_an_unknown_filter_carries_the_unsubscribe_packet_id() {
+    let broker = common::start_broker().await;
+    let (mut client, _) = connect_v5(broker.addr, &unique_id("u")).await;
+    client
+        .send(&unsubscribe(0x02, 0x1234, &[prefix("never").as_bytes()]))
+        .await;
+    let unsuback = client.expect_kind(UNSUBACK).await;
+    assert_eq!(unsuback.flags(), 0, "{unsuback:?}");
+    assert_eq!(
+        unsuback.body[..2],
+        [0x12, 0x34],
+        "[MQTT-2.2.1-6] the UNSUBACK must carry the UNSUBSCRIBE's id: {unsuback:?}"
+    );
+    assert_eq!(
+        reasons(&unsuback),
+        [NO_SUBSCRIPTION_EXISTED],
+        "{unsuback:?}"
+    );
+    expect_nothing_queued(&mut client).await;
+}
+
+/// [MQTT-4.7.3-2], [MQTT-1.5.4-2]: a topic filter containing U+0000 makes
+/// the SUBSCRIBE malformed: DISCONNECT 0x81, then close, and no SUBACK.
+#[tokio::test]
+async fn subscribe_with_nul_in_the_filter_gets_disconnect_0x81() {
+    let broker = common::start_broker().await;
+    let mut filter = prefix("nul").into_bytes();
+    filter.extend(b"/a\0b");
+    let (mut client, _) = connect_v5(broker.addr, &unique_id("n")).await;
+    client.send(&subscribe(1, Some(&[]), &[(&filter, 0)])).await;
+    client
+        .expect_disconnect_then_close(&[MALFORMED_PACKET])
+        .await;
+}
+
 /// [MQTT-3.10.4-3]: a QoS 2 delivery the broker started keeps going after
 /// its subscription is deleted: PUBREC sent after the UNSUBACK is answered
 /// by PUBREL.
@@ -841,6 +883,171 @@ async fn disconnect_with_reserved_flags_gets_0x81_and_will_is_published() {
 }
 
 // ---------------------------------------------------------------------------
+// 3.1.2 will delay, 3.3.2 topic aliases, 3.8.4 subscription replacement
+
+/// [MQTT-3.1.2-8]: a will with a Will Delay Interval of 3600 s, on a
+/// session that expires 1 s after the connection drops, is published when
+/// the session ends, not an hour later, and not before the session ended.
+#[tokio::test]
+async fn will_is_published_when_the_session_ends_before_the_will_delay() {
+    let broker = common::start_broker().await;
+    let topic = prefix("will-session-end");
+    let mut watcher = subscriber(broker.addr, &topic, 0).await;
+    let connect = Connect {
+        properties: prop_u32(SESSION_EXPIRY_INTERVAL, 1),
+        ..connect_with_will(
+            &unique_id("w"),
+            &topic,
+            false,
+            &prop_u32(WILL_DELAY_INTERVAL, 3600),
+        )
+    };
+    let (client, _) = connect_v5_with(broker.addr, &connect).await;
+    drop(client);
+
+    assert_eq!(
+        watcher.next_event_within(Duration::from_millis(500)).await,
+        None,
+        "[MQTT-3.1.2-8] the will went out before the session ended"
+    );
+    let will = watcher.expect_kind(PUBLISH).await;
+    assert_eq!(
+        will.to_bytes(),
+        publish_v5(&topic, 0, 0, &[], b"gone"),
+        "[MQTT-3.1.2-8] expected the will once the session ended"
+    );
+}
+
+/// [MQTT-3.3.2-12]: every Topic Alias from 1 to the Topic Alias Maximum
+/// the broker announced in CONNACK is accepted: one PUBLISH per alias sets
+/// it to its own topic, then one PUBLISH per alias with an empty topic uses
+/// it, and the subscriber gets every message under its full topic.
+#[tokio::test]
+async fn every_topic_alias_up_to_the_announced_maximum_is_accepted() {
+    let broker = common::start_broker().await;
+    let base = prefix("alias-max");
+    let mut watcher = subscriber(broker.addr, &format!("{base}/#"), 0).await;
+    let (mut publisher, connack) = connect_v5(broker.addr, &unique_id("p")).await;
+    let maximum = connack
+        .property_u16(TOPIC_ALIAS_MAXIMUM)
+        .expect("the broker announces a Topic Alias Maximum");
+    assert!(maximum >= 1, "Topic Alias Maximum {maximum}");
+
+    for alias in 1..=maximum {
+        let topic = format!("{base}/{alias}");
+        let set = publish_v5(&topic, 0, 0, &prop_u16(TOPIC_ALIAS, alias), b"set");
+        publisher.send(&set).await;
+    }
+    for alias in 1..=maximum {
+        let used = publish(
+            0x30,
+            b"",
+            None,
+            Some(&prop_u16(TOPIC_ALIAS, alias)),
+            b"used",
+        );
+        publisher.send(&used).await;
+    }
+    // A refused alias ends the connection (DISCONNECT 0x94), so the
+    // PINGRESP shows that every one was accepted.
+    publisher.ping().await;
+
+    for payload in [b"set".as_slice(), b"used"] {
+        for alias in 1..=maximum {
+            let delivery = watcher.expect_kind(PUBLISH).await;
+            let topic = format!("{base}/{alias}");
+            assert_eq!(
+                delivery.to_bytes(),
+                publish_v5(&topic, 0, 0, &[], payload),
+                "[MQTT-3.3.2-12] alias {alias} of {maximum}"
+            );
+        }
+    }
+    expect_nothing_queued(&mut watcher).await;
+}
+
+/// QoS 1 PUBLISHes of `payloads` on `topic`, packet ids from `first_id`,
+/// as one run of bytes.
+fn qos1_publishes(topic: &str, first_id: u16, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (id, payload) in (first_id..).zip(payloads) {
+        bytes.extend(publish_v5(topic, 1, id, &[], payload));
+    }
+    bytes
+}
+
+/// Checks a PUBACK 0x00 for each of `count` packet ids from `first_id`.
+async fn expect_pubacks(client: &mut RawClient, first_id: u16, count: usize) {
+    for id in (first_id..).take(count) {
+        let puback = client.expect_kind(PUBACK).await;
+        assert_eq!(
+            (puback.packet_id(), puback.ack_reason()),
+            (id, 0x00),
+            "{puback:?}"
+        );
+    }
+}
+
+/// Sends QoS 1 PUBLISHes of `payloads` in one write, then checks their
+/// PUBACKs.
+async fn publish_burst(client: &mut RawClient, topic: &str, first_id: u16, payloads: &[Vec<u8>]) {
+    client
+        .send(&qos1_publishes(topic, first_id, payloads))
+        .await;
+    expect_pubacks(client, first_id, payloads.len()).await;
+}
+
+/// [MQTT-3.8.4-4]: replacing a QoS 1 subscription while messages flow
+/// loses none: ten messages are sent, the subscriber subscribes again to
+/// the same filter once the first arrives, ten more are sent, and every one
+/// of the twenty reaches the subscriber before the final marker.
+#[tokio::test]
+async fn replacing_a_subscription_loses_no_message() {
+    let broker = common::start_broker().await;
+    let topic = prefix("replace-no-loss");
+    let mut sub = subscriber(broker.addr, &topic, 1).await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+    let payloads: Vec<Vec<u8>> = (0..20).map(|n| format!("m{n:02}").into_bytes()).collect();
+
+    publisher
+        .send(&qos1_publishes(&topic, 1, &payloads[..10]))
+        .await;
+    let first = next_publish(&mut sub).await;
+    sub.send(&ack(0x40, first.packet_id.expect("QoS 1 has an id")))
+        .await;
+    sub.send(&subscribe(2, Some(&[]), &[(topic.as_bytes(), 1)]))
+        .await;
+    expect_pubacks(&mut publisher, 1, 10).await;
+    publish_burst(&mut publisher, &topic, 11, &payloads[10..]).await;
+    publish_burst(&mut publisher, &topic, 21, &[b"marker".to_vec()]).await;
+
+    let mut received = vec![first.payload];
+    let mut subacks = Vec::new();
+    loop {
+        let packet = sub.expect_packet().await;
+        if packet.kind() == SUBACK {
+            subacks.push((packet.packet_id(), reasons(&packet)));
+            continue;
+        }
+        let delivery = Publish::parse(&packet, true);
+        sub.send(&ack(0x40, delivery.packet_id.expect("QoS 1 has an id")))
+            .await;
+        if delivery.payload == b"marker" {
+            break;
+        }
+        received.push(delivery.payload);
+    }
+    assert_eq!(subacks, [(2, vec![0x01])], "one SUBACK granting QoS 1");
+    received.sort();
+    received.dedup();
+    assert_eq!(
+        received, payloads,
+        "[MQTT-3.8.4-4] messages were lost when the subscription was replaced"
+    );
+    expect_nothing_queued(&mut sub).await;
+}
+
+// ---------------------------------------------------------------------------
 // 4.3 QoS, 4.8 shared subscriptions, 4.12 enhanced authentication
 
 /// [MQTT-4.3.2-5]: once the broker has sent PUBACK for packet id 5, a
@@ -869,6 +1076,51 @@ async fn qos1_publish_reusing_an_acknowledged_id_is_a_new_message() {
             .await;
     }
     expect_nothing_queued(&mut watcher).await;
+}
+
+/// [MQTT-4.4.0-2]: a delivery the client answers with PUBACK 0x80
+/// (`40 03 id 80`) is acknowledged: when the session resumes, the broker
+/// re-sends the delivery left unanswered (DUP 1, same id) and not the one
+/// answered with 0x80.
+#[tokio::test]
+async fn delivery_answered_with_puback_0x80_is_not_resent() {
+    let broker = common::start_broker().await;
+    let topic = prefix("puback-80");
+    let id = unique_id("r");
+    let (mut sub, _) = connect_v5_with(broker.addr, &persistent(&id, true, 60)).await;
+    subscribe_all(&mut sub, 1, &[], &[(topic.as_bytes(), 1)]).await;
+    let (mut publisher, _) = connect_v5(broker.addr, &unique_id("p")).await;
+
+    publish_burst(&mut publisher, &topic, 1, &[b"refused".to_vec()]).await;
+    let refused = next_publish(&mut sub).await;
+    assert_eq!(refused.payload, b"refused");
+    let mut refusal = refused
+        .packet_id
+        .expect("QoS 1 has an id")
+        .to_be_bytes()
+        .to_vec();
+    refusal.push(0x80);
+    sub.send(&packet(0x40, &refusal)).await;
+    sub.ping().await;
+
+    publish_burst(&mut publisher, &topic, 2, &[b"unanswered".to_vec()]).await;
+    let unanswered = next_publish(&mut sub).await;
+    assert_eq!(unanswered.payload, b"unanswered");
+    drop(sub);
+
+    let (mut back, connack) = connect_v5_with(broker.addr, &persistent(&id, false, 60)).await;
+    assert!(connack.session_present, "the session was kept");
+    let again = next_publish(&mut back).await;
+    assert_eq!(
+        (again.dup, again.packet_id, again.payload.as_slice()),
+        (true, unanswered.packet_id, b"unanswered".as_slice()),
+        "[MQTT-4.4.0-2] only the unanswered delivery is re-sent"
+    );
+    back.send(&ack(0x40, unanswered.packet_id.expect("QoS 1 has an id")))
+        .await;
+    expect_nothing_queued(&mut back).await;
+    disconnect(back).await;
+    end_session(broker.addr, &id).await;
 }
 
 /// [MQTT-4.8.2-3]: a shared-subscription member granted QoS 0 receives a
