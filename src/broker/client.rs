@@ -107,10 +107,9 @@ impl Client {
         let (outcome, written) = {
             let mut state = self.session.lock();
             let outcome = apply(&mut state);
-            let changes = state.outbound.take_changes();
             (
                 outcome,
-                self.broker.journal(self.session.client_id(), &changes),
+                self.broker.journal(self.session.client_id(), &mut state),
             )
         };
         self.wait_for(written);
@@ -202,8 +201,7 @@ impl Client {
                     None => break,
                 }
             }
-            let changes = state.outbound.take_changes();
-            self.broker.journal(self.session.client_id(), &changes)
+            self.broker.journal(self.session.client_id(), &mut state)
         };
         self.wait_for(written);
         if expired > 0 {
@@ -218,8 +216,7 @@ impl Client {
         if publish.packet_id != 0 {
             let mut state = self.session.lock();
             state.outbound.abandon(publish.packet_id);
-            let changes = state.outbound.take_changes();
-            self.broker.journal(self.session.client_id(), &changes);
+            self.broker.journal(self.session.client_id(), &mut state);
         }
         self.broker.metrics.message_dropped(self.client_id());
     }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::{Durability, Settings};
 use crate::protocol::{QoS, Will};
 use crate::router::{Message, RetainedStore, Subscriber, SubscriptionIndex};
-use crate::session::{Change, Delivery, Enqueued, Session, SessionConfig};
+use crate::session::{Change, Delivery, Enqueued, Session, SessionConfig, SessionState};
 use crate::store::{
     GroupCommit, MemoryStore, SessionCopy, SessionRecord, SledStore, Store, StoreError,
 };
@@ -161,8 +161,7 @@ impl BrokerState {
                     self.metrics.message_dropped(session.client_id());
                 }
             }
-            let changes = state.outbound.take_changes();
-            self.journal(session.client_id(), &changes);
+            self.journal(session.client_id(), &mut state);
             state.connection.is_some()
         };
         if online {
@@ -173,16 +172,17 @@ impl BrokerState {
     /// Writes changes to a session's stored deliveries. Returns the store
     /// write that packets going with them must wait for (0: none).
     ///
-    /// Called with the session locked, so one session's changes reach the
-    /// store in the order they happened. A failed write is logged: the
-    /// delivery goes on, and only a crash before the next successful write
-    /// could make it arrive again.
-    pub fn journal(&self, client_id: &str, changes: &[Change]) -> u64 {
+    /// Takes the changes from the locked `state`, so one session's changes
+    /// reach the store in the order they happened. A failed write is logged:
+    /// the delivery goes on, and only a crash before the next successful
+    /// write could make it arrive again.
+    pub fn journal(&self, client_id: &str, state: &mut SessionState) -> u64 {
+        let changes = state.outbound.take_changes();
         if changes.is_empty() {
             return 0;
         }
         let mut must_wait = false;
-        for change in changes {
+        for change in &changes {
             let written = match *change {
                 Change::Sent { seq, sent } => self.store.mark_sent(client_id, seq, sent),
                 Change::Removed { seq } => self.store.delete_delivery(client_id, seq),

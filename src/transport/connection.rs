@@ -177,7 +177,7 @@ async fn run(mut stream: TcpStream, broker: &Arc<BrokerState>) {
         last_words.push(Packet::Disconnect(Disconnect::new(reason)));
     }
     if close != Close::Lost && !last_words.is_empty() {
-        let _ = write_packets(&mut stream, &codec, &mut output, last_words).await;
+        let _ = write_batch(&mut stream, &codec, &mut output, &mut client, last_words).await;
     }
     let _ = stream.shutdown().await;
     client.finish(close);
