@@ -90,10 +90,6 @@ impl SessionState {
         self.inbound_qos2.len()
     }
 
-    pub fn inbound_qos2_ids(&self) -> impl Iterator<Item = u16> + '_ {
-        self.inbound_qos2.iter().copied()
-    }
-
     /// Sets the inbound QoS 2 packet ids read back from the store.
     pub fn restore_inbound_qos2(&mut self, ids: impl IntoIterator<Item = u16>) {
         self.inbound_qos2.extend(ids);

@@ -154,10 +154,6 @@ impl Outbound {
         self.window = usize::from(window.max(1));
     }
 
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
     }

@@ -94,11 +94,6 @@ impl SledStore {
             db,
         })
     }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 fn backend(error: sled::Error) -> StoreError {
