@@ -5,9 +5,9 @@
 //! and enforces the specs' packet rules; `session` holds the per-client state
 //! machines without any I/O; `router` matches topics to subscriptions and keeps
 //! retained messages; `store` is the seam to durable storage; `broker` ties
-//! them together. `bench` is the load generator behind `petrel bench`.
+//! them together. The load generator behind `petrel bench` is the
+//! `petrel-bench` crate in `benches/loadgen`.
 
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod protocol;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use petrel::Broker;
 use petrel::config::{LogFormat, Settings};
-use petrel::{Broker, bench};
 
 #[derive(Parser)]
 #[command(name = "petrel", version, about = "An MQTT 3.1.1 and 5.0 broker")]
@@ -19,7 +19,7 @@ enum Command {
     /// Run the broker.
     Serve(ServeArgs),
     /// Generate load against a running broker and report throughput and latency.
-    Bench(bench::BenchArgs),
+    Bench(petrel_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime
-            .block_on(bench::run(args))
+            .block_on(petrel_bench::run(args))
             .map_err(|error| error.to_string()),
     };
     match result {

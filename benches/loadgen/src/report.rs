@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::bench::stats::Histogram;
+use crate::stats::Histogram;
 
 /// Results of a fan-in, fan-out or pairs run.
 #[derive(Debug)]

@@ -10,14 +10,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::bench::client::{Conn, SessionMode, Version};
-use crate::bench::publisher::{self, Clock, PublisherSpec, PublisherStats};
-use crate::bench::report::{TrafficReport, rate};
-use crate::bench::stats::Histogram;
-use crate::bench::subscriber::{
-    self, Endpoint, PERSISTENT_EXPIRY_SECS, SubscriberSpec, SubscriberStats,
-};
-use crate::bench::{BenchArgs, BenchError, Scenario, broker_rss_kb, ping_every, run_id};
+use crate::client::{Conn, SessionMode, Version};
+use crate::publisher::{self, Clock, PublisherSpec, PublisherStats};
+use crate::report::{TrafficReport, rate};
+use crate::stats::Histogram;
+use crate::subscriber::{self, Endpoint, PERSISTENT_EXPIRY_SECS, SubscriberSpec, SubscriberStats};
+use crate::{BenchArgs, BenchError, Scenario, broker_rss_kb, ping_every, run_id};
 
 /// Read buffer size of a traffic connection.
 const READ_CHUNK: usize = 64 * 1024;

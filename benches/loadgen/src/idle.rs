@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use crate::bench::client::{Conn, Incoming, Version};
-use crate::bench::report::IdleReport;
-use crate::bench::{BenchArgs, BenchError, broker_rss_kb, ping_every, run_id};
+use crate::client::{Conn, Incoming, Version};
+use crate::report::IdleReport;
+use crate::{BenchArgs, BenchError, broker_rss_kb, ping_every, run_id};
 
 /// Connection attempts in flight at once, so the broker's accept backlog is
 /// not flooded.

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::bench::BenchError;
+use crate::BenchError;
 
 /// Largest packet accepted from the broker.
 const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;

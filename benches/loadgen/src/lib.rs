@@ -1,4 +1,4 @@
-//! Load generator behind `petrel bench`.
+//! The load generator behind `petrel bench` (and the `petrel-bench` binary).
 //!
 //! It speaks MQTT 3.1.1 or 5.0 over raw TCP sockets (packets encoded and
 //! decoded with `mqttbytes`), so it measures any broker the same way, and
@@ -22,8 +22,8 @@ mod subscriber;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::bench::client::Version;
-use crate::bench::stats::STAMP_LEN;
+use crate::client::Version;
+use crate::stats::STAMP_LEN;
 
 /// Which traffic pattern to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

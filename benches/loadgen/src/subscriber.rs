@@ -9,10 +9,10 @@ use mqttbytes::QoS;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use crate::bench::BenchError;
-use crate::bench::client::{Conn, Incoming, SessionMode, Version};
-use crate::bench::publisher::Clock;
-use crate::bench::stats::{Delivery, DeliveryTracker, Histogram, Stamp};
+use crate::BenchError;
+use crate::client::{Conn, Incoming, SessionMode, Version};
+use crate::publisher::Clock;
+use crate::stats::{Delivery, DeliveryTracker, Histogram, Stamp};
 
 /// What one subscriber expects.
 #[derive(Debug, Clone)]

@@ -8,9 +8,9 @@ use bytes::BytesMut;
 use mqttbytes::QoS;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::bench::BenchError;
-use crate::bench::client::{Conn, Incoming, PublishTemplate, Version};
-use crate::bench::stats::{AckEffect, Histogram, InflightWindow, Stamp};
+use crate::BenchError;
+use crate::client::{Conn, Incoming, PublishTemplate, Version};
+use crate::stats::{AckEffect, Histogram, InflightWindow, Stamp};
 
 /// PUBLISH packets queued before one socket write.
 const BATCH: u64 = 64;
