@@ -189,11 +189,26 @@ fn setting_variables() -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// The configuration compiled into the binary: what `petrel serve` runs on
+/// when no file is named, wherever it is started from.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/petrel.toml");
+
 impl Settings {
-    /// Loads `path`, then applies `PETREL_*` environment overrides.
-    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let built = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+    /// Loads `path`, or the embedded default when none is named, then
+    /// applies `PETREL_*` environment overrides. A named file that cannot be
+    /// read is an error, never a silent fall back to the default.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let builder = config::Config::builder();
+        let builder = match path {
+            Some(path) => {
+                builder.add_source(config::File::from(path).format(config::FileFormat::Toml))
+            }
+            None => builder.add_source(config::File::from_str(
+                EMBEDDED_DEFAULT,
+                config::FileFormat::Toml,
+            )),
+        };
+        let built = builder
             .add_source(
                 config::Environment::with_prefix("PETREL")
                     .prefix_separator("_")
@@ -203,7 +218,7 @@ impl Settings {
             )
             .build()
             .map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
+                path: path.map_or_else(|| PathBuf::from("(embedded default)"), Path::to_path_buf),
                 source,
             })?;
         let settings: Settings = built.try_deserialize().map_err(ConfigError::Invalid)?;
@@ -284,7 +299,7 @@ mod tests {
     fn load_str(text: &str) -> Result<Settings, ConfigError> {
         let mut file = tempfile_in_target(text);
         file.flush().unwrap();
-        Settings::load(&file.path)
+        Settings::load(Some(&file.path))
     }
 
     struct TempFile {
@@ -319,10 +334,23 @@ mod tests {
 
     #[test]
     fn shipped_default_config_loads() {
-        let settings = Settings::load(Path::new("config/petrel.toml")).unwrap();
+        let settings = Settings::load(Some(Path::new("config/petrel.toml"))).unwrap();
         assert_eq!(settings.listeners[0].bind.port(), 1883);
         assert!(settings.allow_anonymous);
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn embedded_default_matches_the_built_in_defaults() {
+        let embedded = Settings::load(None).unwrap();
+        let built_in = Settings::default();
+        assert_eq!(embedded.listeners[0].bind, built_in.listeners[0].bind);
+        assert_eq!(embedded.data_dir, built_in.data_dir);
+        assert_eq!(embedded.durability, built_in.durability);
+        assert_eq!(
+            format!("{:?}", embedded.limits),
+            format!("{:?}", built_in.limits)
+        );
     }
 
     #[test]
@@ -343,7 +371,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let err = Settings::load(Path::new("/nonexistent/petrel.toml")).unwrap_err();
+        let err = Settings::load(Some(Path::new("/nonexistent/petrel.toml"))).unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/petrel.toml"),
             "{err}"

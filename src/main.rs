@@ -24,9 +24,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Configuration file.
-    #[arg(short, long, default_value = "config/petrel.toml")]
-    config: PathBuf,
+    /// Configuration file; without it the embedded default is used.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
     /// Port of the first listener, overriding the configuration.
     #[arg(short, long)]
     port: Option<u16>,
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let mut settings = Settings::load(&args.config).map_err(|e| e.to_string())?;
+    let mut settings = Settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(port) = args.port
         && let Some(first) = settings.listeners.first_mut()
     {

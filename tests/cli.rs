@@ -104,6 +104,38 @@ fn serve_port_flag_and_environment_override_the_config() {
 }
 
 #[test]
+fn serve_starts_from_any_directory_on_the_embedded_default() {
+    let dir = scratch_dir("elsewhere");
+    let port = free_port();
+    let child = Command::new(PETREL)
+        .args(["serve", "-p", &port.to_string()])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    assert_eq!(connack_code(port), 0x00);
+    assert!(
+        dir.join("data").is_dir(),
+        "the embedded default keeps data under ./data of the working directory"
+    );
+}
+
+#[test]
+fn serve_refuses_a_named_config_file_that_does_not_exist() {
+    let dir = scratch_dir("missing");
+    let output = Command::new(PETREL)
+        .args(["serve", "-c", "nowhere.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nowhere.toml"), "{stderr}");
+}
+
+#[test]
 fn serve_runs_on_the_default_config() {
     let dir = scratch_dir("default");
     let port = free_port();
