@@ -85,6 +85,85 @@ pub struct Limits {
     pub max_keepalive_secs: u16,
     /// Upper bound on a v5 session expiry interval, in seconds.
     pub max_session_expiry_secs: u32,
+    /// How long a persistent session outlives its connection when the
+    /// protocol does not say (3.1.1 clean session 0), and the cap on what a
+    /// v5 client asks for: Mosquitto's `persistent_client_expiration`.
+    pub persistent_session_expiry: Lifetime,
+    /// Sessions held at once, connected or not; a CONNECT that would create
+    /// one more is refused (v5 0x97, 3.1.1 0x03).
+    pub max_sessions: usize,
+    /// Retained messages held at once; a retained publish to a new topic
+    /// beyond it is refused (v5 0x97).
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages (topics, payloads, properties) held at once.
+    pub max_retained_bytes: usize,
+    /// Seconds a connection may have output waiting without the client
+    /// reading any of it before it is closed as a slow consumer.
+    pub write_timeout_secs: u64,
+    /// Topic aliases the broker sets up towards a v5 client that allows
+    /// them (within the client's Topic Alias Maximum).
+    pub max_outbound_topic_aliases: u16,
+}
+
+/// A lifetime in seconds, or `never` ending. Written as a number of
+/// seconds or with a unit: `"90s"`, `"30m"`, `"12h"`, `"7d"`, `"2w"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    Never,
+    Seconds(u32),
+}
+
+impl Lifetime {
+    /// The lifetime as a session expiry interval (`u32::MAX`: never).
+    pub fn seconds(self) -> u32 {
+        match self {
+            Lifetime::Never => u32::MAX,
+            Lifetime::Seconds(secs) => secs,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Lifetime, String> {
+        let text = text.trim();
+        if text == "never" {
+            return Ok(Lifetime::Never);
+        }
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| {
+            format!("`{text}` is not a duration like 3600, \"90s\", \"7d\" or \"never\"")
+        })?;
+        let scale = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 604_800,
+            other => return Err(format!("unknown unit `{other}` (s, m, h, d, w)")),
+        };
+        let secs = number
+            .checked_mul(scale)
+            .filter(|&secs| secs < u64::from(u32::MAX))
+            .ok_or_else(|| format!("`{text}` is too long; use \"never\""))?;
+        Ok(Lifetime::Seconds(secs as u32))
+    }
+}
+
+impl<'de> Deserialize<'de> for Lifetime {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Lifetime, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(secs) => Lifetime::parse(&secs.to_string()),
+            Raw::Text(text) => Lifetime::parse(&text),
+        }
+        .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Limits {
@@ -102,6 +181,12 @@ impl Default for Limits {
             max_subscriptions_per_client: 1000,
             max_keepalive_secs: 0,
             max_session_expiry_secs: u32::MAX,
+            persistent_session_expiry: Lifetime::Never,
+            max_sessions: 1_000_000,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1 << 30,
+            write_timeout_secs: 30,
+            max_outbound_topic_aliases: 16,
         }
     }
 }
@@ -279,6 +364,12 @@ impl Settings {
         if limits.max_subscriptions_per_client == 0 {
             return out_of_range("limits.max_subscriptions_per_client", "must be at least 1");
         }
+        if limits.max_sessions == 0 {
+            return out_of_range("limits.max_sessions", "must be at least 1");
+        }
+        if limits.write_timeout_secs == 0 {
+            return out_of_range("limits.write_timeout_secs", "must be at least 1");
+        }
         if self
             .log
             .level
@@ -367,6 +458,25 @@ mod tests {
         assert!(err.to_string().contains("limits.max_inflight"), "{err}");
         let err = load_str("[limits]\nmax_topic_length = 70000\n").unwrap_err();
         assert!(err.to_string().contains("limits.max_topic_length"), "{err}");
+    }
+
+    #[test]
+    fn lifetimes_read_numbers_units_and_never() {
+        let limits =
+            |text: &str| load_str(&format!("[limits]\npersistent_session_expiry = {text}\n"));
+        let lifetime = |text: &str| limits(text).unwrap().limits.persistent_session_expiry;
+        assert_eq!(lifetime("3600"), Lifetime::Seconds(3600));
+        assert_eq!(lifetime("\"90s\""), Lifetime::Seconds(90));
+        assert_eq!(lifetime("\"2h\""), Lifetime::Seconds(7200));
+        assert_eq!(lifetime("\"7d\""), Lifetime::Seconds(604_800));
+        assert_eq!(lifetime("\"never\""), Lifetime::Never);
+        for bad in ["\"5 parsecs\"", "\"soon\"", "\"99999999w\""] {
+            let err = limits(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("persistent_session_expiry"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

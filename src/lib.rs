@@ -2,20 +2,24 @@
 //!
 //! The layers, from the wire inwards: `transport` owns sockets and one task per
 //! connection; `protocol` turns bytes into one internal packet model (and back)
-//! and enforces the specs' packet rules; `session` holds the per-client state
-//! machines without any I/O; `router` matches topics to subscriptions and keeps
-//! retained messages; `store` is the seam to durable storage; `broker` ties
-//! them together. The load generator behind `petrel bench` is the
+//! and enforces the specs' packet rules; `broker` is the I/O-free core (the
+//! per-client protocol logic over the shared state) built on `session` (per-
+//! client state machines), `router` (subscriptions and retained messages) and
+//! `timer` (one timing wheel for every timer); `store` journals what must
+//! survive and writes it from its own thread; `server` runs the tasks that
+//! drive all of it. The load generator behind `petrel bench` is the
 //! `petrel-bench` crate in `benches/loadgen`.
 
 pub mod broker;
 pub mod config;
 pub mod protocol;
 pub mod router;
+pub mod server;
 pub mod session;
 pub mod store;
+pub mod timer;
 pub mod topic;
 pub mod transport;
 
-pub use broker::{Broker, BrokerError};
 pub use config::Settings;
+pub use server::{Broker, BrokerError};

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use petrel::config::Durability;
-use petrel::router::Message;
-use petrel::session::Sent;
-use petrel::store::{SessionCopy, SessionRecord, SledStore, Snapshot, Store, StoreError};
+use petrel::protocol::Message;
+use petrel::session::{Delivery, Sent};
+use petrel::store::{SessionRecord, SledStore, Snapshot, Store, StoreError};
 use petrel::{Broker, Settings};
 use raw::{
     CONNACK, Connect, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, Publish, RawClient,
@@ -35,7 +35,7 @@ impl TempDir {
         let dir = std::env::temp_dir().join(format!(
             "petrel-durability-{name}-{}-{}",
             std::process::id(),
-            petrel::broker::now_ms()
+            petrel::timer::now_ms()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -395,7 +395,7 @@ impl Store for FailingStore {
     }
     fn put_copies(
         &self,
-        copies: &[SessionCopy<'_>],
+        copies: &[(Arc<str>, Delivery)],
         inbound_qos2: Option<(&str, u16)>,
     ) -> Result<(), StoreError> {
         if self.fail_copies.load(Ordering::SeqCst) {
@@ -418,13 +418,32 @@ impl Store for FailingStore {
         }
         self.inner.flush()
     }
+    fn has_space(&self) -> bool {
+        !self.fail_copies.load(Ordering::SeqCst) && self.inner.has_space()
+    }
     fn load(&self) -> Result<Snapshot, StoreError> {
         self.inner.load()
     }
 }
 
+/// Waits for what a v5 connection answers when the broker will not
+/// acknowledge: a DISCONNECT with `reason`, or the connection closing.
+async fn expect_no_acknowledgement(client: &mut RawClient, reason: u8) {
+    match client.next_event().await {
+        raw::Event::Packet(packet) => {
+            assert_eq!(
+                packet.kind(),
+                raw::DISCONNECT,
+                "no acknowledgement: {packet:?}"
+            );
+            assert_eq!(packet.disconnect_reason(), reason);
+        }
+        raw::Event::Closed | raw::Event::Reset => {}
+    }
+}
+
 #[tokio::test]
-async fn a_failed_write_refuses_the_publish_with_a_reason_code_and_delivers_nothing() {
+async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itself() {
     let dir = TempDir::new("fault");
     let failing = Arc::new(FailingStore {
         inner: SledStore::open(dir.path(), None).unwrap(),
@@ -436,9 +455,17 @@ async fn a_failed_write_refuses_the_publish_with_a_reason_code_and_delivers_noth
     let (mut subscriber, _) = connect_with(&broker, &persistent_v5("durable-reader", 600)).await;
     subscribe_to(&mut subscriber, "f/#", 2, true).await;
     let (mut v5, _) = connect_with(&broker, &Connect::v5("v5-writer")).await;
-    let (mut v311, _) = connect_with(&broker, &Connect::v311("v311-writer")).await;
 
+    // The write that finds the disk full: its publisher never gets a
+    // success acknowledgement, and the store counts as full from then on.
     failing.fail_copies.store(true, Ordering::SeqCst);
+    v5.send(&publish_v5("f/0", 1, 1, &[], b"unacknowledged"))
+        .await;
+    expect_no_acknowledgement(&mut v5, 0x80).await;
+
+    // While full, durable publishes are refused up front and go nowhere.
+    let (mut v5, _) = connect_with(&broker, &Connect::v5("v5-writer")).await;
+    let (mut v311, _) = connect_with(&broker, &Connect::v311("v311-writer")).await;
     v5.send(&publish_v5("f/1", 1, 1, &[], b"refused")).await;
     let puback = v5.expect_kind(PUBACK).await;
     assert_eq!(puback.ack_reason(), 0x97, "v5 QoS 1: quota exceeded");
@@ -448,28 +475,37 @@ async fn a_failed_write_refuses_the_publish_with_a_reason_code_and_delivers_noth
     v311.send(&publish_v311("f/3", 1, 1, b"refused")).await;
     v311.expect_closed().await;
 
-    // The disk recovers: the same packet id is a new message, and it arrives.
+    // Space comes back: the broker notices by itself, without a restart,
+    // and the same packet id is a new message that arrives.
     failing.fail_copies.store(false, Ordering::SeqCst);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        broker.state().journal().until_accepting(),
+    )
+    .await
+    .expect("the broker accepts publishes again once space is back");
     v5.send(&publish_v5("f/2", 2, 2, &[], b"accepted")).await;
     let pubrec = v5.expect_kind(PUBREC).await;
     assert_eq!(pubrec.ack_reason(), 0x00);
-    let delivered = expect_publish(&mut subscriber, true).await;
-    assert_eq!(
-        delivered.payload, b"accepted",
-        "nothing refused was delivered"
-    );
+    loop {
+        let delivered = expect_publish(&mut subscriber, true).await;
+        assert_ne!(
+            delivered.payload, b"refused",
+            "nothing refused is delivered"
+        );
+        subscriber
+            .send(&ack(0x50, delivered.packet_id.expect("QoS 2 has an id")))
+            .await;
+        if delivered.payload == b"accepted" {
+            break;
+        }
+    }
 
     // A failing flush: the acknowledgement is withheld and the connection
     // closed, never a PUBACK for a message that is not on disk.
     failing.fail_flush.store(true, Ordering::SeqCst);
     v5.send(&publish_v5("f/4", 1, 3, &[], b"unflushed")).await;
-    match v5.next_event().await {
-        raw::Event::Packet(packet) => {
-            assert_eq!(packet.kind(), raw::DISCONNECT, "no PUBACK: {packet:?}");
-            assert_eq!(packet.disconnect_reason(), 0x80);
-        }
-        raw::Event::Closed | raw::Event::Reset => {}
-    }
+    expect_no_acknowledgement(&mut v5, 0x80).await;
     failing.fail_flush.store(false, Ordering::SeqCst);
     drop((subscriber, v5, v311));
     broker.shutdown().await;

@@ -197,14 +197,50 @@ async fn v5_connect_with_wrong_protocol_name_gets_connack_0x84_or_close() {
     }
 }
 
-/// MQTT 3.1 (`MQIsdp`, level 3) is not supported: 3.1.1 [MQTT-3.1.2-2] says
-/// CONNACK 0x01 (unacceptable protocol version) and then disconnect. A 3.1
-/// client only understands the two-byte CONNACK, so that is the exact form.
+/// MQTT 3.1 (protocol name `MQIsdp`, level 3) devices are served like 3.1.1
+/// ones, as Mosquitto and HiveMQ do. Their CONNACK is the two-byte form with
+/// the first byte reserved (no Session Present flag, which 3.1 lacks), even
+/// for a resumed session.
 #[tokio::test]
-async fn mqtt31_connect_gets_connack_0x01_then_close() {
+async fn mqtt31_client_is_served_like_a_311_client() {
+    let broker = common::start_broker_with(|_| {}).await;
+    let id = unique_id("legacy");
+    let mut connect = Connect::v311(&id);
+    connect.protocol_name = b"MQIsdp".to_vec();
+    connect.level = 3;
+    connect.clean = false;
+    for _ in 0..2 {
+        let mut client = RawClient::connect(broker.addr).await;
+        client.send(&connect.encode()).await;
+        let connack = client.expect_packet().await;
+        assert_eq!(connack.to_bytes(), [0x20, 0x02, 0x00, 0x00]);
+        client.send(&subscribe(1, None, &[(b"legacy/t", 1)])).await;
+        let suback = client.expect_kind(SUBACK).await;
+        assert_eq!(suback.body.last(), Some(&1));
+        client.send(&publish_v311("legacy/t", 1, 7, b"hello")).await;
+        let (mut puback, mut delivered) = (false, None);
+        while !puback || delivered.is_none() {
+            let packet = client.expect_packet().await;
+            match packet.kind() {
+                PUBACK => puback = true,
+                PUBLISH => delivered = Some(Publish::parse(&packet, false)),
+                other => panic!("unexpected packet type {other}"),
+            }
+        }
+        let delivered = delivered.unwrap();
+        assert_eq!(delivered.payload, b"hello");
+        client
+            .send(&ack(0x40, delivered.packet_id.expect("QoS 1 has an id")))
+            .await;
+    }
+}
+
+/// Level 3 under the 3.1.1 protocol name is no protocol at all: CONNACK 0x01
+/// (unacceptable protocol version) and close [MQTT-3.1.2-2].
+#[tokio::test]
+async fn protocol_name_mqtt_with_level_3_gets_connack_0x01_then_close() {
     let broker = common::start_broker().await;
     let mut connect = Connect::v311(&unique_id("c"));
-    connect.protocol_name = b"MQIsdp".to_vec();
     connect.level = 3;
     let mut client = RawClient::connect(broker.addr).await;
     client.send(&connect.encode()).await;

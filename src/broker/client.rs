@@ -1,14 +1,14 @@
-//! One connected client: the protocol logic between the socket task and the
-//! shared broker state. The socket task feeds it packets and writes what it
-//! returns; it never touches the socket itself.
+//! One connected client: the protocol logic between the connection task and
+//! the shared broker state. The task feeds it packets and the time, and
+//! writes what it hands back; it never touches the socket itself.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::BrokerState;
-use crate::protocol::{Ack, Disconnect, Packet, Publish, ReasonCode, Version, Will};
+use crate::protocol::{Ack, Disconnect, Packet, ReasonCode, Version};
 use crate::session::{AckOutcome, Session, SessionState};
+use crate::store::{Record, Ticket};
 
 /// Why and how a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,17 @@ pub enum Close {
     ByServer(ReasonCode),
     /// The socket closed or failed without DISCONNECT. The will is published.
     Lost,
+    /// The client stopped reading what it was sent (a slow consumer): closed
+    /// without last words, which it would not read. The will is published.
+    Stalled,
+}
+
+/// What a client hands the connection task to write: packets in order,
+/// and the journal ticket that must be durable before any of them goes out.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub packets: Vec<Packet>,
+    pub ticket: Ticket,
 }
 
 pub struct Client {
@@ -28,24 +39,22 @@ pub struct Client {
     pub(super) connection_id: u64,
     pub(super) version: Version,
     pub(super) keep_alive: u16,
-    pub(super) will: Option<Will>,
     /// Whether the session's expiry was 0 at CONNECT: a DISCONNECT may not
     /// then make it non-zero [MQTT-3.14.2-2].
     pub(super) connected_with_zero_expiry: bool,
-    /// v5 topic aliases the client set up for its PUBLISHes.
-    pub(super) topic_aliases: HashMap<u16, String>,
+    /// v5 topic aliases the client set up for its PUBLISHes (at most
+    /// `limits.max_topic_alias`, so a list).
+    pub(super) topic_aliases: Vec<(u16, Arc<str>)>,
     /// Reason strings go out unless the client asked for none.
     pub(super) problem_information: bool,
     /// Control packets waiting to be written, ahead of queued messages.
     pub(super) outgoing: Vec<Packet>,
-    /// The store write that what is waiting to be written depends on: it
-    /// goes out only once that write is durable (0: nothing to wait for).
-    pub(super) durable_after: u64,
+    /// The journal write that what is waiting to be written depends on.
+    pub(super) ticket: Ticket,
 }
 
-/// How many queued messages one wake-up writes before letting the task read
-/// again, so one busy subscription cannot starve the client's own input.
-const PUMP_BATCH: usize = 256;
+/// Queued messages one pump takes at most, however small they are.
+const PUMP_MESSAGES: usize = 256;
 
 impl Client {
     pub fn client_id(&self) -> &str {
@@ -73,20 +82,12 @@ impl Client {
     pub fn handle(&mut self, packet: Packet, now_ms: u64) -> Result<(), Close> {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, now_ms),
-            Packet::PubAck(ack) => self.on_ack_outcome(|s| s.outbound.on_puback(ack.packet_id)),
-            Packet::PubRec(ack) => {
-                self.on_ack_outcome(|s| s.outbound.on_pubrec(ack.packet_id, ack.reason))
-            }
-            Packet::PubRel(ack) => {
-                self.on_pubrel(ack.packet_id);
-                Ok(())
-            }
-            Packet::PubComp(ack) => self.on_ack_outcome(|s| s.outbound.on_pubcomp(ack.packet_id)),
+            Packet::PubAck(ack) => self.on_ack(|s| s.outbound.on_puback(ack.packet_id)),
+            Packet::PubRec(ack) => self.on_ack(|s| s.outbound.on_pubrec(ack.packet_id, ack.reason)),
+            Packet::PubRel(ack) => self.on_pubrel(ack.packet_id),
+            Packet::PubComp(ack) => self.on_ack(|s| s.outbound.on_pubcomp(ack.packet_id)),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, now_ms),
-            Packet::Unsubscribe(unsubscribe) => {
-                self.on_unsubscribe(unsubscribe);
-                Ok(())
-            }
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => {
                 self.outgoing.push(Packet::PingResp);
                 Ok(())
@@ -94,50 +95,65 @@ impl Client {
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
             Packet::Connect(_)
             | Packet::ConnAck(_)
+            | Packet::Deliver(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp => Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR)),
         }
     }
 
-    fn on_ack_outcome(
-        &mut self,
-        apply: impl FnOnce(&mut SessionState) -> AckOutcome,
-    ) -> Result<(), Close> {
-        let (outcome, written) = {
+    /// The session, locked, if this connection is still the one serving it.
+    /// A connection that was taken over (or whose session was discarded)
+    /// changes nothing more: it only finishes.
+    pub(super) fn current(&self) -> Result<std::sync::MutexGuard<'_, SessionState>, Close> {
+        let state = self.session.lock();
+        if state.is_current(self.connection_id) {
+            Ok(state)
+        } else {
+            Err(Close::ByServer(ReasonCode::SESSION_TAKEN_OVER))
+        }
+    }
+
+    /// PUBACK, PUBREC, PUBCOMP. A connection being taken over still applies
+    /// the ones it had received, so the new one does not re-send those.
+    fn on_ack(&mut self, apply: impl FnOnce(&mut SessionState) -> AckOutcome) -> Result<(), Close> {
+        let (outcome, ticket) = {
             let mut state = self.session.lock();
+            if !state.may_acknowledge(self.connection_id) {
+                return Err(Close::ByServer(ReasonCode::SESSION_TAKEN_OVER));
+            }
             let outcome = apply(&mut state);
-            (
-                outcome,
-                self.broker.journal(self.session.client_id(), &mut state),
-            )
+            let ticket = self
+                .broker
+                .journal_changes(self.session.client_id(), &mut state);
+            (outcome, ticket)
         };
-        self.wait_for(written);
+        self.wait_for(ticket);
         if let AckOutcome::PubRel(ack) = outcome {
             self.outgoing.push(Packet::PubRel(ack));
         }
         Ok(())
     }
 
-    fn on_pubrel(&mut self, packet_id: u16) {
-        let known = self.session.lock().release_qos2(packet_id);
-        if known && self.session.is_persistent() && self.broker.store.keeps_messages() {
+    fn on_pubrel(&mut self, packet_id: u16) -> Result<(), Close> {
+        let (known, ticket) = {
+            let mut state = self.current()?;
+            let known = state.release_qos2(packet_id);
             // PUBCOMP lets the client reuse the id, so the stored one must be
             // gone first: found after a crash it would swallow a new message.
-            match self
-                .broker
-                .store
-                .delete_inbound_qos2(self.session.client_id(), packet_id)
-            {
-                Ok(()) => {
-                    let written = self.broker.commit.wrote();
-                    self.wait_for(written);
-                }
-                Err(error) => {
-                    tracing::error!(%error, packet_id, "cannot release stored QoS 2 packet id");
-                }
-            }
-        }
+            let stored = known && self.session.is_persistent() && self.broker.keeps_messages;
+            let ticket = if stored {
+                self.broker.journal.append(Record::DeleteInboundQos2 {
+                    client_id: self.session.client_id().clone(),
+                    packet_id,
+                })
+            } else {
+                Ticket::NONE
+            };
+            drop(state);
+            (known, ticket)
+        };
+        self.wait_for(ticket);
         let reason = if known {
             ReasonCode::SUCCESS
         } else {
@@ -145,6 +161,7 @@ impl Client {
         };
         self.outgoing
             .push(Packet::PubComp(Ack::new(packet_id, reason)));
+        Ok(())
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect) -> Close {
@@ -152,29 +169,19 @@ impl Client {
             if self.connected_with_zero_expiry && expiry != 0 {
                 return Close::ByServer(ReasonCode::PROTOCOL_ERROR);
             }
-            let max = self.broker.settings.limits.max_session_expiry_secs;
-            Session::set_expiry(&mut self.session.lock(), &self.session, expiry.min(max));
+            let granted = expiry.min(self.broker.max_session_expiry());
+            if let Ok(mut state) = self.current() {
+                Session::set_expiry(&mut state, &self.session, granted);
+            }
         }
         Close::ByClient {
             publish_will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL,
         }
     }
 
-    /// Control packets waiting to be written, without queued messages: what
-    /// still goes out before the broker closes the connection.
-    pub fn take_outgoing(&mut self) -> Vec<Packet> {
-        std::mem::take(&mut self.outgoing)
-    }
-
-    /// Holds what is waiting to be written until store write `written`
-    /// (from `GroupCommit::wrote`) is durable.
-    pub(super) fn wait_for(&mut self, written: u64) {
-        self.durable_after = self.durable_after.max(written);
-    }
-
-    /// The store write to wait for before writing what `pump` returned.
-    pub fn take_durable_after(&mut self) -> u64 {
-        std::mem::take(&mut self.durable_after)
+    /// Holds what is waiting to be written until `ticket` is durable.
+    pub(super) fn wait_for(&mut self, ticket: Ticket) {
+        self.ticket = self.ticket.max(ticket);
     }
 
     /// Reason strings are sent only if the client did not opt out.
@@ -182,41 +189,57 @@ impl Client {
         self.problem_information.then(|| text.to_string())
     }
 
-    /// Takes the control packets waiting to be written, then as many queued
-    /// messages as the inflight window allows (up to one batch). Returns the
-    /// packets and whether more messages may be waiting.
-    pub fn pump(&mut self, now_ms: u64) -> (Vec<Packet>, bool) {
-        let mut packets = std::mem::take(&mut self.outgoing);
+    /// The control packets waiting to be written, with the ticket they wait
+    /// for: what still goes out before the broker closes the connection.
+    pub fn take_output(&mut self) -> Output {
+        Output {
+            packets: std::mem::take(&mut self.outgoing),
+            ticket: std::mem::take(&mut self.ticket),
+        }
+    }
+
+    /// The control packets waiting to be written, then queued messages as
+    /// far as the inflight window allows, up to about `max_bytes` of them.
+    /// Returns the output and whether more messages may be waiting.
+    pub fn pump(&mut self, now_ms: u64, max_bytes: usize) -> (Output, bool) {
         let mut expired = 0;
         let mut more = false;
-        let written = {
-            let mut state = self.session.lock();
-            for count in 0.. {
-                if count == PUMP_BATCH {
+        let mut ticket = Ticket::NONE;
+        let mut state = self.session.lock();
+        if state.is_current(self.connection_id) {
+            let mut bytes = 0;
+            let mut count = 0;
+            while let Some(publish) = state.outbound.next_publish(now_ms, &mut expired) {
+                bytes += publish.message.size() + 16;
+                count += 1;
+                self.outgoing.push(Packet::Deliver(publish));
+                if bytes >= max_bytes || count == PUMP_MESSAGES {
                     more = true;
                     break;
                 }
-                match state.outbound.next_publish(now_ms, &mut expired) {
-                    Some(publish) => packets.push(Packet::Publish(publish)),
-                    None => break,
-                }
             }
-            self.broker.journal(self.session.client_id(), &mut state)
-        };
-        self.wait_for(written);
+            ticket = self
+                .broker
+                .journal_changes(self.session.client_id(), &mut state);
+        }
+        drop(state);
+        self.wait_for(ticket);
         if expired > 0 {
             self.broker.metrics.messages_expired_add(expired);
         }
-        (packets, more)
+        (self.take_output(), more)
     }
 
     /// A message that could not be written because the client's Maximum
     /// Packet Size is smaller: it is dropped for this client [MQTT-3.1.2-25].
-    pub fn skip_oversized(&mut self, publish: &Publish) {
-        if publish.packet_id != 0 {
-            let mut state = self.session.lock();
-            state.outbound.abandon(publish.packet_id);
-            self.broker.journal(self.session.client_id(), &mut state);
+    /// Returns the ticket of the removal, which later packets follow.
+    pub fn skip_oversized(&mut self, packet_id: u16) {
+        if packet_id != 0
+            && let Ok(mut state) = self.current()
+        {
+            state.outbound.abandon(packet_id);
+            self.broker
+                .journal_changes(self.session.client_id(), &mut state);
         }
         self.broker.metrics.message_dropped(self.client_id());
     }

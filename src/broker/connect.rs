@@ -1,17 +1,16 @@
 //! CONNECT: validation, client identifier, session create / resume /
 //! takeover, and the CONNACK.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::mapref::entry::Entry;
-use tokio::sync::oneshot;
 
 use super::client::Client;
-use super::{BrokerState, now_ms};
+use super::{BrokerState, TimerEvent};
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
-use crate::session::{ConnectionLink, Session, Takeover};
+use crate::session::{ConnectionLink, ConnectionSignal, Session};
+use crate::store::Record;
 use crate::topic;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -43,37 +42,71 @@ fn refuse(version: Version, reason: ReasonCode) -> Refusal {
     }
 }
 
-/// Whether a will as sent in CONNECT may be accepted.
-fn check_will(broker: &BrokerState, will: &Will) -> Result<(), ReasonCode> {
-    topic::validate_name(&will.topic, broker.topic_limits())
-        .map_err(|_| ReasonCode::TOPIC_NAME_INVALID)?;
-    if will.properties.payload_format_indicator == Some(1)
-        && std::str::from_utf8(&will.payload).is_err()
-    {
-        return Err(ReasonCode::PAYLOAD_FORMAT_INVALID);
-    }
-    if let Some(response_topic) = &will.properties.response_topic {
-        topic::validate_name(response_topic, broker.topic_limits())
-            .map_err(|_| ReasonCode::PROTOCOL_ERROR)?;
-    }
-    Ok(())
+/// An accepted CONNECT.
+pub struct Connected {
+    pub client: Client,
+    /// How the broker reaches this connection's task.
+    pub signal: Arc<ConnectionSignal>,
+    /// The connection this one took over, still finishing: wait for it
+    /// (bounded), then call `Client::resume`.
+    pub previous: Option<Arc<ConnectionSignal>>,
 }
 
-fn generated_client_id() -> String {
+impl BrokerState {
+    /// Whether a will as sent in CONNECT may be accepted.
+    fn check_will(&self, will: &Will) -> Result<(), ReasonCode> {
+        topic::validate_name(&will.topic, self.topic_limits())
+            .map_err(|_| ReasonCode::TOPIC_NAME_INVALID)?;
+        if will.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&will.payload).is_err()
+        {
+            return Err(ReasonCode::PAYLOAD_FORMAT_INVALID);
+        }
+        if let Some(response_topic) = &will.properties.response_topic {
+            topic::validate_name(response_topic, self.topic_limits())
+                .map_err(|_| ReasonCode::PROTOCOL_ERROR)?;
+        }
+        Ok(())
+    }
+
+    /// The longest a session may outlive its connection: the v5 cap and the
+    /// expiry of persistent sessions, whichever is shorter.
+    pub(super) fn max_session_expiry(&self) -> u32 {
+        let limits = &self.settings.limits;
+        limits
+            .max_session_expiry_secs
+            .min(limits.persistent_session_expiry.seconds())
+    }
+}
+
+fn generated_client_id(now_ms: u64) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("petrel-{:x}-{n}", now_ms())
+    format!("petrel-{now_ms:x}-{n}")
+}
+
+/// What attaching to the session map decided.
+struct Attached {
+    session: Arc<Session>,
+    session_present: bool,
+    previous: Option<Arc<ConnectionSignal>>,
+    /// Wills of the connection or session this one replaced that are due now.
+    wills: Vec<Will>,
 }
 
 impl Client {
     /// Accepts or refuses a CONNECT. On success the client is attached to its
-    /// session, taking over any earlier connection. Returns the client, the
-    /// receiver that fires when a later connection takes this one over, and,
-    /// when this one took another over, the signal that the old connection has
-    /// finished: wait for it, then call `resume`.
-    pub fn connect(broker: &Arc<BrokerState>, connect: Connect) -> Result<Connected, Refusal> {
+    /// session, taking over any earlier connection.
+    pub fn connect(
+        broker: &Arc<BrokerState>,
+        connect: Connect,
+        now_ms: u64,
+    ) -> Result<Connected, Refusal> {
         let version = connect.version;
         let limits = &broker.settings.limits;
+        if broker.is_shutting_down() {
+            return Err(refuse(version, ReasonCode::SERVER_UNAVAILABLE));
+        }
         if !broker.settings.allow_anonymous && connect.username.is_none() {
             return Err(refuse(version, ReasonCode::NOT_AUTHORIZED));
         }
@@ -81,7 +114,9 @@ impl Client {
             return Err(refuse(version, ReasonCode::BAD_AUTHENTICATION_METHOD));
         }
         if let Some(will) = &connect.will {
-            check_will(broker, will).map_err(|reason| refuse(version, reason))?;
+            broker
+                .check_will(will)
+                .map_err(|reason| refuse(version, reason))?;
         }
         let mut properties = ConnAckProperties::default();
         let client_id = if connect.client_id.is_empty() {
@@ -89,7 +124,7 @@ impl Client {
             if version == Version::V311 && !connect.clean_start {
                 return Err(refuse(version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
             }
-            let id = generated_client_id();
+            let id = generated_client_id(now_ms);
             if version == Version::V5 {
                 properties.assigned_client_identifier = Some(id.clone());
             }
@@ -97,11 +132,14 @@ impl Client {
         } else {
             connect.client_id.clone()
         };
+        let max_expiry = broker.max_session_expiry();
         let expiry_secs = match version {
             Version::V311 if connect.clean_start => 0,
-            Version::V311 => u32::MAX,
+            // A 3.1.1 persistent session lives as long as persistent
+            // sessions may (Mosquitto's persistent_client_expiration).
+            Version::V311 => max_expiry,
             Version::V5 => {
-                let granted = connect.session_expiry.min(limits.max_session_expiry_secs);
+                let granted = connect.session_expiry.min(max_expiry);
                 if granted != connect.session_expiry {
                     properties.session_expiry_interval = Some(granted);
                 }
@@ -116,45 +154,52 @@ impl Client {
         }
 
         let connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        let (kick, kicked) = oneshot::channel();
+        let signal = Arc::new(ConnectionSignal::default());
         let link = ConnectionLink {
             id: connection_id,
-            kick,
+            signal: signal.clone(),
         };
         let client_id: Arc<str> = client_id.into();
-        let (session, session_present, replaced) =
-            attach_session(broker, &client_id, connect.clean_start, link);
-        let previous_finished = replaced.map(|old| {
-            let (done, finished) = oneshot::channel();
-            // The old task may already be gone; then `finished` fires at once.
-            let _ = old.kick.send(Takeover {
-                reason: ReasonCode::SESSION_TAKEN_OVER,
-                done,
-            });
-            finished
-        });
-
         let window = connect.receive_maximum.min(limits.max_inflight);
-        {
-            let mut state = session.lock();
-            Session::set_expiry(&mut state, &session, expiry_secs);
-            state.outbound.set_window(window);
+        let will = connect.will.map(Box::new);
+        let Some(attached) =
+            broker.attach(&client_id, connect.clean_start, link, |state, session| {
+                Session::set_expiry(state, session, expiry_secs);
+                state.outbound.set_window(window);
+                state.will = will;
+            })
+        else {
+            broker.metrics.connection_refused();
+            tracing::warn!(client_id = %client_id, max_sessions = limits.max_sessions, "session limit reached: CONNECT refused");
+            return Err(refuse(
+                version,
+                match version {
+                    Version::V5 => ReasonCode::QUOTA_EXCEEDED,
+                    Version::V311 => ReasonCode::SERVER_UNAVAILABLE,
+                },
+            ));
+        };
+        for will in attached.wills {
+            broker.publish_will(&client_id, will, now_ms);
         }
-        let written = broker.persist_session(&session, None, connect.will.as_ref());
 
         let mut client = Client {
             broker: broker.clone(),
-            session,
+            session: attached.session,
             connection_id,
             version,
             keep_alive,
-            will: connect.will,
             connected_with_zero_expiry: expiry_secs == 0,
-            topic_aliases: HashMap::new(),
+            topic_aliases: Vec::new(),
             problem_information: connect.request_problem_information,
             outgoing: Vec::new(),
-            durable_after: written,
+            ticket: Default::default(),
         };
+        let ticket = {
+            let mut state = client.session.lock();
+            broker.persist_session(&client.session, &mut state)
+        };
+        client.wait_for(ticket);
         if version == Version::V5 {
             properties.receive_maximum = Some(limits.receive_maximum);
             properties.maximum_packet_size = Some(limits.max_packet_size);
@@ -168,7 +213,7 @@ impl Client {
             }
         }
         client.outgoing.push(Packet::ConnAck(ConnAck {
-            session_present,
+            session_present: attached.session_present,
             reason: ReasonCode::SUCCESS,
             properties,
         }));
@@ -176,80 +221,155 @@ impl Client {
             client_id = %client_id,
             ?version,
             clean_start = connect.clean_start,
-            session_present,
+            session_present = attached.session_present,
             keep_alive,
             "client connected"
         );
         Ok(Connected {
             client,
-            kicked,
-            previous_finished,
+            signal,
+            previous: attached.previous,
         })
     }
 
     /// Queues the inflight messages to send again after the CONNACK
-    /// [MQTT-4.4.0-1]. Called once any taken-over connection has finished, so
-    /// that acknowledgements it had already received count.
-    pub fn resume(&mut self) {
-        let resend = self.session.lock().outbound.resend(now_ms());
+    /// [MQTT-4.4.0-1]. Called once any taken-over connection has finished
+    /// (or stopped being waited for), so that acknowledgements it had
+    /// already received count; from here on it may apply none.
+    pub fn resume(&mut self, now_ms: u64) {
+        let Ok(mut state) = self.current() else {
+            return;
+        };
+        state.draining = None;
+        let resend = state.outbound.resend(now_ms);
+        drop(state);
         self.outgoing.extend(resend);
     }
 }
 
-/// An accepted CONNECT.
-pub struct Connected {
-    pub client: Client,
-    pub kicked: oneshot::Receiver<Takeover>,
-    pub previous_finished: Option<oneshot::Receiver<()>>,
-}
-
-/// Finds or creates the session for `client_id` and attaches the new
-/// connection to it, under the session map's entry lock so that two CONNECTs
-/// with one client id are ordered. Returns the session, whether it was
-/// resumed, and the link of the connection it took over, if any.
-fn attach_session(
-    broker: &Arc<BrokerState>,
-    client_id: &Arc<str>,
-    clean_start: bool,
-    link: ConnectionLink,
-) -> (Arc<Session>, bool, Option<ConnectionLink>) {
-    let fresh = || Arc::new(Session::new(client_id.clone(), broker.session_config()));
-    match broker.sessions.entry(client_id.clone()) {
-        Entry::Occupied(entry) if !clean_start => {
-            let session = entry.get().clone();
-            let replaced = Session::attach(&mut session.lock(), &session, link);
-            (session, true, replaced)
+impl BrokerState {
+    /// Finds or creates the session for `client_id` and attaches the new
+    /// connection, under the session map's entry lock so that CONNECTs,
+    /// expiry and the end of a session for one client id are ordered.
+    /// `setup` runs on the locked session once attached. `None`: a new
+    /// session would pass `max_sessions`.
+    fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        link: ConnectionLink,
+        setup: impl FnOnce(&mut crate::session::SessionState, &Session),
+    ) -> Option<Attached> {
+        let fresh = || Arc::new(Session::new(client_id.clone(), self.session_config()));
+        let mut wills = Vec::new();
+        let (session, session_present, previous) = match self.sessions.entry(client_id.clone()) {
+            Entry::Occupied(entry) if !clean_start => {
+                let session = entry.get().clone();
+                let mut state = session.lock();
+                for timer in state.take_timers() {
+                    self.timers.cancel(timer);
+                }
+                let replaced = Session::attach(&mut state, &session, link);
+                // The old connection's will goes out now if it has no delay;
+                // a delayed one (or one whose delay was running) is cancelled
+                // by this connection [MQTT-3.1.3-9].
+                if let Some(will) = state.will.take()
+                    && replaced.is_some()
+                    && will.delay_interval == 0
+                {
+                    wills.push(*will);
+                }
+                setup(&mut state, &session);
+                drop(state);
+                (session, true, replaced.map(|old| old.signal))
+            }
+            Entry::Occupied(mut entry) => {
+                let session = fresh();
+                let mut state = session.lock();
+                Session::attach(&mut state, &session, link);
+                setup(&mut state, &session);
+                drop(state);
+                let old = std::mem::replace(entry.get_mut(), session.clone());
+                let (previous, will) = self.discard(&old);
+                drop(entry);
+                wills.extend(will);
+                (session, false, previous)
+            }
+            Entry::Vacant(entry) => {
+                if !self.reserve_session() {
+                    return None;
+                }
+                let session = fresh();
+                let mut state = session.lock();
+                Session::attach(&mut state, &session, link);
+                setup(&mut state, &session);
+                drop(state);
+                entry.insert(session.clone());
+                (session, false, None)
+            }
+        };
+        if let Some(previous) = &previous {
+            previous.take_over();
         }
-        Entry::Occupied(mut entry) => {
-            let session = fresh();
-            Session::attach(&mut session.lock(), &session, link);
-            let old = std::mem::replace(entry.get_mut(), session.clone());
-            drop(entry);
-            let replaced = old.lock().connection.take();
-            discard_session(broker, &old);
-            (session, false, replaced)
-        }
-        Entry::Vacant(entry) => {
-            let session = fresh();
-            Session::attach(&mut session.lock(), &session, link);
-            entry.insert(session.clone());
-            (session, false, None)
-        }
+        Some(Attached {
+            session,
+            session_present,
+            previous,
+            wills,
+        })
     }
-}
 
-/// Drops what a session replaced by clean start held: its subscriptions
-/// and its stored record.
-pub(super) fn discard_session(broker: &BrokerState, old: &Arc<Session>) {
-    let filters: Vec<String> = old.lock().subscriptions.drain().map(|(f, _)| f).collect();
-    for raw in filters {
-        if let Ok(parsed) = topic::parse_filter(&raw, broker.topic_limits()) {
-            broker
-                .index
-                .unsubscribe(parsed.filter, parsed.share_group, old.client_id());
+    /// Ends a session that is no longer in the session map (or is being
+    /// replaced in it, with the entry locked): nothing may change it any
+    /// more, its subscriptions leave the index, its stored record goes, and
+    /// its timers are cancelled. Returns the connection still serving it
+    /// (told to close) and its will, due now that the session ended.
+    pub(super) fn discard(
+        &self,
+        session: &Arc<Session>,
+    ) -> (Option<Arc<ConnectionSignal>>, Option<Will>) {
+        let mut state = session.lock();
+        let link = Session::end(&mut state, session);
+        for timer in state.take_timers() {
+            self.timers.cancel(timer);
         }
+        for raw in state.take_subscriptions() {
+            if let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits()) {
+                self.index
+                    .unsubscribe(parsed.filter, parsed.share_group, session);
+            }
+        }
+        if std::mem::take(&mut state.stored) {
+            // Appended under the session map's entry lock, so it precedes
+            // the record of any new session with this client id.
+            self.journal
+                .append(Record::DeleteSession(session.client_id().clone()));
+        }
+        let will = state.will.take().map(|will| *will);
+        drop(state);
+        let signal = link.map(|link| {
+            link.signal.take_over();
+            link.signal
+        });
+        (signal, will)
     }
-    if let Err(error) = broker.store.delete_session(old.client_id()) {
-        tracing::error!(%error, client_id = %old.client_id(), "cannot delete stored session");
+
+    /// Arms a timer and remembers it in the session so that an attach can
+    /// cancel it.
+    pub(super) fn arm_session_timer(
+        &self,
+        state: &mut crate::session::SessionState,
+        deadline: u64,
+        event: TimerEvent,
+    ) {
+        let id = self.timers.arm(deadline, event.clone());
+        let slot = match event {
+            TimerEvent::SessionExpiry { .. } => &mut state.expiry_timer,
+            TimerEvent::WillDelay { .. } => &mut state.will_timer,
+            TimerEvent::RetainedExpiry { .. } => return,
+        };
+        if let Some(old) = slot.replace(id) {
+            self.timers.cancel(old);
+        }
     }
 }

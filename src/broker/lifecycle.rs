@@ -1,162 +1,176 @@
-//! What happens when a connection ends: the will (with its delay), and the
-//! session's expiry.
+//! What happens when a connection ends and when the broker's timers fire:
+//! the will (with its delay), the session's expiry, retained expiry.
+//!
+//! Every decision that a CONNECT could race with (end the session, publish
+//! a delayed will) is taken under the lock the CONNECT's attach takes: the
+//! session map entry and the session's own lock.
 
 use std::sync::Arc;
-use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
 
 use super::client::{Client, Close};
-use super::{BrokerState, now_ms};
-use crate::protocol::Will;
-use crate::router::Message;
+use super::{BrokerState, TimerEvent};
+use crate::protocol::{Message, Will};
 use crate::session::Session;
+use crate::store::Record;
 
 impl Client {
     /// Detaches from the session and applies the will and expiry rules.
-    pub fn finish(self, close: Close) {
-        let now = now_ms();
-        let (was_current, expiry_secs) = {
-            let mut state = self.session.lock();
-            let was_current = Session::detach(&mut state, &self.session, self.connection_id);
-            (was_current, state.expiry_secs)
-        };
+    pub fn finish(self, close: Close, now_ms: u64) {
         let publish_will = match close {
             Close::ByClient { publish_will } => publish_will,
-            Close::ByServer(_) | Close::Lost => true,
+            Close::ByServer(_) | Close::Lost | Close::Stalled => true,
         };
         tracing::info!(client_id = %self.client_id(), ?close, "client disconnected");
-        let will = self.will.filter(|_| publish_will);
-
-        if !was_current {
-            // Taken over. The session lives on in the new connection unless
-            // clean start replaced it; a delayed will is cancelled by the new
-            // connection [MQTT-3.1.3-9], so only an undelayed one goes out.
-            if let Some(will) = will {
-                let session_ended = !self
-                    .broker
-                    .sessions
-                    .get(self.session.client_id())
-                    .is_some_and(|current| Arc::ptr_eq(&current, &self.session));
-                if will.delay_interval == 0 || session_ended {
-                    publish_will_message(&self.broker, self.session.client_id(), will, now);
+        let broker = &self.broker;
+        let client_id = self.session.client_id().clone();
+        let mut wills = Vec::new();
+        match broker.sessions.entry(client_id.clone()) {
+            Entry::Occupied(entry) if Arc::ptr_eq(entry.get(), &self.session) => {
+                let mut state = self.session.lock();
+                if !Session::detach(&mut state, &self.session, self.connection_id) {
+                    // Taken over: the attach dealt with this connection's will.
+                    return;
+                }
+                let will = state.will.take().filter(|_| publish_will);
+                if state.expiry_secs == 0 {
+                    drop(state);
+                    let session = entry.remove();
+                    broker.release_session();
+                    broker.discard(&session);
+                    wills.extend(will.map(|w| *w));
+                } else {
+                    drop(entry);
+                    state.disconnected_at_ms = Some(now_ms);
+                    let generation = state.generation;
+                    match will {
+                        Some(will) if will.delay_interval.min(state.expiry_secs) > 0 => {
+                            let delay = u64::from(will.delay_interval.min(state.expiry_secs));
+                            // Kept with the session, so a restart still sends it.
+                            state.will = Some(will);
+                            broker.arm_session_timer(
+                                &mut state,
+                                now_ms + delay * 1000,
+                                TimerEvent::WillDelay {
+                                    client_id: client_id.clone(),
+                                    generation,
+                                },
+                            );
+                        }
+                        will => wills.extend(will.map(|w| *w)),
+                    }
+                    if state.expiry_secs != u32::MAX {
+                        let deadline = now_ms + u64::from(state.expiry_secs) * 1000;
+                        broker.arm_session_timer(
+                            &mut state,
+                            deadline,
+                            TimerEvent::SessionExpiry {
+                                client_id: client_id.clone(),
+                                generation,
+                            },
+                        );
+                    }
+                    broker.persist_session(&self.session, &mut state);
                 }
             }
-            return;
+            _ => {
+                // The session was replaced (clean start) or ended while this
+                // connection was closing; `discard` dealt with the will.
+                let mut state = self.session.lock();
+                Session::detach(&mut state, &self.session, self.connection_id);
+            }
         }
+        for will in wills {
+            broker.publish_will(&client_id, will, now_ms);
+        }
+    }
+}
 
-        if expiry_secs == 0 {
-            self.broker.end_session(&self.session);
-            if let Some(will) = will {
-                publish_will_message(&self.broker, self.session.client_id(), will, now);
-            }
-            return;
-        }
-        match will {
-            Some(will) if will.delay_interval.min(expiry_secs) > 0 => {
-                // Stored with the session, so a restart still sends it.
-                self.broker
-                    .persist_session(&self.session, Some(now), Some(&will));
-                schedule_will(self.broker.clone(), self.session.clone(), will, now);
-            }
-            will => {
-                self.broker.persist_session(&self.session, Some(now), None);
-                if let Some(will) = will {
-                    publish_will_message(&self.broker, self.session.client_id(), will, now);
+impl BrokerState {
+    /// Handles a timer that came due.
+    pub fn on_timer(&self, event: TimerEvent, now_ms: u64) {
+        match event {
+            TimerEvent::SessionExpiry {
+                client_id,
+                generation,
+            } => self.expire_session(&client_id, generation, now_ms),
+            TimerEvent::WillDelay {
+                client_id,
+                generation,
+            } => self.will_delay_passed(&client_id, generation, now_ms),
+            TimerEvent::RetainedExpiry { topic, expires_at } => {
+                let mut trie = self.retained.write();
+                let due = trie
+                    .get(&topic)
+                    .is_some_and(|m| m.expires_at == Some(expires_at) && m.is_expired(now_ms));
+                if due {
+                    trie.remove(&topic);
+                    self.journal.append(Record::DeleteRetained(topic));
                 }
             }
         }
-        schedule_expiry(self.broker.clone(), self.session.clone(), now);
     }
-}
 
-/// Publishes a disconnected session's will once its delay (capped by the
-/// session's expiry) has passed since `disconnected_at_ms`, unless a client
-/// reattached meanwhile [MQTT-3.1.3-9].
-pub(super) fn schedule_will(
-    broker: Arc<BrokerState>,
-    session: Arc<Session>,
-    will: Will,
-    disconnected_at_ms: u64,
-) {
-    let (expiry_secs, generation) = {
-        let state = session.lock();
-        (state.expiry_secs, state.generation)
-    };
-    let delay_ms = u64::from(will.delay_interval.min(expiry_secs)) * 1000;
-    let wait = Duration::from_millis((disconnected_at_ms + delay_ms).saturating_sub(now_ms()));
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        if !still_detached(&session, generation) {
+    /// Ends a disconnected session whose expiry has passed, unless a client
+    /// attached since the timer was armed.
+    fn expire_session(&self, client_id: &Arc<str>, generation: u64, now_ms: u64) {
+        let Entry::Occupied(entry) = self.sessions.entry(client_id.clone()) else {
             return;
+        };
+        {
+            let state = entry.get().lock();
+            if state.generation != generation || state.connection.is_some() {
+                return;
+            }
         }
-        publish_will_message(&broker, session.client_id(), will, now_ms());
-        let registered = broker
-            .sessions
-            .get(session.client_id())
-            .is_some_and(|current| Arc::ptr_eq(&current, &session));
-        if registered {
-            broker.persist_session(&session, Some(disconnected_at_ms), None);
+        let session = entry.remove();
+        self.release_session();
+        let (_, will) = self.discard(&session);
+        tracing::info!(client_id = %client_id, "session expired");
+        self.metrics.session_expired();
+        if let Some(will) = will {
+            self.publish_will(client_id, will, now_ms);
         }
-    });
-}
-
-/// Whether no connection has attached since `generation`.
-fn still_detached(session: &Session, generation: u64) -> bool {
-    let state = session.lock();
-    state.generation == generation && state.connection.is_none()
-}
-
-/// Ends a disconnected persistent session once its expiry interval has
-/// passed since `disconnected_at_ms`, unless a client reattached meanwhile.
-pub(super) fn schedule_expiry(
-    broker: Arc<BrokerState>,
-    session: Arc<Session>,
-    disconnected_at_ms: u64,
-) {
-    let (expiry_secs, generation) = {
-        let state = session.lock();
-        (state.expiry_secs, state.generation)
-    };
-    if expiry_secs == u32::MAX {
-        return;
     }
-    let deadline = disconnected_at_ms + u64::from(expiry_secs) * 1000;
-    let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        if still_detached(&session, generation) {
-            tracing::info!(client_id = %session.client_id(), "session expired");
-            broker.end_session(&session);
-        }
-    });
-}
 
-pub(super) fn publish_will_message(
-    broker: &BrokerState,
-    publisher: &Arc<str>,
-    will: Will,
-    now: u64,
-) {
-    let mut properties = will.properties;
-    let expires_at = properties
-        .message_expiry_interval
-        .take()
-        .map(|secs| now + u64::from(secs) * 1000);
-    let message = Arc::new(Message {
-        topic: will.topic.as_str().into(),
-        payload: will.payload,
-        qos: will.qos,
-        retain: will.retain,
-        properties,
-        expires_at,
-        publisher: Some(publisher.clone()),
-    });
-    tracing::debug!(client_id = %publisher, topic = %message.topic, "publishing will");
-    if message.retain
-        && let Err(error) = broker.retain(&message)
-    {
-        tracing::error!(%error, topic = %message.topic, "cannot store retained will");
+    /// Publishes a disconnected session's will once its delay has passed,
+    /// unless a client attached meanwhile [MQTT-3.1.3-9].
+    fn will_delay_passed(&self, client_id: &Arc<str>, generation: u64, now_ms: u64) {
+        let Some(session) = self.session(client_id) else {
+            return;
+        };
+        let will = {
+            let mut state = session.lock();
+            if state.generation != generation || state.connection.is_some() || state.ended {
+                return;
+            }
+            state.will_timer = None;
+            let will = state.will.take();
+            self.persist_session(&session, &mut state);
+            will
+        };
+        if let Some(will) = will {
+            self.publish_will(client_id, *will, now_ms);
+        }
     }
-    if let Err(error) = broker.route(&message, None) {
-        tracing::error!(%error, client_id = %publisher, "cannot store will copies: will not delivered");
+
+    /// Publishes a will on behalf of `publisher`.
+    pub(super) fn publish_will(&self, publisher: &Arc<str>, will: Will, now_ms: u64) {
+        let mut properties = will.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| now_ms + u64::from(secs) * 1000);
+        tracing::debug!(client_id = %publisher, topic = %will.topic, "publishing will");
+        self.publish_internal(Message {
+            topic: will.topic.as_str().into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            publisher: Some(publisher.clone()),
+        });
     }
 }

@@ -8,8 +8,19 @@ pub struct Metrics {
     messages_sent: AtomicU64,
     messages_dropped: AtomicU64,
     messages_expired: AtomicU64,
+    publishes_refused: AtomicU64,
+    retained_refused: AtomicU64,
     connections_current: AtomicU64,
     connections_refused: AtomicU64,
+    slow_consumers_closed: AtomicU64,
+    sessions_expired: AtomicU64,
+}
+
+/// One log line per power of two keeps a flood of events from flooding the
+/// log.
+fn count_and_maybe_log(counter: &AtomicU64) -> Option<u64> {
+    let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    total.is_power_of_two().then_some(total)
 }
 
 impl Metrics {
@@ -27,12 +38,29 @@ impl Metrics {
     pub fn messages_expired(&self) -> u64 {
         self.messages_expired.load(Ordering::Relaxed)
     }
+    /// Publishes refused for a limit or a full store (v5 0x97).
+    pub fn publishes_refused(&self) -> u64 {
+        self.publishes_refused.load(Ordering::Relaxed)
+    }
+    /// Retained messages not kept because of the retained limits.
+    pub fn retained_refused(&self) -> u64 {
+        self.retained_refused.load(Ordering::Relaxed)
+    }
     pub fn connections_current(&self) -> u64 {
         self.connections_current.load(Ordering::Relaxed)
     }
-    /// Sockets closed at accept because `max_connections` was reached.
+    /// Connections refused at accept (`max_connections`) or at CONNECT
+    /// (`max_sessions`).
     pub fn connections_refused(&self) -> u64 {
         self.connections_refused.load(Ordering::Relaxed)
+    }
+    /// Connections closed because the client stopped reading.
+    pub fn slow_consumers_closed(&self) -> u64 {
+        self.slow_consumers_closed.load(Ordering::Relaxed)
+    }
+    /// Sessions ended by their expiry.
+    pub fn sessions_expired(&self) -> u64 {
+        self.sessions_expired.load(Ordering::Relaxed)
     }
 
     pub(crate) fn message_received(&self) {
@@ -42,22 +70,49 @@ impl Metrics {
         self.messages_sent.fetch_add(count, Ordering::Relaxed);
     }
     pub(crate) fn message_dropped(&self, client_id: &str) {
-        let total = self.messages_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        // One line per power of two keeps a flood of drops from flooding the log.
-        if total.is_power_of_two() {
+        if let Some(total) = count_and_maybe_log(&self.messages_dropped) {
             tracing::warn!(client_id, total, "session queue full: message dropped");
         }
     }
     pub(crate) fn messages_expired_add(&self, count: u64) {
         self.messages_expired.fetch_add(count, Ordering::Relaxed);
     }
-    pub(crate) fn connection_opened(&self) -> u64 {
-        self.connections_current.fetch_add(1, Ordering::Relaxed) + 1
+    pub(crate) fn publish_refused(&self, client_id: &str) {
+        if let Some(total) = count_and_maybe_log(&self.publishes_refused) {
+            tracing::warn!(client_id, total, "publish refused: quota exceeded");
+        }
+    }
+    pub(crate) fn retained_refusal(&self) {
+        if let Some(total) = count_and_maybe_log(&self.retained_refused) {
+            tracing::warn!(total, "retained message not kept: retained limit reached");
+        }
+    }
+    /// Counts an open connection; false (and counted as refused) when that
+    /// would pass `max`.
+    pub(crate) fn try_open_connection(&self, max: u64) -> bool {
+        let opened = self
+            .connections_current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current < max).then_some(current + 1)
+            })
+            .is_ok();
+        if !opened {
+            self.connection_refused();
+        }
+        opened
     }
     pub(crate) fn connection_closed(&self) {
         self.connections_current.fetch_sub(1, Ordering::Relaxed);
     }
     pub(crate) fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn slow_consumer_closed(&self, client_id: &str) {
+        if let Some(total) = count_and_maybe_log(&self.slow_consumers_closed) {
+            tracing::warn!(client_id, total, "closing a client that stopped reading");
+        }
+    }
+    pub(crate) fn session_expired(&self) {
+        self.sessions_expired.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -3,17 +3,21 @@
 
 use std::sync::Arc;
 
-use super::Routed;
+use bytes::Bytes;
+
 use super::client::{Client, Close};
-use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, Version};
-use crate::router::Message;
-use crate::store::StoreError;
+use crate::protocol::{Ack, Message, Packet, Publish, QoS, ReasonCode, Version};
+use crate::store::Ticket;
 use crate::topic;
+
+/// Payloads below this size are copied out of the read buffer, so a small
+/// message kept in a queue does not keep a whole buffer alive.
+const COPY_PAYLOAD_BELOW: usize = 64 * 1024;
 
 impl Client {
     pub(super) fn on_publish(&mut self, mut publish: Publish, now_ms: u64) -> Result<(), Close> {
-        self.resolve_topic_alias(&mut publish)?;
-        if topic::validate_name(&publish.topic, self.broker.topic_limits()).is_err() {
+        let topic = self.resolve_topic_alias(&mut publish)?;
+        if topic::validate_name(&topic, self.broker.topic_limits()).is_err() {
             return Err(Close::ByServer(ReasonCode::TOPIC_NAME_INVALID));
         }
         if let Some(response_topic) = &publish.properties.response_topic
@@ -31,113 +35,150 @@ impl Client {
             return match publish.qos {
                 QoS::AtMostOnce => Err(Close::ByServer(ReasonCode::PAYLOAD_FORMAT_INVALID)),
                 QoS::AtLeastOnce | QoS::ExactlyOnce => {
-                    let mut ack = Ack::new(publish.packet_id, ReasonCode::PAYLOAD_FORMAT_INVALID);
-                    ack.reason_string = self.reason_string("payload is not valid UTF-8");
-                    self.outgoing.push(match publish.qos {
-                        QoS::AtLeastOnce => Packet::PubAck(ack),
-                        _ => Packet::PubRec(ack),
-                    });
+                    let reason_string = self.reason_string("payload is not valid UTF-8");
+                    self.acknowledge(&publish, ReasonCode::PAYLOAD_FORMAT_INVALID, reason_string);
                     Ok(())
                 }
             };
         }
 
-        if publish.qos == QoS::ExactlyOnce {
-            let mut state = self.session.lock();
-            let receive_maximum = usize::from(self.broker.settings.limits.receive_maximum);
-            let first_time = state.receive_qos2(publish.packet_id);
-            if first_time && state.inbound_qos2_pending() > receive_maximum {
-                state.release_qos2(publish.packet_id);
-                return Err(Close::ByServer(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
-            }
-            drop(state);
-            if !first_time {
-                // Re-sent before PUBREL: acknowledge again, route nothing.
-                self.outgoing.push(Packet::PubRec(Ack::new(
-                    publish.packet_id,
-                    ReasonCode::SUCCESS,
-                )));
-                return Ok(());
+        {
+            let mut state = self.current()?;
+            if publish.qos == QoS::ExactlyOnce {
+                match state.receive_qos2(publish.packet_id) {
+                    Err(ticket) => {
+                        // Re-sent before PUBREL: acknowledged again, routed
+                        // nothing, and only once the first copy is durable.
+                        drop(state);
+                        self.wait_for(ticket);
+                        self.acknowledge(&publish, ReasonCode::SUCCESS, None);
+                        return Ok(());
+                    }
+                    Ok(()) => {
+                        let receive_maximum =
+                            usize::from(self.broker.settings.limits.receive_maximum);
+                        if state.inbound_qos2_pending() > receive_maximum {
+                            state.release_qos2(publish.packet_id);
+                            return Err(Close::ByServer(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+                        }
+                    }
+                }
             }
         }
 
+        let payload = if publish.payload.len() < COPY_PAYLOAD_BELOW {
+            Bytes::copy_from_slice(&publish.payload)
+        } else {
+            publish.payload.clone()
+        };
         let message = Arc::new(Message {
-            topic: publish.topic.as_str().into(),
-            payload: publish.payload,
+            topic,
+            payload,
             qos: publish.qos,
             retain: publish.retain,
             expires_at: publish
                 .properties
                 .message_expiry_interval
+                .take()
                 .map(|secs| now_ms + u64::from(secs) * 1000),
-            properties: publish.properties,
+            properties: std::mem::take(&mut publish.properties),
             publisher: Some(self.session.client_id().clone()),
         });
-        let routed = self.store_and_route(&message, publish.qos, publish.packet_id);
-        let reason = match routed {
-            Ok(routed) => {
-                self.wait_for(routed.durable_after);
-                if routed.receivers == 0 && self.version == Version::V5 {
+        match self.store_and_route(&message, publish.packet_id) {
+            Ok((receivers, ticket)) => {
+                if publish.qos == QoS::ExactlyOnce {
+                    self.session
+                        .lock()
+                        .set_qos2_ticket(publish.packet_id, ticket);
+                }
+                self.wait_for(ticket);
+                let reason = if receivers == 0 && self.version == Version::V5 {
                     ReasonCode::NO_MATCHING_SUBSCRIBERS
                 } else {
                     ReasonCode::SUCCESS
-                }
+                };
+                self.acknowledge(&publish, reason, None);
+                Ok(())
             }
-            Err(error) => {
-                tracing::error!(%error, topic = %message.topic, "publish refused: cannot store it");
+            Err(refusal) => {
                 if publish.qos == QoS::ExactlyOnce {
                     self.session.lock().release_qos2(publish.packet_id);
                 }
-                let reason = match error {
-                    StoreError::Full(_) => ReasonCode::QUOTA_EXCEEDED,
-                    _ => ReasonCode::UNSPECIFIED_ERROR,
-                };
+                self.broker.metrics.publish_refused(self.client_id());
                 // 3.1.1 acks carry no failure: closing without one makes the
                 // client send the message again later [MQTT-4.4.0-1].
                 if self.version == Version::V311 && publish.qos != QoS::AtMostOnce {
-                    return Err(Close::ByServer(reason));
+                    return Err(Close::ByServer(refusal.reason));
                 }
-                self.broker
-                    .metrics
-                    .message_dropped(self.session.client_id());
-                reason
+                let reason_string = self.reason_string(refusal.text);
+                self.acknowledge(&publish, refusal.reason, reason_string);
+                Ok(())
             }
+        }
+    }
+
+    /// PUBACK or PUBREC for a QoS 1/2 PUBLISH (nothing for QoS 0).
+    fn acknowledge(
+        &mut self,
+        publish: &Publish,
+        reason: ReasonCode,
+        reason_string: Option<String>,
+    ) {
+        let ack = Ack {
+            packet_id: publish.packet_id,
+            reason,
+            reason_string,
         };
         match publish.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self
-                .outgoing
-                .push(Packet::PubAck(Ack::new(publish.packet_id, reason))),
-            QoS::ExactlyOnce => self
-                .outgoing
-                .push(Packet::PubRec(Ack::new(publish.packet_id, reason))),
+            QoS::AtLeastOnce => self.outgoing.push(Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.outgoing.push(Packet::PubRec(ack)),
         }
-        Ok(())
     }
 
-    /// Stores the message where it must survive (retained, copies for
-    /// persistent subscribers, this session's QoS 2 packet id) and routes it.
+    /// Retains (when asked) and routes an accepted message, journalling what
+    /// must survive: the retained message, copies for persistent
+    /// subscribers, and this session's QoS 2 packet id. Checks every limit
+    /// first, so a refused publish changes nothing. Returns the receivers
+    /// and the ticket the acknowledgement waits for.
     fn store_and_route(
         &mut self,
         message: &Arc<Message>,
-        qos: QoS,
         packet_id: u16,
-    ) -> Result<Routed, StoreError> {
-        let mut retained_write = 0;
-        if message.retain {
-            retained_write = self.broker.retain(message)?;
+    ) -> Result<(usize, Ticket), Refused> {
+        let broker = &self.broker;
+        if message.retain || message.qos != QoS::AtMostOnce {
+            broker.journal.accepting().map_err(|_| Refused {
+                reason: ReasonCode::QUOTA_EXCEEDED,
+                text: "the broker's storage is full",
+            })?;
         }
-        let inbound_qos2 = (qos == QoS::ExactlyOnce
+        let inbound_qos2 = (message.qos == QoS::ExactlyOnce
             && self.session.is_persistent()
-            && self.broker.store.keeps_messages())
-        .then(|| (&**self.session.client_id(), packet_id));
-        let mut routed = self.broker.route(message, inbound_qos2)?;
-        routed.durable_after = routed.durable_after.max(retained_write);
-        Ok(routed)
+            && broker.keeps_messages)
+            .then(|| (self.session.client_id(), packet_id));
+        if !message.retain {
+            let routed = broker.route(message, inbound_qos2);
+            return Ok((routed.receivers, routed.ticket));
+        }
+        // The retained store stays write-locked while the message is routed:
+        // a concurrent SUBSCRIBE sees it either as retained or as live.
+        let mut trie = broker.retained.write();
+        if !broker.retained_fits(&trie, message) {
+            return Err(Refused {
+                reason: ReasonCode::QUOTA_EXCEEDED,
+                text: "retained message limit reached",
+            });
+        }
+        let retained = broker.retain(&mut trie, message);
+        let routed = broker.route(message, inbound_qos2);
+        drop(trie);
+        Ok((routed.receivers, routed.ticket.max(retained)))
     }
 
-    /// Replaces a v5 topic alias with its topic, or records a new alias.
-    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<(), Close> {
+    /// The topic of a PUBLISH, after its v5 topic alias: replaced by the
+    /// alias's topic, or recorded as the alias's new topic.
+    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<Arc<str>, Close> {
         let Some(alias) = publish.topic_alias.take() else {
             if publish.topic.is_empty() {
                 return Err(Close::ByServer(match self.version {
@@ -145,19 +186,29 @@ impl Client {
                     Version::V311 => ReasonCode::TOPIC_NAME_INVALID,
                 }));
             }
-            return Ok(());
+            return Ok(std::mem::take(&mut publish.topic).into());
         };
         if alias == 0 || alias > self.broker.settings.limits.max_topic_alias {
             return Err(Close::ByServer(ReasonCode::TOPIC_ALIAS_INVALID));
         }
+        let known = self.topic_aliases.iter_mut().find(|(a, _)| *a == alias);
         if publish.topic.is_empty() {
-            match self.topic_aliases.get(&alias) {
-                Some(topic) => publish.topic = topic.clone(),
-                None => return Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR)),
-            }
-        } else {
-            self.topic_aliases.insert(alias, publish.topic.clone());
+            return match known {
+                Some((_, topic)) => Ok(topic.clone()),
+                None => Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR)),
+            };
         }
-        Ok(())
+        let topic: Arc<str> = std::mem::take(&mut publish.topic).into();
+        match known {
+            Some((_, existing)) => *existing = topic.clone(),
+            None => self.topic_aliases.push((alias, topic.clone())),
+        }
+        Ok(topic)
     }
+}
+
+/// Why an otherwise valid publish was not accepted.
+struct Refused {
+    reason: ReasonCode,
+    text: &'static str,
 }

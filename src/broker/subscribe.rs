@@ -9,14 +9,25 @@ use crate::session::{Delivery, SubscriptionEntry};
 use crate::topic;
 
 impl Client {
+    /// Registers each filter and queues the retained messages it matches,
+    /// with the retained store read-locked and the session locked
+    /// throughout: a retained publish to a matching topic either happened
+    /// before (and is in the snapshot) or happens after (and is queued
+    /// live, behind the snapshot), and a live publish that finds the new
+    /// subscription queues behind the snapshot too.
+    ///
+    /// The subscription's user properties are not used yet; streams read
+    /// them (`stream-offset`).
     pub(super) fn on_subscribe(&mut self, subscribe: Subscribe, now_ms: u64) -> Result<(), Close> {
-        let limits = self.broker.topic_limits();
-        let max_subscriptions = self.broker.settings.limits.max_subscriptions_per_client;
+        let broker = self.broker.clone();
+        let limits = broker.topic_limits();
+        let max_subscriptions = broker.settings.limits.max_subscriptions_per_client;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
-        let mut retained = Vec::new();
         let mut reason_string = None;
-        for (raw, options) in subscribe.filters {
-            let parsed = match topic::parse_filter(&raw, limits) {
+        let retained = broker.retained.read();
+        let mut state = self.current()?;
+        for (raw, options) in &subscribe.filters {
+            let parsed = match topic::parse_filter(raw, limits) {
                 Ok(parsed) => parsed,
                 Err(error) => {
                     tracing::debug!(client_id = %self.client_id(), filter = %raw, %error, "filter refused");
@@ -29,32 +40,24 @@ impl Client {
                 // [MQTT-3.8.3-4]
                 return Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR));
             }
-            let entry = SubscriptionEntry {
-                options,
-                id: subscribe.subscription_id,
-            };
-            let existed = {
-                let mut state = self.session.lock();
-                let existed = state.subscriptions.contains_key(&raw);
-                if !existed && state.subscriptions.len() >= max_subscriptions {
-                    None
-                } else {
-                    state.subscriptions.insert(raw.clone(), entry);
-                    Some(existed)
-                }
-            };
-            let Some(existed) = existed else {
+            let existed = state.has_subscription(raw);
+            if !existed && state.subscription_count() >= max_subscriptions {
                 tracing::warn!(client_id = %self.client_id(), "subscription limit reached");
                 reason_string = self.reason_string("too many subscriptions");
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
+            }
+            let entry = SubscriptionEntry {
+                options: *options,
+                id: subscribe.subscription_id,
             };
-            self.broker.index.subscribe(
+            state.subscribe(raw, entry);
+            broker.index.subscribe(
                 parsed.filter,
                 parsed.share_group,
                 Subscriber {
                     session: self.session.clone(),
-                    options,
+                    options: *options,
                     id: subscribe.subscription_id,
                 },
             );
@@ -68,8 +71,8 @@ impl Client {
                     RetainHandling::Never => false,
                 };
             if send_retained {
-                for message in self.broker.retained.matching(parsed.filter, now_ms) {
-                    retained.push(Delivery {
+                for message in retained.matching(parsed.filter, now_ms) {
+                    let delivery = Delivery {
                         qos: message.qos.min(options.qos),
                         retain: true,
                         subscription_ids: subscribe.subscription_id.into_iter().collect(),
@@ -77,50 +80,49 @@ impl Client {
                         // Not stored: a retained message is sent again on
                         // the next subscribe, not resumed.
                         seq: None,
-                    });
+                    };
+                    broker.enqueue(&self.session, &mut state, delivery);
                 }
             }
         }
-        let written = self
-            .broker
-            .persist_session(&self.session, None, self.will.as_ref());
-        self.wait_for(written);
+        drop(retained);
+        let ticket = broker.persist_session(&self.session, &mut state);
+        drop(state);
+        self.wait_for(ticket);
         self.outgoing.push(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reasons,
             reason_string: reason_string.filter(|_| self.version == Version::V5),
         }));
-        for delivery in retained {
-            self.broker.deliver(&self.session, delivery);
-        }
         Ok(())
     }
 
-    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
-        let limits = self.broker.topic_limits();
+    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Close> {
+        let broker = self.broker.clone();
+        let limits = broker.topic_limits();
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
-        for raw in unsubscribe.filters {
-            let Ok(parsed) = topic::parse_filter(&raw, limits) else {
+        let mut state = self.current()?;
+        for raw in &unsubscribe.filters {
+            let Ok(parsed) = topic::parse_filter(raw, limits) else {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             };
-            let existed = self.session.lock().subscriptions.remove(&raw).is_some();
-            if existed {
-                self.broker
+            if state.unsubscribe(raw) {
+                broker
                     .index
-                    .unsubscribe(parsed.filter, parsed.share_group, self.client_id());
+                    .unsubscribe(parsed.filter, parsed.share_group, &self.session);
                 reasons.push(ReasonCode::SUCCESS);
             } else {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
             }
         }
-        let written = self
-            .broker
-            .persist_session(&self.session, None, self.will.as_ref());
-        self.wait_for(written);
+        let ticket = broker.persist_session(&self.session, &mut state);
+        drop(state);
+        self.wait_for(ticket);
         self.outgoing.push(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reasons,
         }));
+        Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! Framing, per-connection protocol version, and the error -> reason code map.
 
-use bytes::BytesMut;
-use mqttbytes::FixedHeader;
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use bytes::BytesMut;
+
+use super::encode::TopicForm;
 use super::{Packet, ReasonCode, Version, decode, encode};
 
 /// Why an incoming packet was refused. Each maps to exactly one reason code in
@@ -32,21 +35,6 @@ impl DecodeError {
             }
         }
     }
-
-    pub(super) fn from_codec(error: mqttbytes::Error) -> DecodeError {
-        match error {
-            mqttbytes::Error::InvalidQoS(_) => DecodeError::Malformed("QoS 3"),
-            mqttbytes::Error::PacketIdZero => DecodeError::Malformed("packet identifier 0"),
-            mqttbytes::Error::TopicNotUtf8 => DecodeError::Malformed("string is not valid UTF-8"),
-            mqttbytes::Error::InvalidPropertyType(_) => {
-                DecodeError::Malformed("property not allowed in this packet")
-            }
-            mqttbytes::Error::SubscriptionIdZero => {
-                DecodeError::Protocol("subscription identifier 0")
-            }
-            _ => DecodeError::Malformed("undecodable packet"),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -58,23 +46,43 @@ pub enum EncodeError {
 }
 
 /// Reads and writes packets for one connection. The protocol version is fixed
-/// by the CONNECT and kept: mqttbytes cannot read one version's packets with
-/// the other's decoder.
+/// by the CONNECT and kept for the connection.
 #[derive(Debug)]
 pub struct Codec {
     version: Option<Version>,
+    /// MQTT 3.1 (`MQIsdp`): 3.1.1 packets, but a CONNACK without Session
+    /// Present.
+    mqtt31: bool,
     max_incoming: usize,
     max_outgoing: usize,
+    /// v5 topic aliases for PUBLISHes to the client, once it allows some.
+    aliases: Option<Box<OutboundAliases>>,
+}
+
+/// Topic aliases the broker set up towards one client: the first
+/// `maximum` distinct topics get one, for the life of the connection
+/// [MQTT-3.3.2-7].
+#[derive(Debug)]
+struct OutboundAliases {
+    maximum: u16,
+    by_topic: HashMap<Arc<str>, u16>,
 }
 
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// How much of a frame's announced size is reserved ahead of its bytes: a
+/// header announcing a large frame does not claim that memory until the
+/// bytes actually arrive.
+const RESERVE_AHEAD: usize = 16 * 1024;
 
 impl Codec {
     pub fn new(max_incoming: u32) -> Codec {
         Codec {
             version: None,
+            mqtt31: false,
             max_incoming: max_incoming as usize,
             max_outgoing: MAX_REMAINING_LENGTH + 5,
+            aliases: None,
         }
     }
 
@@ -87,6 +95,16 @@ impl Codec {
         self.max_outgoing = max as usize;
     }
 
+    /// Lets PUBLISHes to a v5 client use up to `maximum` topic aliases.
+    pub fn set_outbound_topic_aliases(&mut self, maximum: u16) {
+        self.aliases = (maximum > 0 && self.version == Some(Version::V5)).then(|| {
+            Box::new(OutboundAliases {
+                maximum,
+                by_topic: HashMap::new(),
+            })
+        });
+    }
+
     /// The next whole packet in `buf`, `Ok(None)` if more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some((byte1, header_len, remaining)) = frame_header(buf)? else {
@@ -97,7 +115,7 @@ impl Codec {
             return Err(DecodeError::TooLarge { size });
         }
         if buf.len() < size {
-            buf.reserve(size - buf.len());
+            buf.reserve((size - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let frame = buf.split_to(size).freeze();
@@ -118,21 +136,21 @@ impl Codec {
             }
             // The version is kept as soon as it is known, so that a CONNECT
             // that fails later can still be refused in the client's format.
-            let version = decode::connect_version(body.clone())?;
+            let (version, mqtt31) = decode::connect_version(body.clone())?;
             self.version = Some(version);
+            self.mqtt31 = mqtt31;
             let connect = decode::connect(body, version)?;
             return Ok(Some(Packet::Connect(Box::new(connect))));
         };
-        let header = FixedHeader::new(byte1, header_len - 1, remaining);
         let packet = match packet_type {
             1 => return Err(DecodeError::Protocol("second CONNECT")),
-            3 => Packet::Publish(decode::publish(version, header, byte1, frame, header_len)?),
+            3 => Packet::Publish(decode::publish(version, byte1, body)?),
             4 => Packet::PubAck(decode::ack(version, body)?),
             5 => Packet::PubRec(decode::ack(version, body)?),
             6 => Packet::PubRel(decode::ack(version, body)?),
             7 => Packet::PubComp(decode::ack(version, body)?),
-            8 => Packet::Subscribe(decode::subscribe(version, header, frame, header_len)?),
-            10 => Packet::Unsubscribe(decode::unsubscribe(version, header, frame, header_len)?),
+            8 => Packet::Subscribe(decode::subscribe(version, body)?),
+            10 => Packet::Unsubscribe(decode::unsubscribe(version, body)?),
             12 => {
                 decode::empty(body)?;
                 Packet::PingReq
@@ -158,7 +176,10 @@ impl Codec {
     /// MQTT-3.4.2-2, MQTT-3.5.2-2, MQTT-3.6.2-2, MQTT-3.7.2-2, MQTT-3.9.2-1,
     /// MQTT-3.14.2-3]; petrel sends User Properties only on PUBLISH. Only
     /// a PUBLISH (or a packet too large even without them) is refused.
-    pub fn encode(&self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
+    pub fn encode(&mut self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
+        if let Packet::Deliver(deliver) = packet {
+            return self.encode_deliver(deliver, out);
+        }
         match self.encode_exact(packet, out) {
             Err(EncodeError::TooLarge { size }) => match without_reason_string(packet) {
                 Some(stripped) => self
@@ -173,7 +194,45 @@ impl Codec {
     fn encode_exact(&self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
         let start = out.len();
         let version = self.version.unwrap_or(Version::V311);
-        let result = encode::packet(version, packet, out);
+        let result = encode::packet(version, self.mqtt31, packet, out);
+        self.settle(start, result, out)
+    }
+
+    /// A PUBLISH, with a topic alias where the client allows one. An alias
+    /// counts as set up only once a PUBLISH carrying its topic was encoded.
+    fn encode_deliver(
+        &mut self,
+        deliver: &crate::protocol::Deliver,
+        out: &mut BytesMut,
+    ) -> Result<usize, EncodeError> {
+        let version = self.version.unwrap_or(Version::V311);
+        let topic = &deliver.message.topic;
+        let form = match &self.aliases {
+            None => TopicForm::Name,
+            Some(aliases) => match aliases.by_topic.get(topic) {
+                Some(&alias) => TopicForm::Alias(alias),
+                None if aliases.by_topic.len() < usize::from(aliases.maximum) => {
+                    TopicForm::NameAndAlias(aliases.by_topic.len() as u16 + 1)
+                }
+                None => TopicForm::Name,
+            },
+        };
+        let start = out.len();
+        let result = encode::deliver(version, deliver, form, out);
+        let written = self.settle(start, result, out)?;
+        if let (TopicForm::NameAndAlias(alias), Some(aliases)) = (form, &mut self.aliases) {
+            aliases.by_topic.insert(topic.clone(), alias);
+        }
+        Ok(written)
+    }
+
+    /// Cuts off what a failed or oversized encoding left in `out`.
+    fn settle(
+        &self,
+        start: usize,
+        result: Result<(), EncodeError>,
+        out: &mut BytesMut,
+    ) -> Result<usize, EncodeError> {
         let written = out.len() - start;
         match result {
             Err(error) => {
@@ -363,7 +422,8 @@ mod tests {
         level3[8] = 3;
         assert_eq!(
             decode_one(&mut Codec::new(1024), &level3),
-            Err(DecodeError::UnsupportedVersion(3))
+            Err(DecodeError::UnsupportedVersion(3)),
+            "level 3 is MQTT 3.1 only under its own name, MQIsdp"
         );
     }
 
@@ -474,27 +534,99 @@ mod tests {
         }
     }
 
+    fn deliver(topic: &str, payload: &'static [u8]) -> Packet {
+        Packet::Deliver(crate::protocol::Deliver {
+            message: std::sync::Arc::new(crate::protocol::Message {
+                topic: topic.into(),
+                payload: bytes::Bytes::from_static(payload),
+                qos: crate::protocol::QoS::AtMostOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: crate::protocol::QoS::AtMostOnce,
+            retain: false,
+            dup: false,
+            packet_id: 0,
+            subscription_ids: vec![],
+            message_expiry: None,
+        })
+    }
+
     #[test]
     fn encoding_guards_the_client_maximum_packet_size() {
         let mut codec = connected(Version::V5);
         codec.set_max_outgoing(16);
         let mut out = BytesMut::new();
-        let publish = crate::protocol::Publish {
-            dup: false,
-            qos: crate::protocol::QoS::AtMostOnce,
-            retain: false,
-            topic: "t".into(),
-            packet_id: 0,
-            topic_alias: None,
-            subscription_ids: vec![],
-            properties: Default::default(),
-            payload: bytes::Bytes::from_static(&[0; 32]),
-        };
         assert!(matches!(
-            codec.encode(&Packet::Publish(publish), &mut out),
+            codec.encode(&deliver("t", &[0; 32]), &mut out),
             Err(EncodeError::TooLarge { .. })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn outbound_topic_aliases_name_a_topic_once_then_use_the_alias() {
+        let mut codec = connected(Version::V5);
+        codec.set_outbound_topic_aliases(1);
+        let mut out = BytesMut::new();
+        codec.encode(&deliver("ab", b"1"), &mut out).unwrap();
+        // Topic "ab", property section: Topic Alias (35) = 1.
+        assert_eq!(&out[..], &[0x30, 9, 0, 2, b'a', b'b', 3, 35, 0, 1, b'1']);
+        out.clear();
+        codec.encode(&deliver("ab", b"2"), &mut out).unwrap();
+        assert_eq!(&out[..], &[0x30, 7, 0, 0, 3, 35, 0, 1, b'2']);
+        out.clear();
+        // The client allows one alias: another topic goes by name.
+        codec.encode(&deliver("cd", b"3"), &mut out).unwrap();
+        assert_eq!(&out[..], &[0x30, 6, 0, 2, b'c', b'd', 0, b'3']);
+    }
+
+    #[test]
+    fn an_alias_is_not_used_before_a_publish_naming_its_topic_went_out() {
+        let mut codec = connected(Version::V5);
+        codec.set_outbound_topic_aliases(4);
+        codec.set_max_outgoing(12);
+        let mut out = BytesMut::new();
+        assert!(codec.encode(&deliver("ab", &[0; 8]), &mut out).is_err());
+        codec.encode(&deliver("ab", b"x"), &mut out).unwrap();
+        assert_eq!(&out[..4], &[0x30, 9, 0, 2], "the topic is still named");
+    }
+
+    #[test]
+    fn v311_connections_never_get_topic_aliases() {
+        let mut codec = connected(Version::V311);
+        codec.set_outbound_topic_aliases(4);
+        let mut out = BytesMut::new();
+        codec.encode(&deliver("ab", b"1"), &mut out).unwrap();
+        codec.encode(&deliver("ab", b"1"), &mut out).unwrap();
+        assert_eq!(
+            &out[..],
+            &[
+                0x30, 5, 0, 2, b'a', b'b', b'1', 0x30, 5, 0, 2, b'a', b'b', b'1'
+            ]
+        );
+    }
+
+    #[test]
+    fn mqtt31_connect_is_accepted_and_its_connack_has_no_session_present() {
+        let mut codec = Codec::new(1024);
+        let connect = [
+            0x10, 16, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0, 0, 60, 0, 2, b'i', b'd',
+        ];
+        let Ok(Some(Packet::Connect(connect))) = decode_one(&mut codec, &connect) else {
+            panic!("MQTT 3.1 CONNECT accepted");
+        };
+        assert_eq!(connect.version, Version::V311);
+        assert!(!connect.clean_start);
+        let mut out = BytesMut::new();
+        let connack = crate::protocol::ConnAck {
+            session_present: true,
+            ..Default::default()
+        };
+        codec.encode(&Packet::ConnAck(connack), &mut out).unwrap();
+        assert_eq!(&out[..], &[0x20, 2, 0, 0]);
     }
 
     #[test]

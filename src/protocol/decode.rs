@@ -1,14 +1,13 @@
 //! Reading client packets into the internal model.
 //!
-//! PUBLISH, SUBSCRIBE and UNSUBSCRIBE are first walked here to enforce the
-//! rules mqttbytes skips (reserved bits, exact property sections, at least one
-//! filter), then decoded by mqttbytes. CONNECT, the acknowledgements and
-//! DISCONNECT are read here entirely, because mqttbytes refuses forms the
-//! specs allow: binary passwords, and v5 acks and DISCONNECT without a reason
-//! code.
+//! Every client packet is read here by hand, in one pass, enforcing the rules
+//! mqttbytes skips (reserved bits, exact property sections, at least one
+//! filter) and accepting the forms it refuses (binary passwords, MQTT 3.1,
+//! v5 acks and DISCONNECT without a reason code). mqttbytes' own v5
+//! UNSUBSCRIBE decoder prints every packet id to stderr, so it is never
+//! called.
 
 use bytes::{Buf, Bytes};
-use mqttbytes::FixedHeader;
 
 use super::codec::DecodeError;
 use super::properties::{self, Properties};
@@ -96,6 +95,11 @@ impl Reader {
         Ok(Reader::new(self.bytes.split_to(length)))
     }
 
+    /// Everything left, as one slice of the packet.
+    pub fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.bytes)
+    }
+
     fn expect_end(&self) -> Result<(), DecodeError> {
         if self.bytes.is_empty() {
             Ok(())
@@ -125,14 +129,17 @@ impl From<Properties> for MessageProperties {
     }
 }
 
-/// The protocol version a CONNECT asks for, read from its first bytes.
-pub fn connect_version(body: Bytes) -> Result<Version, DecodeError> {
+/// The protocol a CONNECT asks for, read from its first bytes: the packet
+/// format, and whether it is MQTT 3.1 (`MQIsdp`, level 3), whose packets are
+/// those of 3.1.1 but whose CONNACK has no Session Present flag.
+pub fn connect_version(body: Bytes) -> Result<(Version, bool), DecodeError> {
     let mut r = Reader::new(body);
     let name = r.string()?;
     let level = r.u8()?;
     match (name.as_str(), level) {
-        ("MQTT", 4) => Ok(Version::V311),
-        ("MQTT", 5) => Ok(Version::V5),
+        ("MQTT", 4) => Ok((Version::V311, false)),
+        ("MQTT", 5) => Ok((Version::V5, false)),
+        ("MQIsdp", 3) => Ok((Version::V311, true)),
         ("MQTT", level) | ("MQIsdp", level) => Err(DecodeError::UnsupportedVersion(level)),
         _ => Err(DecodeError::BadProtocolName),
     }
@@ -254,85 +261,50 @@ pub fn disconnect(version: Version, body: Bytes) -> Result<Disconnect, DecodeErr
     Ok(disconnect)
 }
 
-/// PUBLISH: checked here, decoded by mqttbytes.
-pub fn publish(
-    version: Version,
-    header: FixedHeader,
-    byte1: u8,
-    frame: Bytes,
-    header_len: usize,
-) -> Result<Publish, DecodeError> {
+/// PUBLISH. The payload is a slice of the frame, not a copy.
+pub fn publish(version: Version, byte1: u8, body: Bytes) -> Result<Publish, DecodeError> {
     let qos = QoS::from_bits((byte1 >> 1) & 0x03).ok_or(DecodeError::Malformed("QoS 3"))?;
     let dup = byte1 & 0x08 != 0;
     if qos == QoS::AtMostOnce && dup {
         return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
     }
-    let mut r = Reader::new(frame.slice(header_len..));
-    r.string()?;
-    if qos != QoS::AtMostOnce {
-        packet_id(&mut r)?;
-    }
-    if version == Version::V5 {
-        properties::read(&mut r, properties::PUBLISH)?;
-    }
-    match version {
-        Version::V311 => {
-            let p = mqttbytes::v4::Publish::read(header, frame).map_err(DecodeError::from_codec)?;
-            Ok(Publish {
-                dup: p.dup,
-                qos,
-                retain: p.retain,
-                topic: p.topic,
-                packet_id: p.pkid,
-                topic_alias: None,
-                subscription_ids: Vec::new(),
-                properties: MessageProperties::default(),
-                payload: p.payload,
-            })
-        }
+    let mut r = Reader::new(body);
+    let topic = r.string()?;
+    let packet_id = match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce | QoS::ExactlyOnce => packet_id(&mut r)?,
+    };
+    let (topic_alias, properties) = match version {
         Version::V5 => {
-            let p = mqttbytes::v5::Publish::read(header, frame).map_err(DecodeError::from_codec)?;
-            let (topic_alias, properties) = match p.properties {
-                Some(props) => (
-                    props.topic_alias,
-                    MessageProperties {
-                        payload_format_indicator: props.payload_format_indicator,
-                        message_expiry_interval: props.message_expiry_interval,
-                        content_type: props.content_type,
-                        response_topic: props.response_topic,
-                        correlation_data: props.correlation_data,
-                        user_properties: props.user_properties,
-                    },
-                ),
-                None => (None, MessageProperties::default()),
-            };
-            Ok(Publish {
-                dup: p.dup,
-                qos,
-                retain: p.retain,
-                topic: p.topic,
-                packet_id: p.pkid,
-                topic_alias,
-                subscription_ids: Vec::new(),
-                properties,
-                payload: p.payload,
-            })
+            let mut props = properties::read(&mut r, properties::PUBLISH)?;
+            (props.topic_alias.take(), props.into())
         }
-    }
+        Version::V311 => (None, MessageProperties::default()),
+    };
+    Ok(Publish {
+        dup,
+        qos,
+        retain: byte1 & 0x01 != 0,
+        topic,
+        packet_id,
+        topic_alias,
+        properties,
+        payload: r.rest(),
+    })
 }
 
-/// SUBSCRIBE: checked here, decoded by mqttbytes.
-pub fn subscribe(
-    version: Version,
-    header: FixedHeader,
-    frame: Bytes,
-    header_len: usize,
-) -> Result<Subscribe, DecodeError> {
-    let mut r = Reader::new(frame.slice(header_len..));
-    packet_id(&mut r)?;
-    if version == Version::V5 {
-        properties::read(&mut r, properties::SUBSCRIBE)?;
-    }
+/// SUBSCRIBE: at least one filter, no reserved option bits, and no QoS or
+/// Retain Handling 3.
+pub fn subscribe(version: Version, body: Bytes) -> Result<Subscribe, DecodeError> {
+    let mut r = Reader::new(body);
+    let packet_id = packet_id(&mut r)?;
+    let (subscription_id, user_properties) = match version {
+        Version::V5 => {
+            let props = properties::read(&mut r, properties::SUBSCRIBE)?;
+            (props.subscription_identifier, props.user_properties)
+        }
+        Version::V311 => (None, Vec::new()),
+    };
     if r.is_empty() {
         return Err(DecodeError::Protocol("SUBSCRIBE without topic filters"));
     }
@@ -340,121 +312,67 @@ pub fn subscribe(
         Version::V311 => 0xFC,
         Version::V5 => 0xC0,
     };
+    let mut filters = Vec::new();
     while !r.is_empty() {
-        r.string()?;
+        let filter = r.string()?;
         let options = r.u8()?;
         if options & reserved != 0 {
             return Err(DecodeError::Malformed(
                 "reserved subscription option bits set",
             ));
         }
-        // v5 calls QoS 3 and Retain Handling 3 protocol errors (3.8.3.1).
-        if options & 0x03 == 3 || (options >> 4) & 0x03 == 3 {
+        let qos = QoS::from_bits(options & 0x03);
+        let retain_handling = match (options >> 4) & 0x03 {
+            0 => Some(RetainHandling::OnSubscribe),
+            1 => Some(RetainHandling::OnNewSubscription),
+            2 => Some(RetainHandling::Never),
+            _ => None,
+        };
+        let (Some(qos), Some(retain_handling)) = (qos, retain_handling) else {
+            // v5 calls QoS 3 and Retain Handling 3 protocol errors (3.8.3.1).
             return Err(match version {
                 Version::V5 => DecodeError::Protocol("QoS or Retain Handling 3"),
                 Version::V311 => DecodeError::Malformed("QoS 3"),
             });
-        }
+        };
+        filters.push((
+            filter,
+            SubscriptionOptions {
+                qos,
+                no_local: options & 0x04 != 0,
+                retain_as_published: options & 0x08 != 0,
+                retain_handling,
+            },
+        ));
     }
-    match version {
-        Version::V311 => {
-            let s =
-                mqttbytes::v4::Subscribe::read(header, frame).map_err(DecodeError::from_codec)?;
-            Ok(Subscribe {
-                packet_id: s.pkid,
-                filters: s
-                    .filters
-                    .into_iter()
-                    .map(|f| (f.path, SubscriptionOptions::with_qos(qos_from(f.qos))))
-                    .collect(),
-                subscription_id: None,
-                user_properties: Vec::new(),
-            })
-        }
-        Version::V5 => {
-            let s =
-                mqttbytes::v5::Subscribe::read(header, frame).map_err(DecodeError::from_codec)?;
-            let (subscription_id, user_properties) = match s.properties {
-                Some(p) => (
-                    p.id.and_then(|id| u32::try_from(id).ok()),
-                    p.user_properties,
-                ),
-                None => (None, Vec::new()),
-            };
-            Ok(Subscribe {
-                packet_id: s.pkid,
-                filters: s
-                    .filters
-                    .into_iter()
-                    .map(|f| {
-                        let options = SubscriptionOptions {
-                            qos: qos_from(f.qos),
-                            no_local: f.nolocal,
-                            retain_as_published: f.preserve_retain,
-                            retain_handling: match f.retain_forward_rule {
-                                mqttbytes::v5::RetainForwardRule::OnEverySubscribe => {
-                                    RetainHandling::OnSubscribe
-                                }
-                                mqttbytes::v5::RetainForwardRule::OnNewSubscribe => {
-                                    RetainHandling::OnNewSubscription
-                                }
-                                mqttbytes::v5::RetainForwardRule::Never => RetainHandling::Never,
-                            },
-                        };
-                        (f.path, options)
-                    })
-                    .collect(),
-                subscription_id,
-                user_properties,
-            })
-        }
-    }
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        subscription_id,
+        user_properties,
+    })
 }
 
-/// UNSUBSCRIBE: checked here, decoded by mqttbytes.
-pub fn unsubscribe(
-    version: Version,
-    header: FixedHeader,
-    frame: Bytes,
-    header_len: usize,
-) -> Result<Unsubscribe, DecodeError> {
-    let mut r = Reader::new(frame.slice(header_len..));
-    packet_id(&mut r)?;
-    if version == Version::V5 {
-        properties::read(&mut r, properties::UNSUBSCRIBE)?;
-    }
+/// UNSUBSCRIBE: at least one filter.
+pub fn unsubscribe(version: Version, body: Bytes) -> Result<Unsubscribe, DecodeError> {
+    let mut r = Reader::new(body);
+    let packet_id = packet_id(&mut r)?;
+    let user_properties = match version {
+        Version::V5 => properties::read(&mut r, properties::UNSUBSCRIBE)?.user_properties,
+        Version::V311 => Vec::new(),
+    };
     if r.is_empty() {
         return Err(DecodeError::Protocol("UNSUBSCRIBE without topic filters"));
     }
+    let mut filters = Vec::new();
     while !r.is_empty() {
-        r.string()?;
+        filters.push(r.string()?);
     }
-    match version {
-        Version::V311 => {
-            let u =
-                mqttbytes::v4::Unsubscribe::read(header, frame).map_err(DecodeError::from_codec)?;
-            Ok(Unsubscribe {
-                packet_id: u.pkid,
-                filters: u.topics,
-            })
-        }
-        Version::V5 => {
-            let u =
-                mqttbytes::v5::Unsubscribe::read(header, frame).map_err(DecodeError::from_codec)?;
-            Ok(Unsubscribe {
-                packet_id: u.pkid,
-                filters: u.filters,
-            })
-        }
-    }
-}
-
-fn qos_from(qos: mqttbytes::QoS) -> QoS {
-    match qos {
-        mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        user_properties,
+    })
 }
 
 /// Skips a PINGREQ body, which must be empty.

@@ -1,5 +1,6 @@
-//! Writing server packets. PUBLISH, CONNACK and SUBACK go through mqttbytes;
-//! the acknowledgements, UNSUBACK and DISCONNECT are written here because
+//! Writing server packets. CONNACK and SUBACK go through mqttbytes. PUBLISH
+//! is written here straight from the shared message (no per-delivery copy),
+//! and so are the acknowledgements, UNSUBACK and DISCONNECT, because
 //! mqttbytes' reason enums cannot carry every code the broker sends and its
 //! short forms are ones some clients cannot read.
 
@@ -8,17 +9,23 @@ use mqttbytes::{v4, v5};
 
 use super::codec::EncodeError;
 use super::{
-    Ack, ConnAck, Disconnect, Packet, Publish, QoS, ReasonCode, SubAck, UnsubAck, Version,
+    Ack, ConnAck, Deliver, Disconnect, Packet, QoS, ReasonCode, SubAck, UnsubAck, Version,
 };
 
 /// mqttbytes writes the length of longer strings truncated: never hand it one.
 const MAX_STRING: usize = 65_535;
+const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
-pub fn packet(version: Version, packet: &Packet, out: &mut BytesMut) -> Result<(), EncodeError> {
+/// Writes any server packet but PUBLISH, which goes through `deliver`.
+pub fn packet(
+    version: Version,
+    mqtt31: bool,
+    packet: &Packet,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     match (packet, version) {
-        (Packet::Publish(p), Version::V311) => v311_publish(p, out),
-        (Packet::Publish(p), Version::V5) => v5_publish(p, out),
-        (Packet::ConnAck(c), Version::V311) => v311_connack(c, out),
+        (Packet::Deliver(d), _) => deliver(version, d, TopicForm::Name, out),
+        (Packet::ConnAck(c), Version::V311) => v311_connack(c, mqtt31, out),
         (Packet::ConnAck(c), Version::V5) => v5_connack(c, out),
         (Packet::PubAck(a), _) => ack(0x40, version, a, out),
         (Packet::PubRec(a), _) => ack(0x50, version, a, out),
@@ -32,7 +39,11 @@ pub fn packet(version: Version, packet: &Packet, out: &mut BytesMut) -> Result<(
             Err(EncodeError::Invalid("3.1.1 servers never send DISCONNECT"))
         }
         (
-            Packet::Connect(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) | Packet::PingReq,
+            Packet::Connect(_)
+            | Packet::Publish(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq,
             _,
         ) => Err(EncodeError::Invalid("client-only packet")),
     }
@@ -44,67 +55,138 @@ fn codec<T>(result: Result<T, mqttbytes::Error>) -> Result<(), EncodeError> {
         .map_err(|_| EncodeError::Invalid("mqttbytes refused the packet"))
 }
 
-fn qos_of(qos: QoS) -> mqttbytes::QoS {
-    match qos {
-        QoS::AtMostOnce => mqttbytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => mqttbytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => mqttbytes::QoS::ExactlyOnce,
-    }
+fn check_string(text: &str) -> Result<(), EncodeError> {
+    check_length(text.len())
 }
 
-fn check_string(text: &str) -> Result<(), EncodeError> {
-    if text.len() > MAX_STRING {
+/// How a PUBLISH names its topic on a v5 connection with outbound aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicForm {
+    /// The topic name only.
+    Name,
+    /// The topic name, setting up this alias for later messages.
+    NameAndAlias(u16),
+    /// An empty topic name and the alias set up earlier.
+    Alias(u16),
+}
+
+fn put_string(out: &mut BytesMut, text: &str) {
+    out.put_u16(text.len() as u16);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// The v5 property section of a PUBLISH the broker sends.
+fn publish_properties(d: &Deliver, alias: Option<u16>) -> Result<Vec<u8>, EncodeError> {
+    let props = &d.message.properties;
+    let mut section = Vec::new();
+    if let Some(indicator) = props.payload_format_indicator {
+        section.extend_from_slice(&[1, indicator]);
+    }
+    if let Some(expiry) = d.message_expiry {
+        section.push(2);
+        section.extend_from_slice(&expiry.to_be_bytes());
+    }
+    let string = |section: &mut Vec<u8>, id: u8, text: &[u8]| {
+        check_length(text.len())?;
+        section.push(id);
+        section.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        section.extend_from_slice(text);
+        Ok::<(), EncodeError>(())
+    };
+    if let Some(content_type) = &props.content_type {
+        string(&mut section, 3, content_type.as_bytes())?;
+    }
+    if let Some(response_topic) = &props.response_topic {
+        string(&mut section, 8, response_topic.as_bytes())?;
+    }
+    if let Some(correlation_data) = &props.correlation_data {
+        string(&mut section, 9, correlation_data)?;
+    }
+    for &id in &d.subscription_ids {
+        section.push(11);
+        let mut value = id;
+        loop {
+            let mut byte = (value % 128) as u8;
+            value /= 128;
+            if value > 0 {
+                byte |= 0x80;
+            }
+            section.push(byte);
+            if value == 0 {
+                break;
+            }
+        }
+    }
+    if let Some(alias) = alias {
+        section.push(35);
+        section.extend_from_slice(&alias.to_be_bytes());
+    }
+    for (key, value) in &props.user_properties {
+        check_length(key.len())?;
+        check_length(value.len())?;
+        section.push(38);
+        section.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        section.extend_from_slice(key.as_bytes());
+        section.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        section.extend_from_slice(value.as_bytes());
+    }
+    Ok(section)
+}
+
+fn check_length(length: usize) -> Result<(), EncodeError> {
+    if length > MAX_STRING {
         return Err(EncodeError::Invalid("string longer than 65535 bytes"));
     }
     Ok(())
 }
 
-fn v311_publish(p: &Publish, out: &mut BytesMut) -> Result<(), EncodeError> {
-    check_string(&p.topic)?;
-    let mut publish = v4::Publish::from_bytes(p.topic.as_str(), qos_of(p.qos), p.payload.clone());
-    publish.dup = p.dup;
-    publish.retain = p.retain;
-    publish.pkid = p.packet_id;
-    codec(publish.write(out))
-}
-
-fn v5_publish(p: &Publish, out: &mut BytesMut) -> Result<(), EncodeError> {
-    check_string(&p.topic)?;
-    let props = &p.properties;
-    for text in props.content_type.iter().chain(props.response_topic.iter()) {
-        check_string(text)?;
-    }
-    let has_properties = props.payload_format_indicator.is_some()
-        || props.message_expiry_interval.is_some()
-        || props.content_type.is_some()
-        || props.response_topic.is_some()
-        || props.correlation_data.is_some()
-        || !props.user_properties.is_empty()
-        || !p.subscription_ids.is_empty()
-        || p.topic_alias.is_some();
-    let properties = has_properties.then(|| v5::PublishProperties {
-        payload_format_indicator: props.payload_format_indicator,
-        message_expiry_interval: props.message_expiry_interval,
-        topic_alias: p.topic_alias,
-        response_topic: props.response_topic.clone(),
-        correlation_data: props.correlation_data.clone(),
-        user_properties: props.user_properties.clone(),
-        subscription_identifiers: p.subscription_ids.iter().map(|&id| id as usize).collect(),
-        content_type: props.content_type.clone(),
-    });
-    let publish = v5::Publish {
-        dup: p.dup,
-        qos: qos_of(p.qos),
-        retain: p.retain,
-        topic: p.topic.clone(),
-        pkid: p.packet_id,
-        properties,
-        payload: p.payload.clone(),
+/// Writes a PUBLISH straight from the shared message, without copying it
+/// into another packet type first.
+pub fn deliver(
+    version: Version,
+    d: &Deliver,
+    form: TopicForm,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let message = &d.message;
+    let (topic, alias) = match form {
+        TopicForm::Name => (&*message.topic, None),
+        TopicForm::NameAndAlias(alias) => (&*message.topic, Some(alias)),
+        TopicForm::Alias(alias) => ("", Some(alias)),
     };
-    codec(publish.write(out))
+    check_string(topic)?;
+    let section = match version {
+        Version::V5 => Some(publish_properties(d, alias)?),
+        Version::V311 => None,
+    };
+    let packet_id_len = if d.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let properties_len = section
+        .as_ref()
+        .map_or(0, |s| varint_len(s.len()) + s.len());
+    let remaining = 2 + topic.len() + packet_id_len + properties_len + message.payload.len();
+    if remaining > MAX_REMAINING_LENGTH {
+        return Err(EncodeError::TooLarge {
+            size: remaining + 5,
+        });
+    }
+    let byte1 = 0x30 | (u8::from(d.dup) << 3) | ((d.qos as u8) << 1) | u8::from(d.retain);
+    out.reserve(5 + remaining);
+    out.put_u8(byte1);
+    put_varint(out, remaining);
+    put_string(out, topic);
+    if packet_id_len > 0 {
+        out.put_u16(d.packet_id);
+    }
+    if let Some(section) = section {
+        put_varint(out, section.len());
+        out.extend_from_slice(&section);
+    }
+    out.extend_from_slice(&message.payload);
+    Ok(())
 }
 
-fn v311_connack(c: &ConnAck, out: &mut BytesMut) -> Result<(), EncodeError> {
+/// MQTT 3.1 has no Session Present flag: that byte is reserved there.
+fn v311_connack(c: &ConnAck, mqtt31: bool, out: &mut BytesMut) -> Result<(), EncodeError> {
     let code = match c.reason.v311_connack_code() {
         0x00 => v4::ConnectReturnCode::Success,
         0x01 => v4::ConnectReturnCode::RefusedProtocolVersion,
@@ -113,7 +195,7 @@ fn v311_connack(c: &ConnAck, out: &mut BytesMut) -> Result<(), EncodeError> {
         0x04 => v4::ConnectReturnCode::BadUserNamePassword,
         _ => v4::ConnectReturnCode::NotAuthorized,
     };
-    codec(v4::ConnAck::new(code, c.session_present).write(out))
+    codec(v4::ConnAck::new(code, c.session_present && !mqtt31).write(out))
 }
 
 fn v5_connack_code(reason: ReasonCode) -> v5::ConnectReturnCode {

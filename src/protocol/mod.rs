@@ -10,6 +10,8 @@ mod encode;
 mod properties;
 pub mod reason;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +47,10 @@ impl QoS {
 pub enum Packet {
     Connect(Box<Connect>),
     ConnAck(ConnAck),
+    /// A PUBLISH as a client sends it.
     Publish(Publish),
+    /// A PUBLISH as the broker sends it.
+    Deliver(Deliver),
     PubAck(Ack),
     PubRec(Ack),
     PubRel(Ack),
@@ -112,10 +117,70 @@ pub struct Publish {
     /// 0 for QoS 0.
     pub packet_id: u16,
     pub topic_alias: Option<u16>,
-    /// Only on the way out: the identifiers of every matching subscription.
-    pub subscription_ids: Vec<u32>,
     pub properties: MessageProperties,
     pub payload: Bytes,
+}
+
+/// An application message as the broker holds it once accepted: one copy,
+/// shared by every session it goes to and encoded straight from there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Everything but the expiry interval, which is kept as `expires_at`.
+    pub properties: MessageProperties,
+    /// Wall-clock deadline in unix milliseconds, so it survives restarts.
+    pub expires_at: Option<u64>,
+    /// The publishing client, for No Local.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_ms)
+    }
+
+    /// The Message Expiry Interval to forward: what is left, in whole seconds
+    /// rounded up so a message never arrives claiming 0 while still valid.
+    pub fn remaining_expiry(&self, now_ms: u64) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left_ms = at.saturating_sub(now_ms);
+            u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Bytes this message holds, for queue and retained-store limits.
+    pub fn size(&self) -> usize {
+        let properties = &self.properties;
+        self.topic.len()
+            + self.payload.len()
+            + properties.content_type.as_ref().map_or(0, String::len)
+            + properties.response_topic.as_ref().map_or(0, String::len)
+            + properties.correlation_data.as_ref().map_or(0, Bytes::len)
+            + properties
+                .user_properties
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
+/// A PUBLISH the broker sends: the shared message and what this one
+/// delivery adds to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deliver {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// 0 for QoS 0.
+    pub packet_id: u16,
+    /// The identifiers of every matching subscription (v5).
+    pub subscription_ids: Vec<u32>,
+    /// What is left of the Message Expiry Interval, in seconds (v5).
+    pub message_expiry: Option<u32>,
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
@@ -208,6 +273,7 @@ pub struct SubAck {
 pub struct Unsubscribe {
     pub packet_id: u16,
     pub filters: Vec<String>,
+    pub user_properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

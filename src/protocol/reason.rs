@@ -22,6 +22,7 @@ impl ReasonCode {
     pub const NOT_AUTHORIZED: ReasonCode = ReasonCode(0x87);
     pub const SERVER_UNAVAILABLE: ReasonCode = ReasonCode(0x88);
     pub const SERVER_BUSY: ReasonCode = ReasonCode(0x89);
+    pub const SERVER_SHUTTING_DOWN: ReasonCode = ReasonCode(0x8B);
     pub const BAD_AUTHENTICATION_METHOD: ReasonCode = ReasonCode(0x8C);
     pub const KEEP_ALIVE_TIMEOUT: ReasonCode = ReasonCode(0x8D);
     pub const SESSION_TAKEN_OVER: ReasonCode = ReasonCode(0x8E);

@@ -1,15 +1,19 @@
 //! The subscription index: a topic trie sharded by first topic level.
 //!
-//! Each first level (`sensors`, `+`, `#`, ...) owns its subtree inside one
-//! DashMap entry, so a publish takes shard read locks only for its own first
-//! level and the two leading-wildcard roots, and publishes on different first
-//! levels never touch the same lock. No lock is held across an `.await`: every
-//! method here is synchronous.
+//! Each first level (`sensors`, `devices`, ...) owns its subtree inside one
+//! DashMap entry, so a publish takes a shard read lock only for its own first
+//! level, and publishes on different first levels never touch the same lock.
+//! Filters that start with a wildcard (`+/...`, `#`) would otherwise sit in
+//! two entries every publish reads; they are kept instead in a few stripes,
+//! each a full copy behind its own lock: a publish reads the stripe of its
+//! thread, and the rare SUBSCRIBE to such a filter writes them all. No lock
+//! is held across an `.await`: every method here is synchronous.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
@@ -45,31 +49,16 @@ impl Node {
     fn is_empty(&self) -> bool {
         self.direct.is_empty() && self.shared.is_empty() && self.children.is_empty()
     }
-}
 
-#[derive(Default)]
-struct SharedGroup {
-    members: Vec<Subscriber>,
-    /// Round-robin position; atomic because matching only holds a read lock.
-    cursor: AtomicUsize,
-}
-
-#[derive(Default)]
-pub struct SubscriptionIndex {
-    roots: DashMap<String, Node>,
-}
-
-impl SubscriptionIndex {
-    pub fn new() -> SubscriptionIndex {
-        SubscriptionIndex::default()
-    }
-
-    /// Adds or replaces a subscription; returns whether one existed already.
-    pub fn subscribe(&self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> bool {
-        let mut levels = filter.split('/');
-        let first = levels.next().unwrap_or_default();
-        let mut root = self.roots.entry(first.to_string()).or_default();
-        let mut node: &mut Node = &mut root;
+    /// Adds or replaces a subscription at the end of `levels`; returns
+    /// whether one existed already.
+    fn insert<'a>(
+        &mut self,
+        levels: impl Iterator<Item = &'a str>,
+        group: Option<&str>,
+        subscriber: Subscriber,
+    ) -> bool {
+        let mut node = self;
         for level in levels {
             node = node.children.entry(level.to_string()).or_default();
         }
@@ -94,16 +83,103 @@ impl SubscriptionIndex {
             }
         }
     }
+}
 
-    /// Removes a subscription; returns whether it existed.
-    pub fn unsubscribe(&self, filter: &str, group: Option<&str>, client_id: &str) -> bool {
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<Subscriber>,
+    /// Round-robin position; atomic because matching only holds a read lock.
+    cursor: AtomicUsize,
+}
+
+/// Copies of the wildcard-rooted part of the trie.
+const STRIPES: usize = 8;
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The stripe this thread reads: threads are spread over the stripes in the
+/// order they first publish.
+fn my_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    STRIPE.with(|stripe| {
+        if stripe.get() == usize::MAX {
+            stripe.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        stripe.get()
+    })
+}
+
+pub struct SubscriptionIndex {
+    roots: DashMap<String, Node>,
+    /// Each stripe is a root node whose children are `+` and `#` only.
+    wildcard: Box<[RwLock<Node>]>,
+    /// Subscriptions held in `wildcard`, so publishes skip it when none.
+    wildcard_count: AtomicUsize,
+}
+
+impl Default for SubscriptionIndex {
+    fn default() -> Self {
+        SubscriptionIndex {
+            roots: DashMap::new(),
+            wildcard: (0..STRIPES).map(|_| RwLock::default()).collect(),
+            wildcard_count: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn is_wildcard_root(first: &str) -> bool {
+    first == "+" || first == "#"
+}
+
+impl SubscriptionIndex {
+    pub fn new() -> SubscriptionIndex {
+        SubscriptionIndex::default()
+    }
+
+    /// Adds or replaces a subscription; returns whether one existed already.
+    pub fn subscribe(&self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> bool {
         let mut levels = filter.split('/');
         let first = levels.next().unwrap_or_default();
+        if is_wildcard_root(first) {
+            let mut existed = false;
+            for stripe in self.wildcard.iter() {
+                let mut root = stripe.write().unwrap_or_else(|p| p.into_inner());
+                existed = root.insert(filter.split('/'), group, subscriber.clone());
+            }
+            if !existed {
+                self.wildcard_count.fetch_add(1, Ordering::Relaxed);
+            }
+            return existed;
+        }
+        let mut root = self.roots.entry(first.to_string()).or_default();
+        root.insert(levels, group, subscriber)
+    }
+
+    /// Removes `session`'s subscription; returns whether it existed. Entries
+    /// are matched by session, not client id, so an ended session can never
+    /// remove the subscription of the new session with its client id.
+    pub fn unsubscribe(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
+        let mut levels = filter.split('/');
+        let first = levels.next().unwrap_or_default();
+        if is_wildcard_root(first) {
+            let all: Vec<&str> = filter.split('/').collect();
+            let mut removed = false;
+            for stripe in self.wildcard.iter() {
+                let mut root = stripe.write().unwrap_or_else(|p| p.into_inner());
+                removed = remove_in(&mut root, &all, group, session);
+            }
+            if removed {
+                self.wildcard_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            return removed;
+        }
         let rest: Vec<&str> = levels.collect();
         let Some(mut root) = self.roots.get_mut(first) else {
             return false;
         };
-        let removed = remove_in(&mut root, &rest, group, client_id);
+        let removed = remove_in(&mut root, &rest, group, session);
         let now_empty = root.is_empty();
         drop(root);
         if now_empty {
@@ -115,10 +191,7 @@ impl SubscriptionIndex {
     /// Every session a message on `topic` goes to. `publisher` is left out of
     /// subscriptions that asked for No Local.
     pub fn matches(&self, topic: &str, publisher: Option<&str>) -> Vec<Match> {
-        let mut collector = Collector {
-            publisher,
-            matches: Vec::new(),
-        };
+        let mut collector = Collector::new(publisher);
         let mut levels = topic.split('/');
         let first = levels.next().unwrap_or_default();
         let rest: Vec<&str> = levels.collect();
@@ -126,29 +199,44 @@ impl SubscriptionIndex {
             collect(&root, &rest, &mut collector);
         }
         // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
-        if !topic.starts_with('$') {
-            if let Some(root) = self.roots.get("+") {
-                collect(&root, &rest, &mut collector);
+        if !topic.starts_with('$') && self.wildcard_count.load(Ordering::Relaxed) > 0 {
+            let stripe = self.wildcard[my_stripe()]
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(plus) = stripe.children.get("+") {
+                collect(plus, &rest, &mut collector);
             }
-            if let Some(root) = self.roots.get("#") {
-                collector.add_node(&root);
+            if let Some(hash) = stripe.children.get("#") {
+                collector.add_node(hash);
             }
         }
-        collector.matches
+        collector.finish()
     }
 }
 
-fn remove_in(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str) -> bool {
+fn remove_in(
+    node: &mut Node,
+    levels: &[&str],
+    group: Option<&str>,
+    session: &Arc<Session>,
+) -> bool {
     let Some((level, rest)) = levels.split_first() else {
+        let client_id = session.client_id();
         return match group {
-            None => node.direct.remove(client_id).is_some(),
+            None => match node.direct.get(client_id) {
+                Some(existing) if Arc::ptr_eq(&existing.session, session) => {
+                    node.direct.remove(client_id);
+                    true
+                }
+                _ => false,
+            },
             Some(group) => {
                 let Entry::Occupied(mut entry) = node.shared.entry(group.to_string()) else {
                     return false;
                 };
                 let members = &mut entry.get_mut().members;
                 let before = members.len();
-                members.retain(|m| &**m.session.client_id() != client_id);
+                members.retain(|m| !Arc::ptr_eq(&m.session, session));
                 let removed = members.len() != before;
                 if members.is_empty() {
                     entry.remove();
@@ -160,7 +248,7 @@ fn remove_in(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &
     let Some(child) = node.children.get_mut(*level) else {
         return false;
     };
-    let removed = remove_in(child, rest, group, client_id);
+    let removed = remove_in(child, rest, group, session);
     if child.is_empty() {
         node.children.remove(*level);
     }
@@ -187,46 +275,91 @@ fn collect(node: &Node, levels: &[&str], out: &mut Collector) {
 
 struct Collector<'a> {
     publisher: Option<&'a str>,
-    matches: Vec<Match>,
+    /// One per session with a matching non-shared subscription, folded.
+    direct: Vec<Match>,
+    /// One per matching shared group: never folded [MQTT-4.8.2].
+    shared: Vec<Match>,
+    /// Session -> its entry in `direct`, built once there are enough
+    /// matches that looking through them would cost more than hashing, so
+    /// folding stays linear in the number of matches.
+    positions: HashMap<*const Session, usize>,
 }
 
+/// Up to this many sessions, folding searches the list itself.
+const FOLD_SCAN: usize = 16;
+
 impl Collector<'_> {
+    fn new(publisher: Option<&str>) -> Collector<'_> {
+        Collector {
+            publisher,
+            direct: Vec::new(),
+            shared: Vec::new(),
+            positions: HashMap::new(),
+        }
+    }
+
     fn add_node(&mut self, node: &Node) {
         for subscriber in node.direct.values() {
             let own = self.publisher == Some(&**subscriber.session.client_id());
             if subscriber.options.no_local && own {
                 continue;
             }
-            self.add(subscriber, true);
+            self.add_direct(subscriber);
         }
         for group in node.shared.values() {
             if let Some(member) = pick_member(group) {
-                self.add(member, false);
+                self.shared.push(new_match(member));
             }
         }
     }
 
-    /// Folds `subscriber` into the session's existing match when `merge` is
-    /// set; shared subscriptions always deliver their own copy.
-    fn add(&mut self, subscriber: &Subscriber, merge: bool) {
-        let existing = merge.then(|| {
-            self.matches
-                .iter_mut()
-                .find(|m| Arc::ptr_eq(&m.session, &subscriber.session))
-        });
-        match existing.flatten() {
-            Some(found) => {
+    fn add_direct(&mut self, subscriber: &Subscriber) {
+        match self.position(&subscriber.session) {
+            Some(at) => {
+                let found = &mut self.direct[at];
                 found.qos = found.qos.max(subscriber.options.qos);
                 found.retain_as_published |= subscriber.options.retain_as_published;
                 found.subscription_ids.extend(subscriber.id);
             }
-            None => self.matches.push(Match {
-                session: subscriber.session.clone(),
-                qos: subscriber.options.qos,
-                retain_as_published: subscriber.options.retain_as_published,
-                subscription_ids: subscriber.id.into_iter().collect(),
-            }),
+            None => {
+                if !self.positions.is_empty() {
+                    self.positions
+                        .insert(Arc::as_ptr(&subscriber.session), self.direct.len());
+                }
+                self.direct.push(new_match(subscriber));
+            }
         }
+    }
+
+    /// Where `session` already has a match, in constant time once the list
+    /// is long.
+    fn position(&mut self, session: &Arc<Session>) -> Option<usize> {
+        if self.positions.is_empty() {
+            if self.direct.len() < FOLD_SCAN {
+                return self
+                    .direct
+                    .iter()
+                    .position(|m| Arc::ptr_eq(&m.session, session));
+            }
+            for (at, m) in self.direct.iter().enumerate() {
+                self.positions.insert(Arc::as_ptr(&m.session), at);
+            }
+        }
+        self.positions.get(&Arc::as_ptr(session)).copied()
+    }
+
+    fn finish(mut self) -> Vec<Match> {
+        self.direct.append(&mut self.shared);
+        self.direct
+    }
+}
+
+fn new_match(subscriber: &Subscriber) -> Match {
+    Match {
+        session: subscriber.session.clone(),
+        qos: subscriber.options.qos,
+        retain_as_published: subscriber.options.retain_as_published,
+        subscription_ids: subscriber.id.into_iter().collect(),
     }
 }
 
@@ -332,11 +465,60 @@ mod tests {
         let a = session("a");
         assert!(!index.subscribe("x/y/z", None, sub(&a, QoS::AtMostOnce, None)));
         assert!(index.subscribe("x/y/z", None, sub(&a, QoS::AtLeastOnce, None)));
-        assert!(index.unsubscribe("x/y/z", None, "a"));
-        assert!(!index.unsubscribe("x/y/z", None, "a"));
+        assert!(index.unsubscribe("x/y/z", None, &a));
+        assert!(!index.unsubscribe("x/y/z", None, &a));
         assert!(index.roots.is_empty());
         index.subscribe("t", Some("g"), sub(&a, QoS::AtMostOnce, None));
-        assert!(index.unsubscribe("t", Some("g"), "a"));
+        assert!(index.unsubscribe("t", Some("g"), &a));
         assert!(index.roots.is_empty());
+        assert!(!index.subscribe("#", None, sub(&a, QoS::AtMostOnce, None)));
+        assert!(index.subscribe("#", None, sub(&a, QoS::AtLeastOnce, None)));
+        assert_eq!(index.wildcard_count.load(Ordering::Relaxed), 1);
+        assert!(index.unsubscribe("#", None, &a));
+        assert_eq!(index.wildcard_count.load(Ordering::Relaxed), 0);
+        assert!(index.matches("x", None).is_empty());
+        for stripe in index.wildcard.iter() {
+            assert!(stripe.read().unwrap().is_empty(), "every stripe pruned");
+        }
+    }
+
+    #[test]
+    fn an_ended_session_cannot_remove_the_subscription_of_its_successor() {
+        let index = SubscriptionIndex::new();
+        let (old, new) = (session("c"), session("c"));
+        index.subscribe("t", None, sub(&old, QoS::AtMostOnce, None));
+        index.subscribe("t", None, sub(&new, QoS::AtMostOnce, None));
+        assert!(!index.unsubscribe("t", None, &old));
+        let matches = index.matches("t", None);
+        assert_eq!(matches.len(), 1);
+        assert!(Arc::ptr_eq(&matches[0].session, &new));
+    }
+
+    #[test]
+    fn many_sessions_with_overlapping_subscriptions_fold_one_each() {
+        let index = SubscriptionIndex::new();
+        let sessions: Vec<_> = (0..100).map(|i| session(&format!("s{i}"))).collect();
+        for (i, s) in sessions.iter().enumerate() {
+            let id = i as u32 + 1;
+            index.subscribe("a/#", None, sub(s, QoS::AtMostOnce, Some(id)));
+            index.subscribe("a/+", None, sub(s, QoS::AtLeastOnce, Some(id + 1000)));
+            index.subscribe("+/b", None, sub(s, QoS::ExactlyOnce, None));
+        }
+        index.subscribe(
+            "a/b",
+            Some("g"),
+            sub(&sessions[0], QoS::AtMostOnce, Some(7)),
+        );
+        let matches = index.matches("a/b", None);
+        assert_eq!(matches.len(), 101, "one per session, plus the shared copy");
+        let direct: Vec<&Match> = matches
+            .iter()
+            .filter(|m| m.subscription_ids != [7])
+            .collect();
+        assert_eq!(direct.len(), 100);
+        for m in direct {
+            assert_eq!(m.qos, QoS::ExactlyOnce);
+            assert_eq!(m.subscription_ids.len(), 2);
+        }
     }
 }

@@ -1,20 +1,23 @@
 //! Per-client session state that outlives a connection: subscriptions, the
 //! outbound queue and inflight window, inbound QoS 2 packet ids awaiting
-//! PUBREL, and the link to the connection currently serving it.
+//! PUBREL, the will, the session's timers, and the link to the connection
+//! currently serving it.
 //!
-//! Everything here is plain state without I/O; the transport task that serves
-//! the session reads and writes the socket and calls in.
+//! Everything here is plain state without I/O. The broker core changes it
+//! under the session's lock; the connection task serving the session is
+//! woken through its `ConnectionSignal`.
 
 mod outbound;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
-use crate::protocol::{ReasonCode, SubscriptionOptions};
+use crate::protocol::{SubscriptionOptions, Will};
+use crate::store::Ticket;
+use crate::timer::TimerId;
 
 pub use outbound::{AckOutcome, AwaitedAck, Change, Delivery, Enqueued, Inflight, Outbound, Sent};
 
@@ -34,21 +37,87 @@ impl SessionConfig {
     }
 }
 
-/// The connection currently serving a session.
-#[derive(Debug)]
-pub struct ConnectionLink {
-    pub id: u64,
-    /// Tells the connection to close because another one took over.
-    pub kick: oneshot::Sender<Takeover>,
+/// How the broker reaches the task serving a connection: a wake-up for
+/// queued messages, and the reasons it must close.
+#[derive(Debug, Default)]
+pub struct ConnectionSignal {
+    wake: Notify,
+    flags: AtomicU8,
+    finished: Notify,
 }
 
-/// Sent to a connection that is being taken over: it handles what it has
-/// already received (acknowledgements above all), closes with `reason`, and
-/// then signals `done` so the new connection resumes an up-to-date session.
-#[derive(Debug)]
-pub struct Takeover {
-    pub reason: ReasonCode,
-    pub done: oneshot::Sender<()>,
+const TAKEN_OVER: u8 = 1;
+const SHUTTING_DOWN: u8 = 2;
+const FINISHED: u8 = 4;
+
+/// Why the broker asked a connection to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    TakenOver,
+    ShuttingDown,
+}
+
+impl ConnectionSignal {
+    /// Wakes the task to write what is waiting.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves on the next wake (or one that came since the last).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Another connection took the session over.
+    pub fn take_over(&self) {
+        self.raise(TAKEN_OVER);
+    }
+
+    /// The broker is shutting down.
+    pub fn shut_down(&self) {
+        self.raise(SHUTTING_DOWN);
+    }
+
+    /// What the task has been asked to stop for, if anything.
+    pub fn stop(&self) -> Option<Stop> {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & TAKEN_OVER != 0 {
+            Some(Stop::TakenOver)
+        } else if flags & SHUTTING_DOWN != 0 {
+            Some(Stop::ShuttingDown)
+        } else {
+            None
+        }
+    }
+
+    /// The task is gone: a connection waiting to take over may go on.
+    pub fn finish(&self) {
+        self.flags.fetch_or(FINISHED, Ordering::AcqRel);
+        self.finished.notify_waiters();
+    }
+
+    /// Waits until the task has finished.
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.finished.notified();
+            if self.flags.load(Ordering::Acquire) & FINISHED != 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The connection currently serving a session.
+#[derive(Debug, Clone)]
+pub struct ConnectionLink {
+    pub id: u64,
+    pub signal: Arc<ConnectionSignal>,
 }
 
 /// A subscription as the session remembers it, by its filter as sent
@@ -61,29 +130,67 @@ pub struct SubscriptionEntry {
 
 #[derive(Debug)]
 pub struct SessionState {
-    pub subscriptions: HashMap<String, SubscriptionEntry>,
+    /// By filter as sent. A list, not a map: most sessions hold a handful,
+    /// and a parked session should cost little.
+    subscriptions: Vec<(Box<str>, SubscriptionEntry)>,
     pub outbound: Outbound,
-    /// Inbound QoS 2 packet ids already routed and awaiting PUBREL: a
-    /// re-sent PUBLISH with one of these ids is not routed again.
-    inbound_qos2: HashSet<u16>,
+    /// Inbound QoS 2 packet ids already routed and awaiting PUBREL, with
+    /// the ticket of the write that made the message durable: a re-sent
+    /// PUBLISH is acknowledged again only once that write is.
+    inbound_qos2: Vec<(u16, Ticket)>,
     /// Seconds the session outlives its connection; `u32::MAX` is forever.
     pub expiry_secs: u32,
     pub connection: Option<ConnectionLink>,
+    /// A connection that was taken over and is finishing: until it has, it
+    /// may still apply the acknowledgements it had already received.
+    pub draining: Option<u64>,
     /// Bumped on every connect, so timers armed for an earlier connection
     /// (will delay, session expiry) can tell they are stale.
     pub generation: u64,
+    /// Set once the session is discarded (clean start, expiry, end of an
+    /// expiry-0 session): a connection still holding it may change nothing.
+    pub ended: bool,
+    /// The will of the current connection, or one whose delay is running.
+    pub will: Option<Box<Will>>,
+    /// When the last connection ended; none while connected.
+    pub disconnected_at_ms: Option<u64>,
+    /// Whether the store holds a record of this session, to be deleted
+    /// when it ends.
+    pub stored: bool,
+    pub expiry_timer: Option<TimerId>,
+    pub will_timer: Option<TimerId>,
 }
 
 impl SessionState {
-    /// Records an inbound QoS 2 packet id; false if it is already awaiting
-    /// PUBREL (the PUBLISH is a re-send and must not be routed again).
-    pub fn receive_qos2(&mut self, packet_id: u16) -> bool {
-        self.inbound_qos2.insert(packet_id)
+    /// Records an inbound QoS 2 packet id; `Err` with the ticket of the
+    /// first copy if it is already awaiting PUBREL (the PUBLISH is a
+    /// re-send and must not be routed again).
+    pub fn receive_qos2(&mut self, packet_id: u16) -> Result<(), Ticket> {
+        match self.inbound_qos2.iter().find(|(id, _)| *id == packet_id) {
+            Some(&(_, ticket)) => Err(ticket),
+            None => {
+                self.inbound_qos2.push((packet_id, Ticket::NONE));
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps the ticket of the write that stored the message of `packet_id`.
+    pub fn set_qos2_ticket(&mut self, packet_id: u16, ticket: Ticket) {
+        if let Some(entry) = self
+            .inbound_qos2
+            .iter_mut()
+            .find(|(id, _)| *id == packet_id)
+        {
+            entry.1 = ticket;
+        }
     }
 
     /// Releases an inbound QoS 2 packet id; false if it was unknown.
     pub fn release_qos2(&mut self, packet_id: u16) -> bool {
-        self.inbound_qos2.remove(&packet_id)
+        let before = self.inbound_qos2.len();
+        self.inbound_qos2.retain(|(id, _)| *id != packet_id);
+        self.inbound_qos2.len() != before
     }
 
     pub fn inbound_qos2_pending(&self) -> usize {
@@ -92,7 +199,70 @@ impl SessionState {
 
     /// Sets the inbound QoS 2 packet ids read back from the store.
     pub fn restore_inbound_qos2(&mut self, ids: impl IntoIterator<Item = u16>) {
-        self.inbound_qos2.extend(ids);
+        self.inbound_qos2
+            .extend(ids.into_iter().map(|id| (id, Ticket::NONE)));
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, &SubscriptionEntry)> {
+        self.subscriptions
+            .iter()
+            .map(|(filter, entry)| (&**filter, entry))
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    pub fn has_subscription(&self, filter: &str) -> bool {
+        self.subscriptions.iter().any(|(f, _)| &**f == filter)
+    }
+
+    /// Adds or replaces a subscription; returns whether it existed.
+    pub fn subscribe(&mut self, filter: &str, entry: SubscriptionEntry) -> bool {
+        match self.subscriptions.iter_mut().find(|(f, _)| &**f == filter) {
+            Some(existing) => {
+                existing.1 = entry;
+                true
+            }
+            None => {
+                self.subscriptions.push((filter.into(), entry));
+                false
+            }
+        }
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        let before = self.subscriptions.len();
+        self.subscriptions.retain(|(f, _)| &**f != filter);
+        self.subscriptions.len() != before
+    }
+
+    /// Removes every subscription, returning their filters.
+    pub fn take_subscriptions(&mut self) -> Vec<Box<str>> {
+        self.subscriptions
+            .drain(..)
+            .map(|(filter, _)| filter)
+            .collect()
+    }
+
+    /// Whether `connection` is the one serving the session now.
+    pub fn is_current(&self, connection: u64) -> bool {
+        !self.ended && self.connection.as_ref().is_some_and(|l| l.id == connection)
+    }
+
+    /// Whether `connection` may still apply acknowledgements: it is current,
+    /// or taken over and finishing what it had received.
+    pub fn may_acknowledge(&self, connection: u64) -> bool {
+        self.is_current(connection) || (!self.ended && self.draining == Some(connection))
+    }
+
+    /// Cancels nothing itself: hands back the timers to cancel.
+    pub fn take_timers(&mut self) -> impl Iterator<Item = TimerId> {
+        self.expiry_timer
+            .take()
+            .into_iter()
+            .chain(self.will_timer.take())
     }
 }
 
@@ -104,7 +274,6 @@ pub struct Session {
     /// Mirrors `state.expiry_secs != 0`, so the publish path can tell which
     /// copies must be stored before it takes any session lock.
     persistent: AtomicBool,
-    wake: Notify,
     /// A std mutex: it is only ever held for short synchronous updates and
     /// never across an `.await`, so an async mutex would only add cost.
     state: Mutex<SessionState>,
@@ -116,14 +285,20 @@ impl Session {
             client_id,
             online: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
-            wake: Notify::new(),
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
+                subscriptions: Vec::new(),
                 outbound: Outbound::new(config.max_inflight, config.max_queued),
-                inbound_qos2: HashSet::new(),
+                inbound_qos2: Vec::new(),
                 expiry_secs: 0,
                 connection: None,
+                draining: None,
                 generation: 0,
+                ended: false,
+                will: None,
+                disconnected_at_ms: None,
+                stored: false,
+                expiry_timer: None,
+                will_timer: None,
             }),
         }
     }
@@ -157,20 +332,27 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Attaches a connection, returning the link of the one it replaces.
+    /// Attaches a connection, returning the link of the one it replaces
+    /// (which may still drain its acknowledgements).
     pub fn attach(
         state: &mut SessionState,
         session: &Session,
         link: ConnectionLink,
     ) -> Option<ConnectionLink> {
         state.generation += 1;
+        state.disconnected_at_ms = None;
         session.online.store(true, Ordering::Release);
-        state.connection.replace(link)
+        let replaced = state.connection.replace(link);
+        state.draining = replaced.as_ref().map(|old| old.id);
+        replaced
     }
 
     /// Detaches connection `id` if it is still the current one; returns
     /// whether it was.
     pub fn detach(state: &mut SessionState, session: &Session, id: u64) -> bool {
+        if state.draining == Some(id) {
+            state.draining = None;
+        }
         if state.connection.as_ref().is_some_and(|link| link.id == id) {
             state.connection = None;
             session.online.store(false, Ordering::Release);
@@ -179,13 +361,20 @@ impl Session {
         false
     }
 
-    /// Wakes the connection task to write what is waiting.
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// Marks the session discarded: no connection still holding it may
+    /// change it, and its task is told to close.
+    pub fn end(state: &mut SessionState, session: &Session) -> Option<ConnectionLink> {
+        state.ended = true;
+        state.draining = None;
+        session.online.store(false, Ordering::Release);
+        state.connection.take()
     }
 
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Wakes the connection serving the session, if any.
+    pub fn wake(state: &SessionState) {
+        if let Some(link) = &state.connection {
+            link.signal.wake();
+        }
     }
 }
 
@@ -193,30 +382,50 @@ impl Session {
 mod tests {
     use super::*;
 
+    fn link(id: u64) -> ConnectionLink {
+        ConnectionLink {
+            id,
+            signal: Arc::default(),
+        }
+    }
+
     #[test]
     fn qos2_ids_are_routed_once_until_released() {
         let session = Session::new("c".into(), SessionConfig::for_tests());
         let mut state = session.lock();
-        assert!(state.receive_qos2(5));
-        assert!(!state.receive_qos2(5));
+        assert_eq!(state.receive_qos2(5), Ok(()));
+        state.set_qos2_ticket(5, Ticket(9));
+        assert_eq!(state.receive_qos2(5), Err(Ticket(9)));
         assert!(state.release_qos2(5));
         assert!(!state.release_qos2(5));
-        assert!(state.receive_qos2(5));
+        assert_eq!(state.receive_qos2(5), Ok(()));
     }
 
     #[test]
     fn only_the_current_connection_detaches() {
         let session = Session::new("c".into(), SessionConfig::for_tests());
         let mut state = session.lock();
-        let (kick, _) = oneshot::channel();
-        assert!(Session::attach(&mut state, &session, ConnectionLink { id: 1, kick }).is_none());
-        let (kick, _) = oneshot::channel();
-        let old = Session::attach(&mut state, &session, ConnectionLink { id: 2, kick });
+        assert!(Session::attach(&mut state, &session, link(1)).is_none());
+        let old = Session::attach(&mut state, &session, link(2));
         assert_eq!(old.map(|l| l.id), Some(1));
+        assert!(state.may_acknowledge(1), "a taken-over connection drains");
+        assert!(!state.is_current(1));
         assert!(!Session::detach(&mut state, &session, 1));
+        assert!(!state.may_acknowledge(1));
         assert!(session.is_online());
         assert!(Session::detach(&mut state, &session, 2));
         assert!(!session.is_online());
         assert_eq!(state.generation, 2);
+    }
+
+    #[test]
+    fn an_ended_session_accepts_nothing_from_its_old_connection() {
+        let session = Session::new("c".into(), SessionConfig::for_tests());
+        let mut state = session.lock();
+        Session::attach(&mut state, &session, link(1));
+        let old = Session::end(&mut state, &session);
+        assert_eq!(old.map(|l| l.id), Some(1));
+        assert!(!state.is_current(1));
+        assert!(!state.may_acknowledge(1));
     }
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode};
-use crate::router::Message;
+use crate::protocol::{Ack, Deliver, Message, Packet, QoS, ReasonCode};
 
 /// One message for one session, at the QoS it is delivered with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,7 +187,7 @@ impl Outbound {
 
     /// The next PUBLISH to write, if the window allows one. Expired messages
     /// are discarded on the way and counted in `expired`.
-    pub fn next_publish(&mut self, now_ms: u64, expired: &mut u64) -> Option<Publish> {
+    pub fn next_publish(&mut self, now_ms: u64, expired: &mut u64) -> Option<Deliver> {
         loop {
             let front = self.queue.front()?;
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
@@ -204,7 +203,7 @@ impl Outbound {
                 QoS::AtMostOnce => 0,
                 QoS::AtLeastOnce | QoS::ExactlyOnce => self.allocate_packet_id(),
             };
-            let publish = to_publish(&delivery, packet_id, false, now_ms);
+            let publish = to_deliver(&delivery, packet_id, false, now_ms);
             if delivery.qos != QoS::AtMostOnce {
                 let awaiting = match delivery.qos {
                     QoS::ExactlyOnce => AwaitedAck::PubRec,
@@ -306,7 +305,7 @@ impl Outbound {
             .iter()
             .map(|i| match i.awaiting {
                 AwaitedAck::PubAck | AwaitedAck::PubRec => {
-                    Packet::Publish(to_publish(&i.delivery, i.packet_id, true, now_ms))
+                    Packet::Deliver(to_deliver(&i.delivery, i.packet_id, true, now_ms))
                 }
                 AwaitedAck::PubComp => Packet::PubRel(Ack::new(i.packet_id, ReasonCode::SUCCESS)),
             })
@@ -314,20 +313,15 @@ impl Outbound {
     }
 }
 
-fn to_publish(delivery: &Delivery, packet_id: u16, dup: bool, now_ms: u64) -> Publish {
-    let message = &delivery.message;
-    let mut properties = message.properties.clone();
-    properties.message_expiry_interval = message.remaining_expiry(now_ms);
-    Publish {
-        dup,
+fn to_deliver(delivery: &Delivery, packet_id: u16, dup: bool, now_ms: u64) -> Deliver {
+    Deliver {
+        message: delivery.message.clone(),
         qos: delivery.qos,
         retain: delivery.retain,
-        topic: message.topic.to_string(),
+        dup,
         packet_id,
-        topic_alias: None,
         subscription_ids: delivery.subscription_ids.clone(),
-        properties,
-        payload: message.payload.clone(),
+        message_expiry: delivery.message.remaining_expiry(now_ms),
     }
 }
 
@@ -359,7 +353,7 @@ mod tests {
         }
     }
 
-    fn drain(out: &mut Outbound, now_ms: u64) -> Vec<Publish> {
+    fn drain(out: &mut Outbound, now_ms: u64) -> Vec<Deliver> {
         let mut expired = 0;
         std::iter::from_fn(|| out.next_publish(now_ms, &mut expired)).collect()
     }
@@ -377,7 +371,7 @@ mod tests {
         assert_eq!(out.on_puback(1), AckOutcome::Done);
         let sent = drain(&mut out, 0);
         assert_eq!(sent.len(), 1);
-        assert_eq!(&sent[0].payload[..], b"3");
+        assert_eq!(&sent[0].message.payload[..], b"3");
     }
 
     #[test]
@@ -389,7 +383,7 @@ mod tests {
         out.enqueue(delivery(QoS::AtMostOnce, "d"));
         let sent: Vec<_> = drain(&mut out, 0)
             .iter()
-            .map(|p| p.payload.clone())
+            .map(|p| p.message.payload.clone())
             .collect();
         assert_eq!(sent, ["a", "b"]);
     }
@@ -407,7 +401,7 @@ mod tests {
         let resent = out.resend(0);
         assert_eq!(resent.len(), 2);
         assert!(matches!(&resent[0], Packet::PubRel(a) if a.packet_id == 1));
-        assert!(matches!(&resent[1], Packet::Publish(p) if p.dup && p.packet_id == 2));
+        assert!(matches!(&resent[1], Packet::Deliver(p) if p.dup && p.packet_id == 2));
         assert_eq!(out.on_pubcomp(1), AckOutcome::Done);
         assert_eq!(out.inflight().count(), 1);
     }
@@ -464,8 +458,8 @@ mod tests {
         out.enqueue(delivery_expiring(QoS::AtLeastOnce, "new", Some(10_000)));
         let mut expired = 0;
         let publish = out.next_publish(4_000, &mut expired).unwrap();
-        assert_eq!(&publish.payload[..], b"new");
-        assert_eq!(publish.properties.message_expiry_interval, Some(6));
+        assert_eq!(&publish.message.payload[..], b"new");
+        assert_eq!(publish.message_expiry, Some(6));
         assert_eq!(expired, 1);
     }
 
@@ -543,7 +537,7 @@ mod tests {
             next[0].packet_id, 41,
             "new ids continue after restored ones"
         );
-        assert_eq!(&next[0].payload[..], b"queued");
+        assert_eq!(&next[0].message.payload[..], b"queued");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{SessionCopy, SessionRecord, Snapshot, Store, StoreError, StoredDelivery};
-use crate::router::Message;
+use super::{SessionRecord, Snapshot, Store, StoreError, StoredDelivery};
+use crate::protocol::Message;
 use crate::session::{Delivery, Sent};
 
 /// Bumped whenever the stored layout changes incompatibly.
@@ -26,6 +26,7 @@ const FORMAT: u8 = 1;
 
 pub struct SledStore {
     db: sled::Db,
+    meta: sled::Tree,
     sessions: sled::Tree,
     deliveries: sled::Tree,
     sent: sled::Tree,
@@ -86,6 +87,7 @@ impl SledStore {
             }
         }
         Ok(SledStore {
+            meta,
             sessions: tree("sessions")?,
             deliveries: tree("deliveries")?,
             sent: tree("sent")?,
@@ -186,16 +188,15 @@ impl Store for SledStore {
 
     fn put_copies(
         &self,
-        copies: &[SessionCopy<'_>],
+        copies: &[(Arc<str>, Delivery)],
         inbound_qos2: Option<(&str, u16)>,
     ) -> Result<(), StoreError> {
         let mut entries = Vec::with_capacity(copies.len());
-        for copy in copies {
-            let seq = copy
-                .delivery
+        for (client_id, delivery) in copies {
+            let seq = delivery
                 .seq
                 .ok_or_else(|| StoreError::Backend("delivery without a key".into()))?;
-            entries.push((delivery_key(copy.client_id, seq), encode(copy.delivery)?));
+            entries.push((delivery_key(client_id, seq), encode(delivery)?));
         }
         let Some((client_id, packet_id)) = inbound_qos2 else {
             let mut batch = sled::Batch::default();
@@ -245,6 +246,11 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn has_space(&self) -> bool {
+        let probe = crate::timer::now_ms().to_be_bytes();
+        self.meta.insert("space-probe", &probe).is_ok() && self.db.flush().is_ok()
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
@@ -358,18 +364,9 @@ mod tests {
         store.put_session(&record("a")).unwrap();
         let (first, second, orphan) = (delivery(2), delivery(10), delivery(5));
         let copies = [
-            SessionCopy {
-                client_id: "a",
-                delivery: &second,
-            },
-            SessionCopy {
-                client_id: "a",
-                delivery: &first,
-            },
-            SessionCopy {
-                client_id: "gone",
-                delivery: &orphan,
-            },
+            (Arc::from("a"), second),
+            (Arc::from("a"), first.clone()),
+            (Arc::from("gone"), orphan),
         ];
         store.put_copies(&copies, Some(("a", 9))).unwrap();
         let sent = Sent {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{SessionCopy, SessionRecord, Snapshot, Store, StoreError};
-use crate::router::Message;
-use crate::session::Sent;
+use super::{SessionRecord, Snapshot, Store, StoreError};
+use crate::protocol::Message;
+use crate::session::{Delivery, Sent};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -52,7 +52,7 @@ impl Store for MemoryStore {
 
     fn put_copies(
         &self,
-        _copies: &[SessionCopy<'_>],
+        _copies: &[(Arc<str>, Delivery)],
         _inbound_qos2: Option<(&str, u16)>,
     ) -> Result<(), StoreError> {
         Ok(())
@@ -72,6 +72,10 @@ impl Store for MemoryStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn has_space(&self) -> bool {
+        true
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {

@@ -2,15 +2,15 @@
 //! their messages and retained messages can be rebuilt after a restart.
 //!
 //! The broker keeps its live state in memory for speed and reports every
-//! change that must survive to a `Store`; at start it rebuilds from
+//! change that must survive as a `Record` to the `Journal`, whose writer
+//! thread applies it to a `Store`; at start the broker rebuilds from
 //! `Store::load`. Only persistent sessions (expiry > 0) are ever written.
 //! `SledStore` keeps the records on disk; `MemoryStore` keeps sessions and
 //! retained messages in the process (the `memory` durability mode, and what
-//! tests use to restart a broker on the same state). `GroupCommit` decides
-//! when a write counts as durable.
+//! tests use to restart a broker on the same state).
 
-mod commit;
 mod disk;
+mod journal;
 mod memory;
 
 use std::collections::HashMap;
@@ -18,12 +18,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Will;
-use crate::router::Message;
+use crate::protocol::{Message, Will};
 use crate::session::{Delivery, Sent, SubscriptionEntry};
 
-pub use commit::GroupCommit;
 pub use disk::SledStore;
+pub use journal::{Flush, Journal, Record, Ticket};
 pub use memory::MemoryStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +43,17 @@ pub enum StoreError {
 impl StoreError {
     /// Classifies an I/O error from the backend.
     pub fn io(error: &std::io::Error) -> StoreError {
-        match error.raw_os_error() {
-            Some(code) if code == ENOSPC || code == EDQUOT => StoreError::Full(error.to_string()),
-            _ => StoreError::Backend(error.to_string()),
+        let full = matches!(error.raw_os_error(), Some(code) if code == ENOSPC || code == EDQUOT)
+            || matches!(
+                error.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+            // sled re-wraps the OS error into one that keeps only its text.
+            || error.to_string().contains("No space left on device");
+        if full {
+            StoreError::Full(error.to_string())
+        } else {
+            StoreError::Backend(error.to_string())
         }
     }
 }
@@ -75,13 +82,6 @@ pub struct StoredDelivery {
     pub delivery: Delivery,
     /// Set once it was sent: re-sent with DUP and this packet id.
     pub sent: Option<Sent>,
-}
-
-/// One copy of an inbound message for one persistent session.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionCopy<'a> {
-    pub client_id: &'a str,
-    pub delivery: &'a Delivery,
 }
 
 /// Everything a store holds, as read back at start.
@@ -121,7 +121,7 @@ pub trait Store: Send + Sync + 'static {
     /// a publisher re-sending after a crash must find either both or neither.
     fn put_copies(
         &self,
-        copies: &[SessionCopy<'_>],
+        copies: &[(Arc<str>, Delivery)],
         inbound_qos2: Option<(&str, u16)>,
     ) -> Result<(), StoreError>;
     fn mark_sent(&self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError>;
@@ -129,5 +129,7 @@ pub trait Store: Send + Sync + 'static {
     fn delete_inbound_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
     /// Makes every write that has returned so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// After writes failed for lack of space: whether a write succeeds now.
+    fn has_space(&self) -> bool;
     fn load(&self) -> Result<Snapshot, StoreError>;
 }

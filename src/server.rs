@@ -1,0 +1,160 @@
+//! The running broker: opens the store, rebuilds the state, and runs the
+//! tasks that drive the I/O-free core: one accept loop per listener (with a
+//! task per connection), the timer task, and the journal's writer thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+
+use crate::broker::{BrokerState, Metrics};
+use crate::config::{Durability, Settings};
+use crate::store::{Flush, Journal, MemoryStore, SledStore, Store, StoreError};
+use crate::timer::now_ms;
+use crate::transport;
+
+/// How long shutdown waits for connections to say goodbye before cutting
+/// them, so a client that stopped reading cannot hold the broker up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot restore stored state: {0}")]
+    Restore(#[from] StoreError),
+    #[error("cannot start the journal writer: {0}")]
+    Journal(std::io::Error),
+}
+
+/// A running broker. Dropping it without `shutdown` leaves the tasks running
+/// until the runtime ends.
+pub struct Broker {
+    state: Arc<BrokerState>,
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Broker {
+    /// Opens the store the durability mode asks for (sled under `data_dir`,
+    /// or memory), rebuilds what it holds, binds every listener and starts
+    /// serving.
+    pub async fn start(settings: Settings) -> Result<Broker, BrokerError> {
+        let store: Arc<dyn Store> = match settings.durability {
+            Durability::Memory => Arc::new(MemoryStore::new()),
+            Durability::Sync => Arc::new(SledStore::open(&settings.data_dir, None)?),
+            Durability::Async => Arc::new(SledStore::open(
+                &settings.data_dir,
+                Some(settings.flush_interval_ms),
+            )?),
+        };
+        Broker::start_with_store(settings, store).await
+    }
+
+    /// Starts on the given store, first rebuilding what it holds.
+    pub async fn start_with_store(
+        settings: Settings,
+        store: Arc<dyn Store>,
+    ) -> Result<Broker, BrokerError> {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut listeners = Vec::new();
+        for listener in &settings.listeners {
+            let socket = tokio::net::TcpListener::bind(listener.bind)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: listener.bind,
+                    source,
+                })?;
+            listeners.push(socket);
+        }
+        let addrs = listeners
+            .iter()
+            .zip(&settings.listeners)
+            .map(|(socket, listener)| socket.local_addr().unwrap_or(listener.bind))
+            .collect();
+        let snapshot = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load())
+                .await
+                .map_err(|error| StoreError::Backend(error.to_string()))??
+        };
+        let flush = match settings.durability {
+            Durability::Sync => Flush::EveryBatch,
+            Durability::Async | Durability::Memory => Flush::Background,
+        };
+        let keeps_messages = settings.durability != Durability::Memory;
+        let journal = Journal::start(store, flush).map_err(BrokerError::Journal)?;
+        let state = BrokerState::new(settings, journal, keeps_messages, snapshot, now_ms());
+        // What the restore purged (expired sessions and retained messages)
+        // is gone from disk before the first client is served.
+        state.journal().drained().await;
+        let mut tasks = JoinSet::new();
+        for socket in listeners {
+            tasks.spawn(transport::accept_loop(
+                socket,
+                state.clone(),
+                shutdown_rx.clone(),
+                SHUTDOWN_GRACE,
+            ));
+        }
+        tasks.spawn(run_timers(state.clone(), shutdown_rx));
+        Ok(Broker {
+            state,
+            addrs,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.state.metrics()
+    }
+
+    /// The broker core, for tests that look at its state.
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// Stops accepting, tells connected clients the server is shutting down
+    /// (v5: DISCONNECT 0x8B), waits for the connections to close (cutting
+    /// those still open after a grace period), and flushes the journal.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.state.shut_down();
+        while self.tasks.join_next().await.is_some() {}
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.journal().close()).await;
+    }
+}
+
+/// The one timer task: sleeps until the wheel's next deadline (or until an
+/// earlier one is armed), then hands what came due to the broker.
+async fn run_timers(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let wait = broker
+            .timers()
+            .next_deadline()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+        let alarm = sleep_until(Instant::now() + wait.unwrap_or(Duration::from_secs(3600)));
+        tokio::select! {
+            _ = alarm => {}
+            _ = broker.timers().changed() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = now_ms();
+        for event in broker.timers().advance(now) {
+            broker.on_timer(event, now);
+        }
+    }
+}

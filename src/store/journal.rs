@@ -1,0 +1,470 @@
+//! The journal: the ordered queue of records between the broker and its
+//! store, and the tickets that say when a record is durable.
+//!
+//! The broker appends records while it holds the lock of the state they
+//! describe, so they are queued in the order the changes happened, but it
+//! never waits there: appending is an in-memory push. One writer thread
+//! applies the records to the `Store` in that order and, under `sync`,
+//! flushes once per batch (group commit): every record appended before a
+//! flush started is covered by it. An acknowledgement that depends on a
+//! record waits for its ticket, on the connection task, without blocking a
+//! runtime thread.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use super::{SessionRecord, Store, StoreError};
+use crate::protocol::Message;
+use crate::session::{Delivery, Sent};
+
+/// A change that must reach the store. Client ids and topics are shared
+/// with the live state, so a record costs little more than its message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    PutSession(Box<SessionRecord>),
+    /// Removes a session with everything it owns.
+    DeleteSession(Arc<str>),
+    PutRetained(Arc<Message>),
+    DeleteRetained(Arc<str>),
+    /// The copies of one inbound message for persistent sessions and, for
+    /// QoS 2 from a persistent session, the publisher's packet id awaiting
+    /// PUBREL: written together, so a publisher re-sending after a crash
+    /// finds both or neither.
+    PutCopies {
+        copies: Vec<(Arc<str>, Delivery)>,
+        inbound_qos2: Option<(Arc<str>, u16)>,
+    },
+    MarkSent {
+        client_id: Arc<str>,
+        seq: u64,
+        sent: Sent,
+    },
+    DeleteDelivery {
+        client_id: Arc<str>,
+        seq: u64,
+    },
+    DeleteInboundQos2 {
+        client_id: Arc<str>,
+        packet_id: u16,
+    },
+}
+
+impl Record {
+    /// Roughly what the record holds, for the journal's bound.
+    fn weight(&self) -> usize {
+        const BASE: usize = 64;
+        BASE + match self {
+            Record::PutRetained(message) => message.size(),
+            Record::PutCopies { copies, .. } => copies
+                .iter()
+                .map(|(_, delivery)| BASE + delivery.message.size())
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// The position of a record in the journal. `Ticket::NONE` is durable
+/// from the start: nothing to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Ticket(pub u64);
+
+impl Ticket {
+    pub const NONE: Ticket = Ticket(0);
+}
+
+/// How records become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Tickets are settled once a flush covers them (`durability = sync`).
+    EveryBatch,
+    /// Tickets are settled as soon as the records are written; the store
+    /// flushes on its own schedule (`async`, `memory`).
+    Background,
+}
+
+/// Records waiting for the writer: at most this many bytes' worth before
+/// connections stop reading until it catches up.
+const CONGESTED_BYTES: usize = 64 * 1024 * 1024;
+
+/// How often the writer asks a store that reported itself full whether it
+/// has space again, so publishes are accepted again without a restart.
+const FULL_RETRY: Duration = Duration::from_millis(500);
+
+/// How long the writer sleeps when nothing happens.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// Failed ranges remembered: far more than can be waited on at once.
+const FAILED_RANGES_KEPT: usize = 1024;
+
+#[derive(Debug, Clone, Default)]
+struct Settled {
+    /// Every record up to here has been dealt with: written and flushed,
+    /// or failed.
+    through: u64,
+    /// The ranges of tickets whose write or flush failed: what waits for
+    /// them must never be sent.
+    failed: VecDeque<(u64, u64)>,
+}
+
+impl Settled {
+    fn failed(&self, ticket: u64) -> bool {
+        self.failed
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&ticket))
+    }
+
+    fn record(&mut self, first: u64, last: u64, failed: bool) {
+        if failed {
+            if self.failed.len() == FAILED_RANGES_KEPT {
+                self.failed.pop_front();
+            }
+            self.failed.push_back((first, last));
+        }
+        self.through = self.through.max(last);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<(u64, Record)>,
+    bytes: usize,
+    appended: u64,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake_writer: Condvar,
+    settled: watch::Sender<Settled>,
+    /// The store said it is full: new durable messages are refused until a
+    /// write succeeds again.
+    full: AtomicBool,
+    relieved: Notify,
+    /// Notified when the store has space again after being full.
+    space_back: Notify,
+    /// Whether acknowledgements wait for their records at all (`sync`).
+    waits: bool,
+}
+
+pub struct Journal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// A journal whose writer thread applies records to `store`.
+    pub fn start(store: Arc<dyn Store>, flush: Flush) -> std::io::Result<Journal> {
+        let shared = Journal::shared(flush == Flush::EveryBatch);
+        let worker = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("petrel-journal".into())
+            .spawn(move || worker.run(&*store, flush))?;
+        Ok(Journal {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// A journal without a writer: records stay queued until `take` and
+    /// tickets settle only through `settle`. For tests of the broker core,
+    /// which run with no thread and no disk.
+    pub fn manual() -> Journal {
+        Journal {
+            shared: Journal::shared(true),
+            writer: Mutex::new(None),
+        }
+    }
+
+    fn shared(waits: bool) -> Arc<Shared> {
+        Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake_writer: Condvar::new(),
+            settled: watch::Sender::new(Settled::default()),
+            full: AtomicBool::new(false),
+            relieved: Notify::new(),
+            space_back: Notify::new(),
+            waits,
+        })
+    }
+
+    /// Queues a record; its ticket says when it is durable (always at once
+    /// when acknowledgements do not wait for the disk).
+    pub fn append(&self, record: Record) -> Ticket {
+        let mut queue = self.shared.lock();
+        queue.appended += 1;
+        let ticket = queue.appended;
+        queue.bytes += record.weight();
+        queue.records.push_back((ticket, record));
+        drop(queue);
+        self.shared.wake_writer.notify_one();
+        if self.shared.waits {
+            Ticket(ticket)
+        } else {
+            Ticket::NONE
+        }
+    }
+
+    /// Whether new durable messages may be accepted: not while the store
+    /// reports it is full (the publisher gets quota exceeded).
+    pub fn accepting(&self) -> Result<(), StoreError> {
+        if self.shared.full.load(Ordering::Acquire) {
+            return Err(StoreError::Full("the store is full".into()));
+        }
+        Ok(())
+    }
+
+    /// Waits until durable publishes are accepted (the store is not full).
+    pub async fn until_accepting(&self) {
+        loop {
+            let notified = self.shared.space_back.notified();
+            if self.accepting().is_ok() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether so much waits for the writer that connections should stop
+    /// reading until it catches up.
+    pub fn congested(&self) -> bool {
+        self.shared.lock().bytes > CONGESTED_BYTES
+    }
+
+    /// Waits until the journal is no longer congested.
+    pub async fn relieved(&self) {
+        loop {
+            let notified = self.shared.relieved.notified();
+            if !self.congested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until `ticket` is durable; an error means it never will be.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        if ticket == Ticket::NONE {
+            return Ok(());
+        }
+        let mut settled = self.shared.settled.subscribe();
+        let failed = settled
+            .wait_for(|s| s.through >= ticket.0)
+            .await
+            .map_err(|_| StoreError::Backend("the journal has stopped".into()))?
+            .failed(ticket.0);
+        if failed {
+            Err(StoreError::Backend(
+                "writing to the store failed; see the log".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits until every record appended so far has been written (and,
+    /// under `sync`, flushed), whatever the durability mode.
+    pub async fn drained(&self) {
+        let appended = self.shared.lock().appended;
+        let mut settled = self.shared.settled.subscribe();
+        let _ = settled.wait_for(|s| s.through >= appended).await;
+    }
+
+    /// Whether `ticket` is durable already.
+    pub fn is_durable(&self, ticket: Ticket) -> bool {
+        let settled = self.shared.settled.borrow();
+        ticket == Ticket::NONE || (settled.through >= ticket.0 && !settled.failed(ticket.0))
+    }
+
+    /// Takes the queued records (manual journals).
+    pub fn take(&self) -> Vec<Record> {
+        let mut queue = self.shared.lock();
+        queue.bytes = 0;
+        queue.records.drain(..).map(|(_, record)| record).collect()
+    }
+
+    /// Marks everything up to `ticket` durable (manual journals).
+    pub fn settle(&self, ticket: Ticket) {
+        self.shared
+            .settled
+            .send_modify(|s| s.record(ticket.0, ticket.0, false));
+    }
+
+    /// Marks `ticket` failed, and everything before it settled (manual
+    /// journals).
+    pub fn fail(&self, ticket: Ticket) {
+        self.shared
+            .settled
+            .send_modify(|s| s.record(ticket.0, ticket.0, true));
+    }
+
+    /// Reports the store full or no longer full (manual journals).
+    pub fn set_full(&self, full: bool) {
+        self.shared.full.store(full, Ordering::Release);
+    }
+
+    /// Writes and flushes what is queued, then stops the writer.
+    pub fn close(&self) {
+        self.shared.lock().stop = true;
+        self.shared.wake_writer.notify_one();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer thread: take everything queued, apply it in order, flush
+    /// once (under `EveryBatch`), settle the tickets, repeat. While the
+    /// store reports itself full, it also asks it every `FULL_RETRY`
+    /// whether space came back.
+    fn run(&self, store: &dyn Store, flush: Flush) {
+        let mut last_probe = Instant::now();
+        loop {
+            let (batch, stop) = self.next_batch();
+            self.relieved.notify_waiters();
+            if self.full.load(Ordering::Acquire) && last_probe.elapsed() >= FULL_RETRY {
+                last_probe = Instant::now();
+                if store.has_space() {
+                    self.space_is_back();
+                }
+            }
+            if let (Some(&(first, _)), Some(&(last, _))) = (batch.front(), batch.back()) {
+                let mut failed = false;
+                for (_, record) in batch {
+                    if let Err(error) = apply(store, record) {
+                        failed = true;
+                        self.report(&error);
+                    }
+                }
+                if (flush == Flush::EveryBatch || stop)
+                    && let Err(error) = store.flush()
+                {
+                    tracing::error!(%error, "flush to disk failed: acknowledgements are held back");
+                    failed = true;
+                }
+                self.settled.send_modify(|s| s.record(first, last, failed));
+            }
+            if stop && self.lock().records.is_empty() {
+                if let Err(error) = store.flush() {
+                    tracing::error!(%error, "final flush to disk failed");
+                }
+                return;
+            }
+        }
+    }
+
+    /// Waits for records (or, while the store is full, for the next probe)
+    /// and takes them all.
+    fn next_batch(&self) -> (VecDeque<(u64, Record)>, bool) {
+        let mut queue = self.lock();
+        if queue.records.is_empty() && !queue.stop {
+            let timeout = if self.full.load(Ordering::Acquire) {
+                FULL_RETRY
+            } else {
+                IDLE_WAIT
+            };
+            queue = self
+                .wake_writer
+                .wait_timeout_while(queue, timeout, |q| q.records.is_empty() && !q.stop)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        queue.bytes = 0;
+        (std::mem::take(&mut queue.records), queue.stop)
+    }
+
+    fn report(&self, error: &StoreError) {
+        if matches!(error, StoreError::Full(_)) {
+            if !self.full.swap(true, Ordering::AcqRel) {
+                tracing::error!(%error, "the store is full: durable publishes are refused until space returns");
+            }
+        } else {
+            tracing::error!(%error, "cannot write to the store");
+        }
+    }
+
+    fn space_is_back(&self) {
+        self.full.store(false, Ordering::Release);
+        tracing::warn!("the store has space again: durable publishes are accepted");
+        self.space_back.notify_waiters();
+    }
+}
+
+fn apply(store: &dyn Store, record: Record) -> Result<(), StoreError> {
+    match record {
+        Record::PutSession(session) => store.put_session(&session),
+        Record::DeleteSession(client_id) => store.delete_session(&client_id),
+        Record::PutRetained(message) => store.put_retained(&message),
+        Record::DeleteRetained(topic) => store.delete_retained(&topic),
+        Record::PutCopies {
+            copies,
+            inbound_qos2,
+        } => store.put_copies(
+            &copies,
+            inbound_qos2
+                .as_ref()
+                .map(|(id, packet_id)| (&**id, *packet_id)),
+        ),
+        Record::MarkSent {
+            client_id,
+            seq,
+            sent,
+        } => store.mark_sent(&client_id, seq, sent),
+        Record::DeleteDelivery { client_id, seq } => store.delete_delivery(&client_id, seq),
+        Record::DeleteInboundQos2 {
+            client_id,
+            packet_id,
+        } => store.delete_inbound_qos2(&client_id, packet_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_ticket_settles_once_the_writer_has_applied_it() {
+        let store = Arc::new(MemoryStore::new());
+        let journal = Journal::start(store.clone(), Flush::EveryBatch).unwrap();
+        let ticket = journal.append(Record::DeleteRetained("t".into()));
+        journal.durable(ticket).await.unwrap();
+        assert!(journal.is_durable(ticket));
+        journal.close();
+    }
+
+    #[tokio::test]
+    async fn manual_tickets_wait_for_settle_and_fail_with_fail() {
+        let journal = Journal::manual();
+        let first = journal.append(Record::DeleteRetained("a".into()));
+        let second = journal.append(Record::DeleteRetained("b".into()));
+        assert!(!journal.is_durable(first));
+        journal.settle(first);
+        journal.durable(first).await.unwrap();
+        assert!(!journal.is_durable(second));
+        journal.fail(second);
+        assert!(journal.durable(second).await.is_err());
+        assert_eq!(journal.take().len(), 2);
+    }
+}
