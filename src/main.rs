@@ -37,10 +37,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match petrel::server::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("petrel: cannot start the async runtime: {error}");

@@ -33,6 +33,19 @@ pub enum BrokerError {
     Journal(std::io::Error),
 }
 
+/// The async runtime petrel serves on: every core, with the scheduler's
+/// last-woken-runs-first slot disabled, so that sockets that became
+/// readable together are served in the order they became readable (a
+/// SUBSCRIBE that arrived before another client's PUBLISH takes effect
+/// first, as on a single-threaded broker).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}
+
 /// A running broker. Dropping it without `shutdown` leaves the tasks running
 /// until the runtime ends.
 pub struct Broker {
@@ -96,10 +109,12 @@ impl Broker {
         // is gone from disk before the first client is served.
         state.journal().drained().await;
         let mut tasks = JoinSet::new();
+        let order = Arc::new(transport::ArrivalOrder::default());
         for socket in listeners {
             tasks.spawn(transport::accept_loop(
                 socket,
                 state.clone(),
+                order.clone(),
                 shutdown_rx.clone(),
                 SHUTDOWN_GRACE,
             ));

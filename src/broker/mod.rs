@@ -17,6 +17,8 @@ mod metrics;
 mod publish;
 mod restore;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -348,6 +348,17 @@ mod tests {
     }
 
     #[test]
+    fn a_header_announcing_a_large_frame_does_not_reserve_it_up_front() {
+        let mut codec = Codec::new(2 * 1024 * 1024);
+        let mut codec_v5 = connected(Version::V5);
+        std::mem::swap(&mut codec.version, &mut codec_v5.version);
+        // PUBLISH announcing 1 MiB, of which 3 bytes have arrived.
+        let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x40, 0, 1, b't'][..]);
+        assert_eq!(codec.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() < 64 * 1024, "reserved {}", buf.capacity());
+    }
+
+    #[test]
     fn five_byte_remaining_length_is_malformed() {
         let mut codec = connected(Version::V311);
         let result = decode_one(&mut codec, &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);

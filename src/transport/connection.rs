@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::arrival::{ArrivalOrder, Stamp, has_subscription_change};
 use crate::broker::{BrokerState, Client, Close, Connected, Output};
 use crate::protocol::{
     Codec, ConnAck, Connect, DecodeError, Disconnect, EncodeError, Packet, ReasonCode, Version,
@@ -56,10 +57,11 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<BrokerState>,
+    order: Arc<ArrivalOrder>,
     shutdown: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
-    tracing::Instrument::instrument(run(stream, &broker, shutdown), span).await;
+    tracing::Instrument::instrument(run(stream, &broker, &order, shutdown), span).await;
     broker.metrics().connection_closed();
 }
 
@@ -167,7 +169,12 @@ impl Wire {
     }
 }
 
-async fn run(stream: TcpStream, broker: &Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    stream: TcpStream,
+    broker: &Arc<BrokerState>,
+    order: &ArrivalOrder,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = &broker.settings().limits;
     let mut wire = Wire {
         stream,
@@ -227,7 +234,7 @@ async fn run(stream: TcpStream, broker: &Arc<BrokerState>, mut shutdown: watch::
         .set_outbound_topic_aliases(topic_alias_maximum.min(limits.max_outbound_topic_aliases));
 
     let mut held = Held::default();
-    let close = serve_session(&mut wire, &mut client, &signal, &mut held, broker).await;
+    let close = serve_session(&mut wire, &mut client, &signal, &mut held, broker, order).await;
 
     // Answers to packets handled before the close still go out, then the
     // DISCONNECT where the protocol has one.
@@ -264,6 +271,41 @@ async fn serve_session(
     signal: &ConnectionSignal,
     held: &mut Held,
     broker: &BrokerState,
+    order: &ArrivalOrder,
+) -> Close {
+    let mut pending = PendingStamp { order, stamp: None };
+    serve_loop(wire, client, signal, held, broker, &mut pending).await
+}
+
+/// The stamp of the read whose packets are being handled, released once
+/// they are, or when the connection ends in any way (a task cut at
+/// shutdown included), so it never holds other connections back.
+struct PendingStamp<'a> {
+    order: &'a ArrivalOrder,
+    stamp: Option<Stamp>,
+}
+
+impl PendingStamp<'_> {
+    fn release(&mut self) {
+        if let Some(stamp) = self.stamp.take() {
+            self.order.handled(stamp);
+        }
+    }
+}
+
+impl Drop for PendingStamp<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+async fn serve_loop(
+    wire: &mut Wire,
+    client: &mut Client,
+    signal: &ConnectionSignal,
+    held: &mut Held,
+    broker: &BrokerState,
+    pending: &mut PendingStamp<'_>,
 ) -> Close {
     let limits = &broker.settings().limits;
     let keep_alive = client.keep_alive_limit();
@@ -303,7 +345,11 @@ async fn serve_session(
             stalled_since = None;
         }
         let congested = broker.journal().congested();
-        let reading = wire.output.len() < OUTPUT_LIMIT && held.acks < max_held_acks && !congested;
+        let blocked = pending.stamp.filter(|_| !wire.input.is_empty());
+        let reading = blocked.is_none()
+            && wire.output.len() < OUTPUT_LIMIT
+            && held.acks < max_held_acks
+            && !congested;
         // Wake for whichever comes first: the keep alive or the write
         // deadline. The alarm is only moved when it rings or must ring
         // earlier, not on every read.
@@ -330,6 +376,13 @@ async fn serve_session(
                 let sent = wire.encode(client, packets);
                 broker.metrics().messages_sent_add(sent);
             }
+            _ = pending.order.earlier_handled(blocked.unwrap_or(Stamp::FIRST)), if blocked.is_some() => {
+                match handle_input(wire, client, held, Some((pending.order, blocked.unwrap_or(Stamp::FIRST)))) {
+                    Ok(Handled::All) => pending.release(),
+                    Ok(Handled::Blocked) => {}
+                    Err(close) => return close,
+                }
+            }
             ready = wire.stream.readable(), if reading => {
                 if ready.is_err() {
                     return Close::Lost;
@@ -339,11 +392,17 @@ async fn serve_session(
                     Read::Empty => continue,
                     Read::Closed => {
                         // Handle what arrived before the end (a DISCONNECT).
-                        return handle_input(wire, client, held).err().unwrap_or(Close::Lost);
+                        return handle_input(wire, client, held, None)
+                            .err()
+                            .unwrap_or(Close::Lost);
                     }
                 }
-                if let Err(close) = handle_input(wire, client, held) {
-                    return close;
+                let stamp = pending.order.stamp(has_subscription_change(&wire.input));
+                pending.stamp = Some(stamp);
+                match handle_input(wire, client, held, Some((pending.order, stamp))) {
+                    Ok(Handled::All) => pending.release(),
+                    Ok(Handled::Blocked) => {}
+                    Err(close) => return close,
                 }
             }
             ready = wire.stream.writable(), if !wire.output.is_empty() => {
@@ -381,7 +440,7 @@ fn far_future() -> Instant {
 fn finish_reading(wire: &mut Wire, client: &mut Client) -> Close {
     while wire.input.len() < DRAIN_BYTES && wire.try_read() == Read::Data {}
     let mut answers = Held::default();
-    match handle_input(wire, client, &mut answers) {
+    match handle_input(wire, client, &mut answers, None) {
         Err(Close::ByServer(reason)) if reason != ReasonCode::SESSION_TAKEN_OVER => {
             Close::ByServer(reason)
         }
@@ -389,10 +448,32 @@ fn finish_reading(wire: &mut Wire, client: &mut Client) -> Close {
     }
 }
 
+/// How far `handle_input` got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// Every whole packet in the input.
+    All,
+    /// Up to a PUBLISH that must wait for another connection's earlier
+    /// SUBSCRIBE or UNSUBSCRIBE.
+    Blocked,
+}
+
 /// Decodes and handles every whole packet in the input, holding the
-/// answers that wait for the journal.
-fn handle_input(wire: &mut Wire, client: &mut Client, held: &mut Held) -> Result<(), Close> {
+/// answers that wait for the journal. With an arrival stamp, stops before a
+/// PUBLISH that an earlier subscription change must precede.
+fn handle_input(
+    wire: &mut Wire,
+    client: &mut Client,
+    held: &mut Held,
+    order: Option<(&ArrivalOrder, Stamp)>,
+) -> Result<Handled, Close> {
     let result = loop {
+        if let Some((order, stamp)) = order
+            && wire.input.first().is_some_and(|byte| byte >> 4 == 3)
+            && order.must_wait(stamp)
+        {
+            break Ok(Handled::Blocked);
+        }
         match wire.codec.decode(&mut wire.input) {
             Ok(Some(packet)) => {
                 tracing::trace!(?packet, "received");
@@ -400,7 +481,7 @@ fn handle_input(wire: &mut Wire, client: &mut Client, held: &mut Held) -> Result
                     break Err(close);
                 }
             }
-            Ok(None) => break Ok(()),
+            Ok(None) => break Ok(Handled::All),
             Err(error) => {
                 tracing::info!(%error, "closing connection");
                 break Err(Close::ByServer(error.reason()));

@@ -1,6 +1,9 @@
 //! Sockets: the accept loop of each listener and one task per connection.
 
+mod arrival;
 mod connection;
+
+pub use arrival::ArrivalOrder;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use crate::broker::BrokerState;
 pub async fn accept_loop(
     listener: TcpListener,
     broker: Arc<BrokerState>,
+    order: Arc<ArrivalOrder>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -32,7 +36,13 @@ pub async fn accept_loop(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(stream, peer, broker.clone(), shutdown.clone()));
+                    connections.spawn(connection::serve(
+                        stream,
+                        peer,
+                        broker.clone(),
+                        order.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off briefly

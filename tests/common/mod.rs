@@ -46,6 +46,50 @@ pub async fn start_broker() -> TestBroker {
     start_broker_with(|_| {}).await
 }
 
+/// A petrel serving on a runtime of its own (the one the binary uses), on
+/// its own threads, so tests that measure ordering or timing see the
+/// broker's scheduling, not the test client's. Stops when dropped.
+pub struct IsolatedBroker {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IsolatedBroker {
+    pub fn start(adjust: impl FnOnce(&mut Settings)) -> IsolatedBroker {
+        let mut settings = Settings::ephemeral();
+        adjust(&mut settings);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = petrel::server::runtime().expect("runtime");
+            runtime.block_on(async move {
+                let broker = Broker::start(settings).await.expect("broker starts");
+                addr_tx.send(broker.local_addrs()[0]).expect("test waits");
+                let _ = stopped.await;
+                broker.shutdown().await;
+            });
+        });
+        let addr = addr_rx.recv().expect("broker started");
+        IsolatedBroker {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for IsolatedBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Starts petrel after letting the test adjust its settings.
 pub async fn start_broker_with(adjust: impl FnOnce(&mut Settings)) -> TestBroker {
     let mut settings = Settings::ephemeral();

@@ -131,6 +131,14 @@ impl RawClient {
         }
     }
 
+    /// A client over a stream the test connected itself.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes `bytes`. A failed write is ignored on purpose: it means the
     /// broker has already closed the connection, which the next read reports
     /// and the test asserts on.
@@ -139,6 +147,14 @@ impl RawClient {
             Ok(_) => {}
             Err(_) => panic!("writing {} bytes to the broker timed out", bytes.len()),
         }
+    }
+
+    /// Writes `bytes`, reporting a failed write (the broker reset the
+    /// connection) instead of ignoring it.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .unwrap_or_else(|_| panic!("writing {} bytes to the broker timed out", bytes.len()))
     }
 
     /// Closes our side for writing (sends FIN) while reads still work.
