@@ -43,8 +43,8 @@ pub struct Client {
     /// then make it non-zero [MQTT-3.14.2-2].
     pub(super) connected_with_zero_expiry: bool,
     /// v5 topic aliases the client set up for its PUBLISHes (at most
-    /// `limits.max_topic_alias`, so a list).
-    pub(super) topic_aliases: Vec<(u16, Arc<str>)>,
+    /// `limits.max_topic_alias`, so a list; none until the first).
+    pub(super) topic_aliases: Option<Box<TopicAliases>>,
     /// Reason strings go out unless the client asked for none.
     pub(super) problem_information: bool,
     /// Control packets waiting to be written, ahead of queued messages.
@@ -52,6 +52,10 @@ pub struct Client {
     /// The journal write that what is waiting to be written depends on.
     pub(super) ticket: Ticket,
 }
+
+/// A client's topic aliases: boxed in `Client`, whose idle size matters,
+/// because few clients use them.
+pub(super) type TopicAliases = Vec<(u16, Arc<str>)>;
 
 /// Queued messages one pump takes at most, however small they are.
 const PUMP_MESSAGES: usize = 256;

@@ -190,7 +190,7 @@ impl Client {
             version,
             keep_alive,
             connected_with_zero_expiry: expiry_secs == 0,
-            topic_aliases: Vec::new(),
+            topic_aliases: None,
             problem_information: connect.request_problem_information,
             outgoing: Vec::new(),
             ticket: Default::default(),
@@ -366,7 +366,7 @@ impl BrokerState {
         let slot = match event {
             TimerEvent::SessionExpiry { .. } => &mut state.expiry_timer,
             TimerEvent::WillDelay { .. } => &mut state.will_timer,
-            TimerEvent::RetainedExpiry { .. } => return,
+            TimerEvent::RetainedExpiry { .. } | TimerEvent::ConnectionAlarm(_) => return,
         };
         if let Some(old) = slot.replace(id) {
             self.timers.cancel(old);

@@ -99,6 +99,7 @@ impl BrokerState {
                 client_id,
                 generation,
             } => self.will_delay_passed(&client_id, generation, now_ms),
+            TimerEvent::ConnectionAlarm(signal) => signal.alarm(),
             TimerEvent::RetainedExpiry { topic, expires_at } => {
                 let mut trie = self.retained.write();
                 let due = trie

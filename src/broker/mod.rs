@@ -30,7 +30,9 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::protocol::{Message, QoS};
 use crate::router::{Retained, RetainedTrie, SubscriptionIndex};
-use crate::session::{Change, Delivery, Enqueued, Session, SessionConfig, SessionState};
+use crate::session::{
+    Change, ConnectionSignal, Delivery, Enqueued, Session, SessionConfig, SessionState,
+};
 use crate::store::{Journal, Record, SessionRecord, Snapshot, Ticket};
 use crate::timer::{TimerId, TimerWheel};
 use crate::topic::TopicLimits;
@@ -49,7 +51,7 @@ pub struct Routed {
 }
 
 /// Something the broker does at a time, rather than in answer to a packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum TimerEvent {
     /// A disconnected session reaches its expiry, unless a client attached
     /// since (`generation` changed).
@@ -64,6 +66,9 @@ pub enum TimerEvent {
     },
     /// A retained message's expiry has passed.
     RetainedExpiry { topic: Arc<str>, expires_at: u64 },
+    /// A connection's alarm (keep alive, write deadline): its task is woken
+    /// to look at its own deadlines.
+    ConnectionAlarm(Arc<ConnectionSignal>),
 }
 
 /// The broker's timers: one wheel for all of them, and the wake-up of the
@@ -92,7 +97,12 @@ impl Timers {
         id
     }
 
-    fn cancel(&self, id: TimerId) {
+    /// Arms a connection's alarm; its task re-arms it as its deadlines move.
+    pub fn arm_connection_alarm(&self, deadline: u64, signal: &Arc<ConnectionSignal>) -> TimerId {
+        self.arm(deadline, TimerEvent::ConnectionAlarm(signal.clone()))
+    }
+
+    pub fn cancel(&self, id: TimerId) {
         self.wheel
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -191,7 +191,8 @@ impl Client {
         if alias == 0 || alias > self.broker.settings.limits.max_topic_alias {
             return Err(Close::ByServer(ReasonCode::TOPIC_ALIAS_INVALID));
         }
-        let known = self.topic_aliases.iter_mut().find(|(a, _)| *a == alias);
+        let aliases = self.topic_aliases.get_or_insert_default();
+        let known = aliases.iter_mut().find(|(a, _)| *a == alias);
         if publish.topic.is_empty() {
             return match known {
                 Some((_, topic)) => Ok(topic.clone()),
@@ -201,7 +202,7 @@ impl Client {
         let topic: Arc<str> = std::mem::take(&mut publish.topic).into();
         match known {
             Some((_, existing)) => *existing = topic.clone(),
-            None => self.topic_aliases.push((alias, topic.clone())),
+            None => aliases.push((alias, topic.clone())),
         }
         Ok(topic)
     }

@@ -11,7 +11,6 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -38,16 +37,181 @@ pub struct Match {
     pub subscription_ids: Vec<u32>,
 }
 
+/// One level of the trie. Kept small: most nodes of a large index hold one
+/// child or one subscriber, so lists are used until they grow long.
 #[derive(Default)]
 struct Node {
-    direct: HashMap<Arc<str>, Subscriber>,
-    shared: HashMap<String, SharedGroup>,
-    children: HashMap<String, Node>,
+    direct: Direct,
+    #[expect(
+        clippy::box_collection,
+        reason = "a pointer inline instead of a map: most nodes have no shared group"
+    )]
+    shared: Option<Box<HashMap<Box<str>, SharedGroup>>>,
+    children: Children,
+}
+
+/// Lists longer than this become maps, so a popular filter or a wide level
+/// stays fast to change.
+const LIST_LIMIT: usize = 32;
+
+/// Grows a short list by about half, not double: small nodes stay small.
+fn push_compact<T>(list: &mut Vec<T>, item: T) {
+    if list.len() == list.capacity() {
+        list.reserve_exact(list.len() / 2 + 1);
+    }
+    list.push(item);
+}
+
+/// The non-shared subscribers of a node, one per client id. The map is
+/// boxed so that the enum is no larger than the list.
+#[expect(clippy::box_collection, reason = "keeps every node small")]
+enum Direct {
+    List(Vec<Subscriber>),
+    Map(Box<HashMap<Arc<str>, Subscriber>>),
+}
+
+impl Default for Direct {
+    fn default() -> Self {
+        Direct::List(Vec::new())
+    }
+}
+
+impl Direct {
+    fn is_empty(&self) -> bool {
+        match self {
+            Direct::List(list) => list.is_empty(),
+            Direct::Map(map) => map.is_empty(),
+        }
+    }
+
+    /// Adds or replaces the subscriber of its client id; returns whether
+    /// one existed.
+    fn insert(&mut self, subscriber: Subscriber) -> bool {
+        match self {
+            Direct::List(list) => {
+                let client_id = subscriber.session.client_id();
+                if let Some(existing) = list.iter_mut().find(|s| s.session.client_id() == client_id)
+                {
+                    *existing = subscriber;
+                    return true;
+                }
+                if list.len() < LIST_LIMIT {
+                    push_compact(list, subscriber);
+                    return false;
+                }
+                let mut map: HashMap<Arc<str>, Subscriber> = list
+                    .drain(..)
+                    .map(|s| (s.session.client_id().clone(), s))
+                    .collect();
+                map.insert(subscriber.session.client_id().clone(), subscriber);
+                *self = Direct::Map(Box::new(map));
+                false
+            }
+            Direct::Map(map) => map
+                .insert(subscriber.session.client_id().clone(), subscriber)
+                .is_some(),
+        }
+    }
+
+    /// Removes `session`'s subscriber, if it is that session's.
+    fn remove(&mut self, session: &Arc<Session>) -> bool {
+        match self {
+            Direct::List(list) => {
+                let before = list.len();
+                list.retain(|s| !Arc::ptr_eq(&s.session, session));
+                list.len() != before
+            }
+            Direct::Map(map) => match map.get(session.client_id()) {
+                Some(existing) if Arc::ptr_eq(&existing.session, session) => {
+                    map.remove(session.client_id());
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+
+    fn for_each(&self, f: impl FnMut(&Subscriber)) {
+        match self {
+            Direct::List(list) => list.iter().for_each(f),
+            Direct::Map(map) => map.values().for_each(f),
+        }
+    }
+}
+
+/// The children of a node by level name. The map is boxed so that the enum
+/// is no larger than the list.
+#[expect(clippy::box_collection, reason = "keeps every node small")]
+enum Children {
+    List(Vec<(Box<str>, Node)>),
+    Map(Box<HashMap<Box<str>, Node>>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::List(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::List(list) => list.is_empty(),
+            Children::Map(map) => map.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::List(list) => list.iter().find(|(l, _)| &**l == level).map(|(_, n)| n),
+            Children::Map(map) => map.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Children::List(list) => list.iter_mut().find(|(l, _)| &**l == level).map(|(_, n)| n),
+            Children::Map(map) => map.get_mut(level),
+        }
+    }
+
+    fn get_or_default(&mut self, level: &str) -> &mut Node {
+        let found = match self {
+            Children::List(list) => list.iter().position(|(l, _)| &**l == level),
+            Children::Map(_) => None,
+        };
+        if let Children::List(list) = self
+            && found.is_none()
+            && list.len() >= LIST_LIMIT
+        {
+            let map: HashMap<Box<str>, Node> = list.drain(..).collect();
+            *self = Children::Map(Box::new(map));
+        }
+        match self {
+            Children::List(list) => {
+                let at = found.unwrap_or_else(|| {
+                    push_compact(list, (level.into(), Node::default()));
+                    list.len() - 1
+                });
+                &mut list[at].1
+            }
+            Children::Map(map) => map.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Children::List(list) => list.retain(|(l, _)| &**l != level),
+            Children::Map(map) => {
+                map.remove(level);
+            }
+        }
+    }
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.direct.is_empty() && self.shared.is_empty() && self.children.is_empty()
+        self.direct.is_empty() && self.shared.is_none() && self.children.is_empty()
     }
 
     /// Adds or replaces a subscription at the end of `levels`; returns
@@ -60,16 +224,17 @@ impl Node {
     ) -> bool {
         let mut node = self;
         for level in levels {
-            node = node.children.entry(level.to_string()).or_default();
+            node = node.children.get_or_default(level);
         }
-        let client_id = subscriber.session.client_id().clone();
         match group {
-            None => node.direct.insert(client_id, subscriber).is_some(),
+            None => node.direct.insert(subscriber),
             Some(group) => {
-                let members = &mut node.shared.entry(group.to_string()).or_default().members;
+                let groups = node.shared.get_or_insert_default();
+                let members = &mut groups.entry(group.into()).or_default().members;
+                let client_id = subscriber.session.client_id();
                 match members
                     .iter_mut()
-                    .find(|m| m.session.client_id() == &client_id)
+                    .find(|m| m.session.client_id() == client_id)
                 {
                     Some(existing) => {
                         *existing = subscriber;
@@ -112,7 +277,7 @@ fn my_stripe() -> usize {
 }
 
 pub struct SubscriptionIndex {
-    roots: DashMap<String, Node>,
+    roots: DashMap<Box<str>, Node>,
     /// Each stripe is a root node whose children are `+` and `#` only.
     wildcard: Box<[RwLock<Node>]>,
     /// Subscriptions held in `wildcard`, so publishes skip it when none.
@@ -153,7 +318,7 @@ impl SubscriptionIndex {
             }
             return existed;
         }
-        let mut root = self.roots.entry(first.to_string()).or_default();
+        let mut root = self.roots.entry(first.into()).or_default();
         root.insert(levels, group, subscriber)
     }
 
@@ -221,36 +386,34 @@ fn remove_in(
     session: &Arc<Session>,
 ) -> bool {
     let Some((level, rest)) = levels.split_first() else {
-        let client_id = session.client_id();
         return match group {
-            None => match node.direct.get(client_id) {
-                Some(existing) if Arc::ptr_eq(&existing.session, session) => {
-                    node.direct.remove(client_id);
-                    true
-                }
-                _ => false,
-            },
+            None => node.direct.remove(session),
             Some(group) => {
-                let Entry::Occupied(mut entry) = node.shared.entry(group.to_string()) else {
+                let Some(groups) = &mut node.shared else {
                     return false;
                 };
-                let members = &mut entry.get_mut().members;
-                let before = members.len();
-                members.retain(|m| !Arc::ptr_eq(&m.session, session));
-                let removed = members.len() != before;
-                if members.is_empty() {
-                    entry.remove();
+                let Some(shared) = groups.get_mut(group) else {
+                    return false;
+                };
+                let before = shared.members.len();
+                shared.members.retain(|m| !Arc::ptr_eq(&m.session, session));
+                let removed = shared.members.len() != before;
+                if shared.members.is_empty() {
+                    groups.remove(group);
+                }
+                if groups.is_empty() {
+                    node.shared = None;
                 }
                 removed
             }
         };
     };
-    let Some(child) = node.children.get_mut(*level) else {
+    let Some(child) = node.children.get_mut(level) else {
         return false;
     };
     let removed = remove_in(child, rest, group, session);
     if child.is_empty() {
-        node.children.remove(*level);
+        node.children.remove(level);
     }
     removed
 }
@@ -263,7 +426,7 @@ fn collect(node: &Node, levels: &[&str], out: &mut Collector) {
     match levels.split_first() {
         None => out.add_node(node),
         Some((level, rest)) => {
-            if let Some(child) = node.children.get(*level) {
+            if let Some(child) = node.children.get(level) {
                 collect(child, rest, out);
             }
             if let Some(plus) = node.children.get("+") {
@@ -299,14 +462,13 @@ impl Collector<'_> {
     }
 
     fn add_node(&mut self, node: &Node) {
-        for subscriber in node.direct.values() {
+        node.direct.for_each(|subscriber| {
             let own = self.publisher == Some(&**subscriber.session.client_id());
-            if subscriber.options.no_local && own {
-                continue;
+            if !(subscriber.options.no_local && own) {
+                self.add_direct(subscriber);
             }
-            self.add_direct(subscriber);
-        }
-        for group in node.shared.values() {
+        });
+        for group in node.shared.iter().flat_map(|groups| groups.values()) {
             if let Some(member) = pick_member(group) {
                 self.shared.push(new_match(member));
             }
@@ -520,5 +682,75 @@ mod tests {
             assert_eq!(m.qos, QoS::ExactlyOnce);
             assert_eq!(m.subscription_ids.len(), 2);
         }
+    }
+
+    /// The trie against brute-force matching over random subscriptions,
+    /// subscribes and unsubscribes, enough of them that nodes outgrow
+    /// their short lists.
+    #[test]
+    fn matches_what_filter_matching_says() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut random = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let levels = ["a", "b", "c", "$x", "+", "#", ""];
+        let sessions: Vec<_> = (0..60).map(|i| session(&format!("s{i}"))).collect();
+        let index = SubscriptionIndex::new();
+        let mut model: Vec<(String, usize)> = Vec::new();
+        for _ in 0..4_000 {
+            let depth = 1 + random(3);
+            let mut parts: Vec<&str> = (0..depth).map(|_| levels[random(levels.len())]).collect();
+            if let Some(at) = parts.iter().position(|p| *p == "#") {
+                parts.truncate(at + 1);
+            }
+            let filter = parts.join("/");
+            let who = random(sessions.len());
+            if random(4) == 0 {
+                let removed = index.unsubscribe(&filter, None, &sessions[who]);
+                let before = model.len();
+                model.retain(|(f, s)| !(f == &filter && *s == who));
+                assert_eq!(removed, model.len() != before, "unsubscribe {filter}");
+            } else {
+                index.subscribe(&filter, None, sub(&sessions[who], QoS::AtMostOnce, None));
+                if !model.iter().any(|(f, s)| f == &filter && *s == who) {
+                    model.push((filter, who));
+                }
+            }
+        }
+        for topic in ["a", "a/b", "b/c/a", "$x/a", "/a", "a/", "c/c/c", "$x", ""] {
+            if topic.is_empty() {
+                continue;
+            }
+            let mut expected: Vec<String> = model
+                .iter()
+                .filter(|(f, _)| crate::topic::matches(f, topic))
+                .map(|(_, s)| format!("s{s}"))
+                .collect();
+            expected.sort();
+            expected.dedup();
+            assert_eq!(ids(&index.matches(topic, None)), expected, "{topic}");
+        }
+    }
+
+    #[test]
+    fn a_wide_level_keeps_working_past_its_short_list() {
+        let index = SubscriptionIndex::new();
+        let sessions: Vec<_> = (0..100).map(|i| session(&format!("s{i}"))).collect();
+        for (i, s) in sessions.iter().enumerate() {
+            index.subscribe(&format!("w/{i}"), None, sub(s, QoS::AtMostOnce, None));
+        }
+        for i in [0, 31, 32, 99] {
+            assert_eq!(
+                ids(&index.matches(&format!("w/{i}"), None)),
+                [format!("s{i}")]
+            );
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            assert!(index.unsubscribe(&format!("w/{i}"), None, s));
+        }
+        assert!(index.roots.is_empty());
     }
 }

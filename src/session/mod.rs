@@ -9,8 +9,10 @@
 
 mod outbound;
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -38,17 +40,22 @@ impl SessionConfig {
 }
 
 /// How the broker reaches the task serving a connection: a wake-up for
-/// queued messages, and the reasons it must close.
+/// queued messages or a timer that came due, and the reasons it must close.
+/// The task polls it; nothing here allocates per wake-up.
 #[derive(Debug, Default)]
 pub struct ConnectionSignal {
-    wake: Notify,
     flags: AtomicU8,
+    waker: Mutex<Option<Waker>>,
     finished: Notify,
 }
 
-const TAKEN_OVER: u8 = 1;
-const SHUTTING_DOWN: u8 = 2;
-const FINISHED: u8 = 4;
+/// Something is waiting for the task: queued messages, acknowledgements.
+const WOKEN: u8 = 1;
+const TAKEN_OVER: u8 = 2;
+const SHUTTING_DOWN: u8 = 4;
+/// The connection's alarm (keep alive, write deadline) came due.
+const ALARM: u8 = 8;
+const FINISHED: u8 = 16;
 
 /// Why the broker asked a connection to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,19 +65,25 @@ pub enum Stop {
 }
 
 impl ConnectionSignal {
+    /// Raises `flag` and wakes the task, unless a wake-up is already on its
+    /// way (a burst of deliveries wakes the task once).
+    fn raise(&self, flag: u8) {
+        let before = self.flags.fetch_or(flag | WOKEN, Ordering::AcqRel);
+        if before & WOKEN == 0 {
+            let waker = self
+                .waker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
     /// Wakes the task to write what is waiting.
     pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Resolves on the next wake (or one that came since the last).
-    pub async fn woken(&self) {
-        self.wake.notified().await;
-    }
-
-    fn raise(&self, flag: u8) {
-        self.flags.fetch_or(flag, Ordering::AcqRel);
-        self.wake.notify_one();
+        self.raise(WOKEN);
     }
 
     /// Another connection took the session over.
@@ -83,6 +96,29 @@ impl ConnectionSignal {
         self.raise(SHUTTING_DOWN);
     }
 
+    /// The connection's alarm came due.
+    pub fn alarm(&self) {
+        self.raise(ALARM);
+    }
+
+    /// Ready once woken since the last time it was: the task then looks at
+    /// everything (queue, `stop`, `take_alarm`). Registers `cx` otherwise.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flags.fetch_and(!WOKEN, Ordering::AcqRel) & WOKEN != 0 {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        if self.flags.fetch_and(!WOKEN, Ordering::AcqRel) & WOKEN != 0 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     /// What the task has been asked to stop for, if anything.
     pub fn stop(&self) -> Option<Stop> {
         let flags = self.flags.load(Ordering::Acquire);
@@ -93,6 +129,11 @@ impl ConnectionSignal {
         } else {
             None
         }
+    }
+
+    /// Whether the alarm came due since the last call.
+    pub fn take_alarm(&self) -> bool {
+        self.flags.fetch_and(!ALARM, Ordering::AcqRel) & ALARM != 0
     }
 
     /// The task is gone: a connection waiting to take over may go on.
@@ -143,7 +184,7 @@ pub struct SessionState {
     pub connection: Option<ConnectionLink>,
     /// A connection that was taken over and is finishing: until it has, it
     /// may still apply the acknowledgements it had already received.
-    pub draining: Option<u64>,
+    pub draining: Option<NonZeroU64>,
     /// Bumped on every connect, so timers armed for an earlier connection
     /// (will delay, session expiry) can tell they are stale.
     pub generation: u64,
@@ -254,7 +295,8 @@ impl SessionState {
     /// Whether `connection` may still apply acknowledgements: it is current,
     /// or taken over and finishing what it had received.
     pub fn may_acknowledge(&self, connection: u64) -> bool {
-        self.is_current(connection) || (!self.ended && self.draining == Some(connection))
+        self.is_current(connection)
+            || (!self.ended && self.draining.is_some_and(|id| id.get() == connection))
     }
 
     /// Cancels nothing itself: hands back the timers to cancel.
@@ -343,14 +385,14 @@ impl Session {
         state.disconnected_at_ms = None;
         session.online.store(true, Ordering::Release);
         let replaced = state.connection.replace(link);
-        state.draining = replaced.as_ref().map(|old| old.id);
+        state.draining = replaced.as_ref().and_then(|old| NonZeroU64::new(old.id));
         replaced
     }
 
     /// Detaches connection `id` if it is still the current one; returns
     /// whether it was.
     pub fn detach(state: &mut SessionState, session: &Session, id: u64) -> bool {
-        if state.draining == Some(id) {
+        if state.draining.is_some_and(|draining| draining.get() == id) {
             state.draining = None;
         }
         if state.connection.as_ref().is_some_and(|link| link.id == id) {

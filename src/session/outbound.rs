@@ -101,8 +101,8 @@ pub struct Outbound {
     inflight: VecDeque<Inflight>,
     next_packet_id: u16,
     /// min(client Receive Maximum, configured max_inflight).
-    window: usize,
-    max_queued: usize,
+    window: u16,
+    max_queued: u32,
     /// Changes to stored deliveries not yet taken by `take_changes`.
     changes: Vec<Change>,
 }
@@ -113,8 +113,8 @@ impl Outbound {
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
             next_packet_id: 1,
-            window: usize::from(window.max(1)),
-            max_queued,
+            window: window.max(1),
+            max_queued: u32::try_from(max_queued).unwrap_or(u32::MAX),
             changes: Vec::new(),
         }
     }
@@ -150,7 +150,7 @@ impl Outbound {
     }
 
     pub fn set_window(&mut self, window: u16) {
-        self.window = usize::from(window.max(1));
+        self.window = window.max(1);
     }
 
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
@@ -165,7 +165,7 @@ impl Outbound {
     /// QoS 0 messages go first (DESIGN §3); a QoS 1/2 message that finds no
     /// QoS 0 message to displace is refused.
     pub fn enqueue(&mut self, delivery: Delivery) -> Enqueued {
-        if self.queue.len() < self.max_queued {
+        if self.queue.len() < self.max_queued as usize {
             self.queue.push_back(delivery);
             return Enqueued::Queued;
         }
@@ -190,7 +190,7 @@ impl Outbound {
     pub fn next_publish(&mut self, now_ms: u64, expired: &mut u64) -> Option<Deliver> {
         loop {
             let front = self.queue.front()?;
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(self.window) {
                 return None;
             }
             let delivery = self.queue.pop_front()?;

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -138,10 +139,19 @@ struct Queue {
     stop: bool,
 }
 
+/// Tasks polling for a ticket, woken (all of them) whenever tickets settle.
+/// `epoch` counts the settlements, so a task registers once per wait.
+#[derive(Default)]
+struct Waiters {
+    epoch: u64,
+    wakers: Vec<Waker>,
+}
+
 struct Shared {
     queue: Mutex<Queue>,
     wake_writer: Condvar,
     settled: watch::Sender<Settled>,
+    waiters: Mutex<Waiters>,
     /// The store said it is full: new durable messages are refused until a
     /// write succeeds again.
     full: AtomicBool,
@@ -186,6 +196,7 @@ impl Journal {
             queue: Mutex::new(Queue::default()),
             wake_writer: Condvar::new(),
             settled: watch::Sender::new(Settled::default()),
+            waiters: Mutex::new(Waiters::default()),
             full: AtomicBool::new(false),
             relieved: Notify::new(),
             space_back: Notify::new(),
@@ -275,6 +286,50 @@ impl Journal {
         let _ = settled.wait_for(|s| s.through >= appended).await;
     }
 
+    /// `durable` for tasks that poll by hand: `registered` keeps the epoch
+    /// the task last registered in, so it is added to the waiters once per
+    /// settlement however often it polls.
+    pub fn poll_durable(
+        &self,
+        ticket: Ticket,
+        registered: &mut u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), StoreError>> {
+        if let Some(outcome) = self.outcome(ticket) {
+            return Poll::Ready(outcome);
+        }
+        {
+            let mut waiters = self.shared.lock_waiters();
+            if *registered != waiters.epoch + 1 {
+                waiters.wakers.push(cx.waker().clone());
+                *registered = waiters.epoch + 1;
+            }
+        }
+        // A settlement between the first look and the registration drained
+        // the waiters before this one was added: look again.
+        match self.outcome(ticket) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The outcome of `ticket` once it has settled.
+    fn outcome(&self, ticket: Ticket) -> Option<Result<(), StoreError>> {
+        if ticket == Ticket::NONE {
+            return Some(Ok(()));
+        }
+        let settled = self.shared.settled.borrow();
+        (settled.through >= ticket.0).then(|| {
+            if settled.failed(ticket.0) {
+                Err(StoreError::Backend(
+                    "writing to the store failed; see the log".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
     /// Whether `ticket` is durable already.
     pub fn is_durable(&self, ticket: Ticket) -> bool {
         let settled = self.shared.settled.borrow();
@@ -290,17 +345,13 @@ impl Journal {
 
     /// Marks everything up to `ticket` durable (manual journals).
     pub fn settle(&self, ticket: Ticket) {
-        self.shared
-            .settled
-            .send_modify(|s| s.record(ticket.0, ticket.0, false));
+        self.shared.settle(ticket.0, ticket.0, false);
     }
 
     /// Marks `ticket` failed, and everything before it settled (manual
     /// journals).
     pub fn fail(&self, ticket: Ticket) {
-        self.shared
-            .settled
-            .send_modify(|s| s.record(ticket.0, ticket.0, true));
+        self.shared.settle(ticket.0, ticket.0, true);
     }
 
     /// Reports the store full or no longer full (manual journals).
@@ -334,6 +385,23 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_waiters(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records how tickets `first..=last` ended and wakes whoever waits.
+    fn settle(&self, first: u64, last: u64, failed: bool) {
+        self.settled.send_modify(|s| s.record(first, last, failed));
+        let wakers = {
+            let mut waiters = self.lock_waiters();
+            waiters.epoch += 1;
+            std::mem::take(&mut waiters.wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
     /// The writer thread: take everything queued, apply it in order, flush
     /// once (under `EveryBatch`), settle the tickets, repeat. While the
     /// store reports itself full, it also asks it every `FULL_RETRY`
@@ -363,7 +431,7 @@ impl Shared {
                     tracing::error!(%error, "flush to disk failed: acknowledgements are held back");
                     failed = true;
                 }
-                self.settled.send_modify(|s| s.record(first, last, failed));
+                self.settle(first, last, failed);
             }
             if stop && self.lock().records.is_empty() {
                 if let Err(error) = store.flush() {

@@ -18,7 +18,7 @@ const OVERDUE: u8 = LEVELS as u8;
 
 /// Names an armed timer, to cancel it. Stale ids (the timer fired or was
 /// cancelled, and its entry reused) are recognised by their generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TimerId {
     index: u32,
     generation: u32,

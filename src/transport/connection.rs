@@ -2,25 +2,32 @@
 //! it hands back, and watch the keep alive, the write deadline, and the
 //! broker's signals (takeover, shutdown).
 //!
-//! Nothing here blocks on one direction: the socket is read while output
-//! waits to be written and written while acknowledgements wait for the
-//! journal. What a connection may hold is bounded: encoded output (it stops
-//! reading and pumping while that is full), acknowledgements waiting for the
-//! disk (it stops reading past the Receive Maximum), and the time output may
-//! wait without the client reading any of it (then it is closed as a slow
+//! Once connected, the task is one small struct (`Conn`) polled by hand:
+//! socket readiness, the wake-up signal and journal tickets are polled where
+//! they live, and its deadlines sit on the broker's timer wheel, so an idle
+//! connection holds no futures, timers or buffers of its own.
+//!
+//! Nothing blocks on one direction: the socket is read while output waits
+//! to be written and written while acknowledgements wait for the journal.
+//! What a connection may hold is bounded: encoded output (it stops reading
+//! and pumping while that is full), acknowledgements waiting for the disk
+//! (it stops reading past the Receive Maximum), and the time output may wait
+//! without the client reading any of it (then it is closed as a slow
 //! consumer).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::timeout;
 
 use super::arrival::{ArrivalOrder, Stamp, has_subscription_change};
 use crate::broker::{BrokerState, Client, Close, Connected, Output};
@@ -29,7 +36,7 @@ use crate::protocol::{
 };
 use crate::session::{ConnectionSignal, Stop};
 use crate::store::Ticket;
-use crate::timer::now_ms;
+use crate::timer::{TimerId, now_ms};
 
 /// Room reserved for one read once the socket is readable. Buffers are
 /// released whenever they run empty, so an idle connection holds none.
@@ -43,6 +50,10 @@ const PUMP_BYTES: usize = 64 * 1024;
 /// that does not read what it is sent is not served more.
 const OUTPUT_LIMIT: usize = 256 * 1024;
 
+/// Rounds of reading and writing one poll does before letting other tasks
+/// run.
+const ROUNDS_PER_POLL: usize = 32;
+
 /// How long a new connection waits for the one it takes over to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
@@ -53,22 +64,93 @@ const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
 const DRAIN_BYTES: usize = 1024 * 1024;
 
-pub async fn serve(
+/// The task serving one connection, from accept to close.
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<BrokerState>,
     order: Arc<ArrivalOrder>,
     shutdown: watch::Receiver<bool>,
-) {
-    let span = tracing::info_span!("connection", %peer, client_id = tracing::field::Empty);
-    tracing::Instrument::instrument(run(stream, &broker, &order, shutdown), span).await;
-    broker.metrics().connection_closed();
+) -> Task {
+    let accepting = Box::pin(accept(stream, peer, broker.clone(), order, shutdown));
+    Task {
+        phase: Phase::Accepting(accepting),
+        broker,
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A connection's task. The phases before and after serving run in boxed
+/// futures, so the task itself is only as large as the state of a
+/// connection being served.
+pub struct Task {
+    phase: Phase,
+    broker: Arc<BrokerState>,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the served connection is the task's state; the other phases are boxed on purpose"
+)]
+enum Phase {
+    Accepting(Boxed<Option<Conn>>),
+    Serving(Conn),
+    Finishing(Boxed<()>),
+    Done,
+}
+
+impl Future for Task {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let next = match &mut self.phase {
+                Phase::Accepting(accepting) => match accepting.as_mut().poll(cx) {
+                    Poll::Ready(Some(conn)) => Phase::Serving(conn),
+                    Poll::Ready(None) => Phase::Done,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Serving(conn) => match conn.poll(cx) {
+                    Poll::Ready(close) => {
+                        let Phase::Serving(conn) = std::mem::replace(&mut self.phase, Phase::Done)
+                        else {
+                            unreachable!("serving");
+                        };
+                        Phase::Finishing(Box::pin(conn.finish(close)))
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Finishing(finishing) => match finishing.as_mut().poll(cx) {
+                    Poll::Ready(()) => Phase::Done,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Done => return Poll::Ready(()),
+            };
+            self.phase = next;
+        }
+    }
+}
+
+impl Drop for Task {
+    /// Counted here, whether the task ran to its end or was cut at
+    /// shutdown.
+    fn drop(&mut self) {
+        self.broker.metrics().connection_closed();
+    }
 }
 
 /// The socket with its codec and buffers.
 struct Wire {
     stream: TcpStream,
     codec: Codec,
+    /// Allocated while there is something to read or write, released as
+    /// soon as both run empty.
+    buffers: Option<Box<Buffers>>,
+}
+
+#[derive(Default)]
+struct Buffers {
     input: BytesMut,
     output: BytesMut,
 }
@@ -84,35 +166,75 @@ enum Read {
 }
 
 impl Wire {
-    /// Reads what the socket has now.
+    /// Reads what the socket has now. The read buffer is taken for the
+    /// read and given back if nothing came.
     fn try_read(&mut self) -> Read {
-        self.input.reserve(READ_BUFFER);
-        match self.stream.try_read_buf(&mut self.input) {
+        let input = &mut self.buffers.get_or_insert_default().input;
+        input.reserve(READ_BUFFER);
+        let read = match self.stream.try_read_buf(input) {
             Ok(0) => Read::Closed,
             Ok(_) => Read::Data,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Read::Empty,
             Err(_) => Read::Closed,
+        };
+        if read != Read::Data {
+            self.release_empty_buffers();
         }
+        read
+    }
+
+    /// Gives back buffers that hold nothing, so an idle connection keeps
+    /// none.
+    fn release_empty_buffers(&mut self) {
+        let Some(buffers) = &mut self.buffers else {
+            return;
+        };
+        match (buffers.input.is_empty(), buffers.output.is_empty()) {
+            (true, true) => self.buffers = None,
+            (true, false) => buffers.input = BytesMut::new(),
+            (false, true) => buffers.output = BytesMut::new(),
+            (false, false) => {}
+        }
+    }
+
+    fn input(&self) -> &[u8] {
+        self.buffers.as_ref().map_or(&[], |b| &b.input)
+    }
+
+    fn output_len(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |b| b.output.len())
+    }
+
+    /// The next whole packet in the input.
+    fn decode(&mut self) -> Result<Option<Packet>, DecodeError> {
+        match &mut self.buffers {
+            Some(buffers) => self.codec.decode(&mut buffers.input),
+            None => Ok(None),
+        }
+    }
+
+    /// Encodes one packet into the output.
+    fn encode_one(&mut self, packet: &Packet) -> Result<usize, EncodeError> {
+        let output = &mut self.buffers.get_or_insert_default().output;
+        self.codec.encode(packet, output)
     }
 
     /// Writes as much output as the socket takes now; returns whether any
     /// went out.
     fn try_write(&mut self) -> std::io::Result<bool> {
         let mut progress = false;
-        while !self.output.is_empty() {
-            match self.stream.try_write(&self.output) {
+        while let Some(buffers) = self.buffers.as_mut().filter(|b| !b.output.is_empty()) {
+            match self.stream.try_write(&buffers.output) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
-                    let _ = self.output.split_to(written);
+                    let _ = buffers.output.split_to(written);
                     progress = true;
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(error) => return Err(error),
             }
         }
-        if self.output.is_empty() {
-            self.output = BytesMut::new();
-        }
+        self.release_empty_buffers();
         Ok(progress)
     }
 
@@ -121,16 +243,17 @@ impl Wire {
     fn encode(&mut self, client: &mut Client, packets: Vec<Packet>) -> u64 {
         let mut publishes = 0;
         for packet in &packets {
-            match self.codec.encode(packet, &mut self.output) {
+            match self.encode_one(packet) {
                 Ok(_) => publishes += u64::from(matches!(packet, Packet::Deliver(_))),
                 // The codec already retried other packets without their
                 // Reason String; what is still too large cannot be sent.
                 Err(EncodeError::TooLarge { size }) => match packet {
                     Packet::Deliver(deliver) => {
-                        tracing::debug!(size, topic = %deliver.message.topic, "message larger than the client accepts: skipped");
+                        tracing::debug!(client_id = %client.client_id(), size, topic = %deliver.message.topic, "message larger than the client accepts: skipped");
                         client.skip_oversized(deliver.packet_id);
                     }
                     _ => tracing::debug!(
+                        client_id = %client.client_id(),
                         size,
                         "packet larger than the client accepts even without reason string: skipped"
                     ),
@@ -141,12 +264,18 @@ impl Wire {
         publishes
     }
 
+    /// Encodes a packet that has no client to report skips to.
+    fn encode_raw(&mut self, packet: Packet) {
+        if let Err(error) = self.encode_one(&packet) {
+            tracing::warn!(%error, "cannot encode packet");
+        }
+    }
+
     /// Writes everything in the output within `limit`.
-    async fn write_all_within(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let written = timeout(limit, self.stream.write_all(&self.output)).await;
-        self.output = BytesMut::new();
-        matches!(written, Ok(Ok(()))) && Instant::now() <= deadline
+    async fn write_all_within(&mut self, limit: Duration) {
+        if let Some(buffers) = self.buffers.take() {
+            let _ = timeout(limit, self.stream.write_all(&buffers.output)).await;
+        }
     }
 
     /// Closes gracefully: FIN first, then whatever the client still sends
@@ -169,58 +298,58 @@ impl Wire {
     }
 }
 
-async fn run(
+/// Reads the CONNECT and attaches the client; `None` when the connection
+/// ends before that.
+async fn accept(
     stream: TcpStream,
-    broker: &Arc<BrokerState>,
-    order: &ArrivalOrder,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    order: Arc<ArrivalOrder>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Option<Conn> {
     let limits = &broker.settings().limits;
     let mut wire = Wire {
         stream,
         codec: Codec::new(limits.max_packet_size),
-        input: BytesMut::new(),
-        output: BytesMut::new(),
+        buffers: None,
     };
     let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
     let connect = tokio::select! {
         read = timeout(connect_timeout, read_connect(&mut wire)) => read,
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
     };
-    drop(shutdown);
     let connect = match connect {
         Err(_) => {
-            tracing::debug!("no CONNECT within the connect timeout");
-            return;
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
         }
-        Ok(Err(ConnectFailure::Io)) => return,
+        Ok(Err(ConnectFailure::Io)) => return None,
         Ok(Err(ConnectFailure::Decode(error))) => {
-            tracing::info!(%error, "CONNECT refused");
+            tracing::info!(%peer, %error, "CONNECT refused");
             refuse_connect(wire, error).await;
-            return;
+            return None;
         }
-        Ok(Ok(connect)) => connect,
+        Ok(Ok(connect)) => *connect,
     };
-    let version = connect.version;
+    wire.release_empty_buffers();
     let maximum_packet_size = connect.maximum_packet_size;
     let topic_alias_maximum = connect.topic_alias_maximum;
     let Connected {
         mut client,
         signal,
         previous,
-    } = match Client::connect(broker, *connect, now_ms()) {
+    } = match Client::connect(&broker, connect, now_ms()) {
         Ok(accepted) => accepted,
         Err(refusal) => {
-            tracing::info!(reason = %refusal.reason, "CONNECT refused");
+            tracing::info!(%peer, reason = %refusal.reason, "CONNECT refused");
             if let Some(connack) = refusal.connack {
                 wire.encode_raw(Packet::ConnAck(*connack));
                 wire.write_all_within(LAST_WORDS_WAIT).await;
                 wire.close().await;
             }
-            return;
+            return None;
         }
     };
-    tracing::Span::current().record("client_id", client.client_id());
     if let Some(previous) = previous {
         // Bounded: a stuck old connection must not hold the new one
         // forever; it can change nothing once this one resumes.
@@ -232,60 +361,356 @@ async fn run(
     }
     wire.codec
         .set_outbound_topic_aliases(topic_alias_maximum.min(limits.max_outbound_topic_aliases));
-
-    let mut held = Held::default();
-    let close = serve_session(&mut wire, &mut client, &signal, &mut held, broker, order).await;
-
-    // Answers to packets handled before the close still go out, then the
-    // DISCONNECT where the protocol has one.
-    if !matches!(close, Close::Lost | Close::Stalled) {
-        let last = client.take_output();
-        let ticket = held.newest_ticket().max(last.ticket);
-        let mut packets = held.release_all();
-        packets.extend(last.packets);
-        let durable = timeout(LAST_WORDS_WAIT, broker.journal().durable(ticket)).await;
-        if !matches!(durable, Ok(Ok(()))) && !packets.is_empty() {
-            tracing::error!("acknowledgements withheld: not durable");
-            packets.clear();
-        }
-        if let Close::ByServer(reason) = close
-            && version == Version::V5
-        {
-            packets.push(Packet::Disconnect(Disconnect::new(reason)));
-        }
-        let sent = wire.encode(&mut client, packets);
-        broker.metrics().messages_sent_add(sent);
-        wire.write_all_within(LAST_WORDS_WAIT).await;
-    }
-    // The session is released before the goodbye drain, so a client that
-    // reconnects as soon as it sees the close finds the outcome settled.
-    client.finish(close, now_ms());
-    signal.finish();
-    wire.close().await;
+    let keep_alive_ms = client
+        .keep_alive_limit()
+        .map_or(0, |limit| limit.as_millis() as u32);
+    Some(Conn {
+        wire,
+        client,
+        signal,
+        held: Held::default(),
+        pending: PendingStamp { order, stamp: None },
+        waiting: None,
+        last_read_ms: now_ms(),
+        stalled_since_ms: 0,
+        keep_alive_ms,
+        alarm: TimerId::default(),
+        alarm_at: 0,
+        durable_epoch: 0,
+    })
 }
 
-/// Serves an accepted connection until it closes; returns why.
-async fn serve_session(
-    wire: &mut Wire,
-    client: &mut Client,
-    signal: &ConnectionSignal,
-    held: &mut Held,
-    broker: &BrokerState,
-    order: &ArrivalOrder,
-) -> Close {
-    let mut pending = PendingStamp { order, stamp: None };
-    serve_loop(wire, client, signal, held, broker, &mut pending).await
+/// A connection being served.
+struct Conn {
+    wire: Wire,
+    client: Client,
+    signal: Arc<ConnectionSignal>,
+    held: Held,
+    pending: PendingStamp,
+    /// While reading is held back by another connection (arrival order) or
+    /// by the journal's backlog: what resolves when it may go on.
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    last_read_ms: u64,
+    /// Since when output has waited without the client reading any of it
+    /// (0: it has not).
+    stalled_since_ms: u64,
+    /// 1.5 times the keep alive (0: none).
+    keep_alive_ms: u32,
+    /// The alarm armed on the broker's timer wheel, and for when (0: none).
+    alarm: TimerId,
+    alarm_at: u64,
+    /// The journal settlement this connection last registered for.
+    durable_epoch: u64,
+}
+
+impl Conn {
+    fn broker(&self) -> &Arc<BrokerState> {
+        self.client.broker()
+    }
+
+    /// Serves the connection until it must close; returns why.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Close> {
+        for _ in 0..ROUNDS_PER_POLL {
+            match self.round(cx) {
+                Round::Progress => {}
+                Round::Idle => return Poll::Pending,
+                Round::Close(close) => return Poll::Ready(close),
+            }
+        }
+        // Busy: let other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One round over everything the connection waits for.
+    fn round(&mut self, cx: &mut Context<'_>) -> Round {
+        match self.signal.stop() {
+            Some(Stop::TakenOver) => return Round::Close(self.finish_reading()),
+            Some(Stop::ShuttingDown) => {
+                return Round::Close(Close::ByServer(ReasonCode::SERVER_SHUTTING_DOWN));
+            }
+            None => {}
+        }
+        let now = now_ms();
+        if self.signal.take_alarm()
+            && let Some(close) = self.deadline_passed(now)
+        {
+            return Round::Close(close);
+        }
+        let mut progress = false;
+        match self.release_durable(cx) {
+            Ok(released) => progress |= released,
+            Err(close) => return Round::Close(close),
+        }
+        if self.wire.output_len() < PUMP_BYTES {
+            let (output, more) = self.client.pump(now, PUMP_BYTES);
+            progress |= more;
+            self.send(output);
+        }
+        match self.write(cx, now) {
+            Ok(wrote) => progress |= wrote,
+            Err(close) => return Round::Close(close),
+        }
+        match self.read(cx) {
+            Ok(read) => progress |= read,
+            Err(close) => return Round::Close(close),
+        }
+        self.arm_alarm();
+        if self.signal.poll_woken(cx).is_ready() {
+            progress = true;
+        }
+        if progress {
+            Round::Progress
+        } else {
+            Round::Idle
+        }
+    }
+
+    /// Writes what the client core handed back, or holds it while it waits
+    /// for the journal (keeping the order of everything written).
+    fn send(&mut self, output: Output) {
+        if output.ticket != Ticket::NONE || !self.held.is_empty() {
+            self.held.hold(output);
+        } else if !output.packets.is_empty() {
+            let sent = self.wire.encode(&mut self.client, output.packets);
+            self.broker().metrics().messages_sent_add(sent);
+        }
+    }
+
+    /// Releases held packets whose tickets are durable; `Ok(true)` if any.
+    fn release_durable(&mut self, cx: &mut Context<'_>) -> Result<bool, Close> {
+        let mut released = false;
+        while !self.held.is_empty() {
+            let ticket = self.held.oldest_ticket();
+            let broker = self.client.broker().clone();
+            match broker
+                .journal()
+                .poll_durable(ticket, &mut self.durable_epoch, cx)
+            {
+                Poll::Ready(Ok(())) => {
+                    let packets = self.held.release_oldest();
+                    let sent = self.wire.encode(&mut self.client, packets);
+                    broker.metrics().messages_sent_add(sent);
+                    released = true;
+                }
+                Poll::Ready(Err(error)) => {
+                    tracing::error!(client_id = %self.client.client_id(), %error, "closing: acknowledgements cannot be made durable");
+                    self.held.clear();
+                    return Err(Close::ByServer(ReasonCode::UNSPECIFIED_ERROR));
+                }
+                Poll::Pending => break,
+            }
+        }
+        Ok(released)
+    }
+
+    /// Writes what the socket takes; keeps track of a client that stopped
+    /// reading.
+    fn write(&mut self, cx: &mut Context<'_>, now: u64) -> Result<bool, Close> {
+        if self.wire.output_len() == 0 {
+            self.stalled_since_ms = 0;
+            return Ok(false);
+        }
+        let wrote = self.wire.try_write().map_err(|_| Close::Lost)?;
+        if wrote {
+            self.stalled_since_ms = 0;
+        } else if self.stalled_since_ms == 0 {
+            self.stalled_since_ms = now;
+        }
+        if self.wire.output_len() > 0 {
+            match self.wire.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => return Ok(true),
+                Poll::Ready(Err(_)) => return Err(Close::Lost),
+                Poll::Pending => {}
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Reads and handles what the client sent, unless something holds
+    /// reading back.
+    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, Close> {
+        if let Some(waiting) = &mut self.waiting {
+            if waiting.as_mut().poll(cx).is_pending() {
+                return Ok(false);
+            }
+            self.waiting = None;
+            if let Some(stamp) = self.pending.stamp {
+                self.handle(stamp)?;
+            }
+            return Ok(true);
+        }
+        let limits = &self.broker().settings().limits;
+        if self.wire.output_len() >= OUTPUT_LIMIT
+            || self.held.acks() >= usize::from(limits.receive_maximum)
+        {
+            return Ok(false);
+        }
+        if self.broker().journal().congested() {
+            let broker = self.broker().clone();
+            self.waiting = Some(Box::pin(async move { broker.journal().relieved().await }));
+            return Ok(true);
+        }
+        match self.wire.stream.poll_read_ready(cx) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(Err(_)) => return Err(Close::Lost),
+            Poll::Ready(Ok(())) => {}
+        }
+        match self.wire.try_read() {
+            Read::Data => {}
+            Read::Empty => return Ok(true),
+            Read::Closed => {
+                // Handle what arrived before the end (a DISCONNECT).
+                let close = handle_input(&mut self.wire, &mut self.client, &mut self.held, None)
+                    .err()
+                    .unwrap_or(Close::Lost);
+                return Err(close);
+            }
+        }
+        self.last_read_ms = now_ms();
+        let stamp = self
+            .pending
+            .order
+            .stamp(has_subscription_change(self.wire.input()));
+        self.pending.stamp = Some(stamp);
+        self.handle(stamp)?;
+        Ok(true)
+    }
+
+    /// Handles the input read under `stamp`; a PUBLISH that must wait for
+    /// another connection's earlier subscription change stops it.
+    fn handle(&mut self, stamp: Stamp) -> Result<(), Close> {
+        let handled = handle_input(
+            &mut self.wire,
+            &mut self.client,
+            &mut self.held,
+            Some((&self.pending.order, stamp)),
+        )?;
+        match handled {
+            Handled::All => self.pending.release(),
+            Handled::Blocked => {
+                let order = self.pending.order.clone();
+                self.waiting = Some(Box::pin(async move { order.earlier_handled(stamp).await }));
+            }
+        }
+        Ok(())
+    }
+
+    /// When the keep alive expires, if there is one.
+    fn keep_alive_deadline(&self) -> Option<u64> {
+        (self.keep_alive_ms > 0).then(|| self.last_read_ms + u64::from(self.keep_alive_ms))
+    }
+
+    /// When output that waits unread makes this a slow consumer.
+    fn write_deadline(&self) -> Option<u64> {
+        let write_timeout_ms = self.broker().settings().limits.write_timeout_secs * 1000;
+        (self.stalled_since_ms > 0).then(|| self.stalled_since_ms + write_timeout_ms)
+    }
+
+    /// The keep alive or the write deadline, whichever comes first.
+    fn next_deadline(&self) -> Option<u64> {
+        self.keep_alive_deadline()
+            .into_iter()
+            .chain(self.write_deadline())
+            .min()
+    }
+
+    /// Why the connection must close now, if a deadline passed.
+    fn deadline_passed(&mut self, now: u64) -> Option<Close> {
+        self.alarm_at = 0;
+        if self.keep_alive_deadline().is_some_and(|at| at <= now) {
+            tracing::info!(client_id = %self.client.client_id(), "keep alive expired");
+            return Some(Close::ByServer(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        }
+        if self.write_deadline().is_some_and(|at| at <= now) {
+            self.broker()
+                .metrics()
+                .slow_consumer_closed(self.client.client_id());
+            return Some(Close::Stalled);
+        }
+        None
+    }
+
+    /// Keeps the alarm armed no later than the next deadline. It is moved
+    /// only when it must ring earlier, or after it rang, not on every read.
+    fn arm_alarm(&mut self) {
+        let Some(deadline) = self.next_deadline() else {
+            return;
+        };
+        if self.alarm_at != 0 && self.alarm_at <= deadline {
+            return;
+        }
+        let timers = self.client.broker().timers();
+        if self.alarm_at != 0 {
+            timers.cancel(self.alarm);
+        }
+        self.alarm = timers.arm_connection_alarm(deadline, &self.signal);
+        self.alarm_at = deadline;
+    }
+
+    /// Taken over: what the client sent before the takeover is still handled
+    /// (an acknowledgement sent just before it reconnected must count), then
+    /// the connection closes.
+    fn finish_reading(&mut self) -> Close {
+        while self.wire.input().len() < DRAIN_BYTES && self.wire.try_read() == Read::Data {}
+        let mut answers = Held::default();
+        match handle_input(&mut self.wire, &mut self.client, &mut answers, None) {
+            Err(Close::ByServer(reason)) if reason != ReasonCode::SESSION_TAKEN_OVER => {
+                Close::ByServer(reason)
+            }
+            _ => Close::ByServer(ReasonCode::SESSION_TAKEN_OVER),
+        }
+    }
+
+    /// Answers to packets handled before the close still go out, then the
+    /// DISCONNECT where the protocol has one; the session is released, then
+    /// the socket closed gracefully.
+    async fn finish(mut self, close: Close) {
+        self.pending.release();
+        if self.alarm_at != 0 {
+            self.client.broker().timers().cancel(self.alarm);
+        }
+        if !matches!(close, Close::Lost | Close::Stalled) {
+            let last = self.client.take_output();
+            let ticket = self.held.newest_ticket().max(last.ticket);
+            let mut packets = self.held.release_all();
+            packets.extend(last.packets);
+            let durable = timeout(
+                LAST_WORDS_WAIT,
+                self.client.broker().journal().durable(ticket),
+            )
+            .await;
+            if !matches!(durable, Ok(Ok(()))) && !packets.is_empty() {
+                tracing::error!(client_id = %self.client.client_id(), "acknowledgements withheld: not durable");
+                packets.clear();
+            }
+            if let Close::ByServer(reason) = close
+                && self.client.version() == Version::V5
+            {
+                packets.push(Packet::Disconnect(Disconnect::new(reason)));
+            }
+            let sent = self.wire.encode(&mut self.client, packets);
+            self.client.broker().metrics().messages_sent_add(sent);
+            self.wire.write_all_within(LAST_WORDS_WAIT).await;
+        }
+        // The session is released before the goodbye drain, so a client
+        // that reconnects as soon as it sees the close finds the outcome
+        // settled.
+        self.client.finish(close, now_ms());
+        self.signal.finish();
+        self.wire.close().await;
+    }
 }
 
 /// The stamp of the read whose packets are being handled, released once
-/// they are, or when the connection ends in any way (a task cut at
-/// shutdown included), so it never holds other connections back.
-struct PendingStamp<'a> {
-    order: &'a ArrivalOrder,
+/// they are, or when the connection ends in any way (a task cut at shutdown
+/// included), so it never holds other connections back.
+struct PendingStamp {
+    order: Arc<ArrivalOrder>,
     stamp: Option<Stamp>,
 }
 
-impl PendingStamp<'_> {
+impl PendingStamp {
     fn release(&mut self) {
         if let Some(stamp) = self.stamp.take() {
             self.order.handled(stamp);
@@ -293,159 +718,17 @@ impl PendingStamp<'_> {
     }
 }
 
-impl Drop for PendingStamp<'_> {
+impl Drop for PendingStamp {
     fn drop(&mut self) {
         self.release();
     }
 }
 
-async fn serve_loop(
-    wire: &mut Wire,
-    client: &mut Client,
-    signal: &ConnectionSignal,
-    held: &mut Held,
-    broker: &BrokerState,
-    pending: &mut PendingStamp<'_>,
-) -> Close {
-    let limits = &broker.settings().limits;
-    let keep_alive = client.keep_alive_limit();
-    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
-    let max_held_acks = usize::from(limits.receive_maximum);
-    let mut last_read = Instant::now();
-    let mut stalled_since: Option<Instant> = None;
-    let mut alarm = pin!(sleep_until(far_future()));
-    let mut alarm_at = far_future();
-    loop {
-        match signal.stop() {
-            Some(Stop::TakenOver) => return finish_reading(wire, client),
-            Some(Stop::ShuttingDown) => return Close::ByServer(ReasonCode::SERVER_SHUTTING_DOWN),
-            None => {}
-        }
-        if wire.output.len() < PUMP_BYTES {
-            let (output, more) = client.pump(now_ms(), PUMP_BYTES);
-            if more {
-                signal.wake();
-            }
-            if output.ticket != Ticket::NONE || !held.is_empty() {
-                held.hold(output);
-            } else if !output.packets.is_empty() {
-                let sent = wire.encode(client, output.packets);
-                broker.metrics().messages_sent_add(sent);
-            }
-        }
-        if !wire.output.is_empty() {
-            match wire.try_write() {
-                Ok(true) => stalled_since = None,
-                Ok(false) => {
-                    stalled_since.get_or_insert_with(Instant::now);
-                }
-                Err(_) => return Close::Lost,
-            }
-        } else {
-            stalled_since = None;
-        }
-        let congested = broker.journal().congested();
-        let blocked = pending.stamp.filter(|_| !wire.input.is_empty());
-        let reading = blocked.is_none()
-            && wire.output.len() < OUTPUT_LIMIT
-            && held.acks < max_held_acks
-            && !congested;
-        // Wake for whichever comes first: the keep alive or the write
-        // deadline. The alarm is only moved when it rings or must ring
-        // earlier, not on every read.
-        let deadline = [
-            keep_alive.map(|limit| last_read + limit),
-            stalled_since.map(|since| since + write_timeout),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or_else(far_future);
-        if deadline < alarm_at {
-            alarm_at = deadline;
-            alarm.as_mut().reset(deadline);
-        }
-        tokio::select! {
-            durable = broker.journal().durable(held.oldest_ticket()), if !held.is_empty() => {
-                if let Err(error) = durable {
-                    tracing::error!(%error, "closing: acknowledgements cannot be made durable");
-                    held.clear();
-                    return Close::ByServer(ReasonCode::UNSPECIFIED_ERROR);
-                }
-                let packets = held.release_oldest();
-                let sent = wire.encode(client, packets);
-                broker.metrics().messages_sent_add(sent);
-            }
-            _ = pending.order.earlier_handled(blocked.unwrap_or(Stamp::FIRST)), if blocked.is_some() => {
-                match handle_input(wire, client, held, Some((pending.order, blocked.unwrap_or(Stamp::FIRST)))) {
-                    Ok(Handled::All) => pending.release(),
-                    Ok(Handled::Blocked) => {}
-                    Err(close) => return close,
-                }
-            }
-            ready = wire.stream.readable(), if reading => {
-                if ready.is_err() {
-                    return Close::Lost;
-                }
-                match wire.try_read() {
-                    Read::Data => last_read = Instant::now(),
-                    Read::Empty => continue,
-                    Read::Closed => {
-                        // Handle what arrived before the end (a DISCONNECT).
-                        return handle_input(wire, client, held, None)
-                            .err()
-                            .unwrap_or(Close::Lost);
-                    }
-                }
-                let stamp = pending.order.stamp(has_subscription_change(&wire.input));
-                pending.stamp = Some(stamp);
-                match handle_input(wire, client, held, Some((pending.order, stamp))) {
-                    Ok(Handled::All) => pending.release(),
-                    Ok(Handled::Blocked) => {}
-                    Err(close) => return close,
-                }
-            }
-            ready = wire.stream.writable(), if !wire.output.is_empty() => {
-                if ready.is_err() {
-                    return Close::Lost;
-                }
-            }
-            _ = signal.woken() => {}
-            _ = broker.journal().relieved(), if congested => {}
-            _ = &mut alarm => {
-                alarm_at = far_future();
-                alarm.as_mut().reset(alarm_at);
-                let now = Instant::now();
-                if keep_alive.is_some_and(|limit| last_read + limit <= now) {
-                    tracing::info!("keep alive expired");
-                    return Close::ByServer(ReasonCode::KEEP_ALIVE_TIMEOUT);
-                }
-                if stalled_since.is_some_and(|since| since + write_timeout <= now) {
-                    broker.metrics().slow_consumer_closed(client.client_id());
-                    return Close::Stalled;
-                }
-            }
-        }
-    }
-}
-
-/// An instant no alarm reaches: about a year ahead.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 86_400)
-}
-
-/// Taken over: what the client sent before the takeover is still handled
-/// (an acknowledgement sent just before it reconnected must count), then
-/// the connection closes.
-fn finish_reading(wire: &mut Wire, client: &mut Client) -> Close {
-    while wire.input.len() < DRAIN_BYTES && wire.try_read() == Read::Data {}
-    let mut answers = Held::default();
-    match handle_input(wire, client, &mut answers, None) {
-        Err(Close::ByServer(reason)) if reason != ReasonCode::SESSION_TAKEN_OVER => {
-            Close::ByServer(reason)
-        }
-        _ => Close::ByServer(ReasonCode::SESSION_TAKEN_OVER),
-    }
+/// What one round over a connection found.
+enum Round {
+    Progress,
+    Idle,
+    Close(Close),
 }
 
 /// How far `handle_input` got.
@@ -469,21 +752,21 @@ fn handle_input(
 ) -> Result<Handled, Close> {
     let result = loop {
         if let Some((order, stamp)) = order
-            && wire.input.first().is_some_and(|byte| byte >> 4 == 3)
+            && wire.input().first().is_some_and(|byte| byte >> 4 == 3)
             && order.must_wait(stamp)
         {
             break Ok(Handled::Blocked);
         }
-        match wire.codec.decode(&mut wire.input) {
+        match wire.decode() {
             Ok(Some(packet)) => {
-                tracing::trace!(?packet, "received");
+                tracing::trace!(client_id = %client.client_id(), ?packet, "received");
                 if let Err(close) = client.handle(packet, now_ms()) {
                     break Err(close);
                 }
             }
             Ok(None) => break Ok(Handled::All),
             Err(error) => {
-                tracing::info!(%error, "closing connection");
+                tracing::info!(client_id = %client.client_id(), %error, "closing connection");
                 break Err(Close::ByServer(error.reason()));
             }
         }
@@ -495,9 +778,7 @@ fn handle_input(
         let sent = wire.encode(client, output.packets);
         client.broker().metrics().messages_sent_add(sent);
     }
-    if wire.input.is_empty() {
-        wire.input = BytesMut::new();
-    }
+    wire.release_empty_buffers();
     result
 }
 
@@ -508,7 +789,7 @@ enum ConnectFailure {
 
 async fn read_connect(wire: &mut Wire) -> Result<Box<Connect>, ConnectFailure> {
     loop {
-        match wire.codec.decode(&mut wire.input) {
+        match wire.decode() {
             Ok(Some(Packet::Connect(connect))) => return Ok(connect),
             Ok(Some(_)) => {
                 return Err(ConnectFailure::Decode(DecodeError::Protocol("not CONNECT")));
@@ -521,15 +802,6 @@ async fn read_connect(wire: &mut Wire) -> Result<Box<Connect>, ConnectFailure> {
         }
         if wire.try_read() == Read::Closed {
             return Err(ConnectFailure::Io);
-        }
-    }
-}
-
-impl Wire {
-    /// Encodes a packet that has no client to report skips to.
-    fn encode_raw(&mut self, packet: Packet) {
-        if let Err(error) = self.codec.encode(&packet, &mut self.output) {
-            tracing::warn!(%error, "cannot encode packet");
         }
     }
 }
@@ -557,9 +829,15 @@ async fn refuse_connect(mut wire: Wire, error: DecodeError) {
 /// Packets that may go out only once a journal ticket is durable (DESIGN §4
 /// `sync`), in the order they were produced, each batch with the ticket it
 /// waits for. Batches that need no flush queue behind earlier ones, so the
-/// client sees every packet in order.
+/// client sees every packet in order. Allocated only while something is
+/// held.
 #[derive(Default)]
 struct Held {
+    waiting: Option<Box<Batches>>,
+}
+
+#[derive(Default)]
+struct Batches {
     batches: VecDeque<(Ticket, Vec<Packet>)>,
     /// PUBACK / PUBREC held: bounded by the Receive Maximum.
     acks: usize,
@@ -578,42 +856,74 @@ impl Held {
             return;
         }
         let ticket = output.ticket.max(self.newest_ticket());
-        self.acks += acks_in(&output.packets);
-        self.batches.push_back((ticket, output.packets));
+        let waiting = self.waiting.get_or_insert_default();
+        waiting.acks += acks_in(&output.packets);
+        waiting.batches.push_back((ticket, output.packets));
     }
 
     fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        self.waiting.is_none()
+    }
+
+    /// Acknowledgements held.
+    fn acks(&self) -> usize {
+        self.waiting.as_ref().map_or(0, |w| w.acks)
     }
 
     fn oldest_ticket(&self) -> Ticket {
-        self.batches.front().map_or(Ticket::NONE, |(t, _)| *t)
+        self.waiting
+            .as_ref()
+            .and_then(|w| w.batches.front())
+            .map_or(Ticket::NONE, |(t, _)| *t)
     }
 
     fn newest_ticket(&self) -> Ticket {
-        self.batches.back().map_or(Ticket::NONE, |(t, _)| *t)
+        self.waiting
+            .as_ref()
+            .and_then(|w| w.batches.back())
+            .map_or(Ticket::NONE, |(t, _)| *t)
     }
 
     fn release_oldest(&mut self) -> Vec<Packet> {
-        let packets = self
+        let Some(waiting) = &mut self.waiting else {
+            return Vec::new();
+        };
+        let packets = waiting
             .batches
             .pop_front()
             .map(|(_, packets)| packets)
             .unwrap_or_default();
-        self.acks -= acks_in(&packets);
+        waiting.acks -= acks_in(&packets);
+        if waiting.batches.is_empty() {
+            self.waiting = None;
+        }
         packets
     }
 
     fn release_all(&mut self) -> Vec<Packet> {
-        self.acks = 0;
-        self.batches
-            .drain(..)
-            .flat_map(|(_, packets)| packets)
-            .collect()
+        self.waiting
+            .take()
+            .map(|w| w.batches.into_iter().flat_map(|(_, p)| p).collect())
+            .unwrap_or_default()
     }
 
     fn clear(&mut self) {
-        self.acks = 0;
-        self.batches.clear();
+        self.waiting = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection costs this much task state (besides its socket
+    /// registration and session); docs/BENCHMARKS.md has the whole budget.
+    #[test]
+    fn a_served_connection_is_a_small_task() {
+        assert!(
+            std::mem::size_of::<Task>() <= 272,
+            "{} bytes",
+            std::mem::size_of::<Task>()
+        );
     }
 }

@@ -10,6 +10,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::client::{Conn, Incoming, Version};
 use crate::report::IdleReport;
+use crate::stats::Histogram;
 use crate::{BenchArgs, BenchError, broker_rss_kb, ping_every, run_id};
 
 /// Connection attempts in flight at once, so the broker's accept backlog is
@@ -99,7 +100,7 @@ pub async fn run(
     let rss_before_kb = broker_rss_kb(args.broker_pid)?;
 
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), BenchError>>(1024);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<Duration, BenchError>>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = Vec::with_capacity(total as usize);
     for i in 0..total {
@@ -111,12 +112,13 @@ pub async fn run(
         handles.push(tokio::spawn(async move {
             let setup = async {
                 let _permit = gate.acquire_owned().await.ok();
+                let started = Instant::now();
                 let mut conn = Conn::open(name, version, addr, local, IDLE_READ_CHUNK).await?;
                 conn.handshake(keepalive).await?;
-                Ok::<_, BenchError>(conn)
+                Ok::<_, BenchError>((conn, started.elapsed()))
             };
-            let mut conn = match timeout_at(deadline, setup).await {
-                Ok(Ok(conn)) => conn,
+            let (mut conn, took) = match timeout_at(deadline, setup).await {
+                Ok(Ok(opened)) => opened,
                 Ok(Err(e)) => {
                     let _ = ready.send(Err(e)).await;
                     return None;
@@ -128,7 +130,7 @@ pub async fn run(
                     return None;
                 }
             };
-            let _ = ready.send(Ok(())).await;
+            let _ = ready.send(Ok(took)).await;
             drop(ready);
             let held = match hold(&mut conn, ping, deadline, &mut stop).await {
                 Ok(()) => Held::Kept,
@@ -143,10 +145,14 @@ pub async fn run(
     drop(ready_tx);
 
     let mut established = 0u32;
+    let mut connect_latency = Histogram::new();
     let mut first_failure: Option<BenchError> = None;
     for _ in 0..total {
         match timeout_at(deadline, ready_rx.recv()).await {
-            Ok(Some(Ok(()))) => established += 1,
+            Ok(Some(Ok(took))) => {
+                established += 1;
+                connect_latency.record(took.as_nanos() as u64);
+            }
             Ok(Some(Err(e))) => {
                 first_failure.get_or_insert(e);
             }
@@ -185,6 +191,7 @@ pub async fn run(
         failed,
         dropped,
         connect_time,
+        connect_latency,
         hold: held,
         rss_before_kb,
         rss_after_kb,
