@@ -12,6 +12,7 @@
 //! `report` (text and JSON output).
 
 mod client;
+mod flow;
 mod idle;
 mod publisher;
 mod report;
@@ -94,6 +95,12 @@ pub struct BenchArgs {
     /// 3.1.1: Mosquitto silently discards QoS 2 messages beyond it.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_inflight: u16,
+    /// Messages in flight end to end, over all publishers: a publisher sends
+    /// only while fewer than this many published messages have not yet
+    /// reached their subscriber (fan-in and pairs). Keeps every queue short,
+    /// so latency is that of a loaded broker, not of an overrun one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub e2e_window: Option<u64>,
     /// Keepalive announced in CONNECT, in seconds; clients ping at half of it.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(2..))]
     pub keepalive: u16,
@@ -131,6 +138,8 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("--payload must be at least {min} bytes (got {got})")]
     PayloadTooSmall { min: usize, got: usize },
+    #[error("--e2e-window applies to fan-in and pairs, where each message has one subscriber")]
+    EndToEndFanOut,
     #[error("--drain must be a finite number of seconds >= 0 (got {0})")]
     BadDrain(f64),
     #[error("cannot resolve {host}:{port}: {source}")]
@@ -192,6 +201,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             min: STAMP_LEN,
             got: args.payload,
         });
+    }
+    if args.e2e_window.is_some() && args.scenario == Scenario::FanOut {
+        return Err(BenchError::EndToEndFanOut);
     }
     if !args.drain.is_finite() || args.drain < 0.0 {
         return Err(BenchError::BadDrain(args.drain));

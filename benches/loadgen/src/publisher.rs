@@ -2,6 +2,7 @@
 //! fast as the window (and the optional rate) allows and runs the real
 //! acknowledgement flows (PUBACK; PUBREC -> PUBREL -> PUBCOMP).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -10,6 +11,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::BenchError;
 use crate::client::{Conn, Incoming, PublishTemplate, Version};
+use crate::flow::EndToEnd;
 use crate::stats::{AckEffect, Histogram, InflightWindow, Stamp};
 
 /// PUBLISH packets queued before one socket write.
@@ -28,6 +30,8 @@ pub struct PublisherSpec {
     pub max_inflight: u16,
     /// Messages per second for this publisher when a rate is set.
     pub rate: Option<f64>,
+    /// The end-to-end window shared by every publisher, when set.
+    pub e2e: Option<Arc<EndToEnd>>,
 }
 
 /// What one publisher observed.
@@ -132,6 +136,7 @@ impl Publisher<'_> {
     fn can_send(&self) -> bool {
         self.seq < self.spec.messages
             && (self.spec.qos == QoS::AtMostOnce || self.window.has_room())
+            && self.spec.e2e.as_ref().is_none_or(|e2e| e2e.has_room())
     }
 
     fn done(&self) -> bool {
@@ -154,6 +159,9 @@ impl Publisher<'_> {
                 if due > now {
                     return Ok(Some(due));
                 }
+            }
+            if self.spec.e2e.as_ref().is_some_and(|e2e| !e2e.try_take()) {
+                break;
             }
             let sent_ns = self.clock.now_ns();
             let pkid = if self.spec.qos == QoS::AtMostOnce {
@@ -279,9 +287,17 @@ impl Publisher<'_> {
                 continue;
             }
             let wake = next_due.unwrap_or(deadline).min(next_ping).min(deadline);
+            // Waits for the end-to-end window whenever it is the only thing
+            // that could hold this publisher back; `freed` returns at once if
+            // a slot came free since `can_send` looked.
+            let e2e = self.spec.e2e.clone();
+            let only_e2e_blocks = self.seq < self.spec.messages
+                && (self.spec.qos == QoS::AtMostOnce || self.window.has_room())
+                && e2e.is_some();
             tokio::select! {
                 result = self.conn.fill() => result?,
                 _ = sleep_until(wake) => {}
+                _ = async { if let Some(w) = &e2e { w.freed().await } }, if only_e2e_blocks => {}
             }
             self.drain_incoming()?;
         }

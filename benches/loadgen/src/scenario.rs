@@ -3,6 +3,7 @@
 //! start every publisher at once, wait for the deliveries, report.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mqttbytes::QoS;
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::client::{Conn, SessionMode, Version};
+use crate::flow::EndToEnd;
 use crate::publisher::{self, Clock, PublisherSpec, PublisherStats};
 use crate::report::{TrafficReport, rate};
 use crate::stats::Histogram;
@@ -50,6 +52,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
     } else {
         SessionMode::Clean
     };
+    let e2e = args.e2e_window.map(|limit| Arc::new(EndToEnd::new(limit)));
     let publisher = |id: u32, topic: String, count: u32| PublisherSpec {
         id,
         topic,
@@ -58,6 +61,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
         payload: args.payload,
         max_inflight: args.max_inflight,
         rate: args.rate.map(|r| r as f64 / f64::from(count)),
+        e2e: e2e.clone(),
     };
     let subscriber = |filter: String, first: u32, count: u32| SubscriberSpec {
         filter,
@@ -67,6 +71,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
         per_publisher: args.messages,
         session,
         drain,
+        e2e: e2e.clone(),
     };
     match args.scenario {
         Scenario::FanIn => {

@@ -3,6 +3,7 @@
 //! losses, duplicates and ordering.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mqttbytes::QoS;
@@ -11,6 +12,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::BenchError;
 use crate::client::{Conn, Incoming, SessionMode, Version};
+use crate::flow::EndToEnd;
 use crate::publisher::Clock;
 use crate::stats::{Delivery, DeliveryTracker, Histogram, Stamp};
 
@@ -28,6 +30,8 @@ pub struct SubscriberSpec {
     /// How long to keep listening after the publishers finished and nothing
     /// more arrived.
     pub drain: Duration,
+    /// The end-to-end window whose slots deliveries give back, when set.
+    pub e2e: Option<Arc<EndToEnd>>,
 }
 
 /// Session Expiry Interval of a persistent v5 subscriber: far longer than
@@ -260,6 +264,9 @@ fn drain_incoming(
                             stats
                                 .latency
                                 .record(clock.now_ns().saturating_sub(stamp.sent_ns));
+                            if let Some(e2e) = &spec.e2e {
+                                e2e.give_back();
+                            }
                         }
                     }
                     None => stats.unstamped += 1,
@@ -369,6 +376,7 @@ mod tests {
             per_publisher: 1,
             session,
             drain: Duration::ZERO,
+            e2e: None,
         }
     }
 
