@@ -135,7 +135,7 @@ start_a() {
         mosquitto -c "$WORK/a.conf" >>"$WORK/a.log" 2>&1 &
     else
         mkdir -p "$WORK/petrel-data"
-        "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "$A_PORT" \
+        env -u PETREL_BIN "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "$A_PORT" \
             --data-dir "$WORK/petrel-data" >>"$WORK/a.log" 2>&1 &
     fi
     A_PID=$!

@@ -126,7 +126,7 @@ start_petrel() { # target mode
     dir=$(data_dir "$t")
     mkdir -p "$dir"
     env PETREL_LIMITS__MAX_QUEUED_MESSAGES="$QUEUE_LIMIT" PETREL_LIMITS__MAX_INFLIGHT="$INFLIGHT" \
-        PETREL_DURABILITY="$mode" "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "${PORT[$t]}" \
+        env -u PETREL_BIN PETREL_DURABILITY="$mode" "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "${PORT[$t]}" \
         --data-dir "$dir" >>"$WORK/$t.log" 2>&1 &
     PID[$t]=$!
     PIDS+=("${PID[$t]}")

@@ -11,6 +11,10 @@
 # embedded default.
 #
 # Usage: benches/tail.sh [--no-build] [--repeat N] [--messages N]
+#
+# Environment: CARGO_TARGET_DIR is honoured; PETREL_BIN and BENCH_BIN
+# override the broker and the load generator binaries (both default to the
+# release build of petrel); TAIL_RAW=FILE keeps the raw JSON lines.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +26,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --repeat) REPEAT=$2; shift ;;
         --messages) MESSAGES=$2; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -30,6 +34,7 @@ done
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
+BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
 # shellcheck source=benches/ports.sh
 . "$ROOT/benches/ports.sh"
@@ -50,9 +55,9 @@ trap cleanup EXIT
 P_PORT=$(free_port)
 M_PORT=$(free_port)
 while [ "$M_PORT" = "$P_PORT" ]; do M_PORT=$(free_port); done
-"$PETREL_BIN" serve -p "$P_PORT" --data-dir "$WORK/petrel-data" >"$WORK/petrel.log" 2>&1 &
+env -u PETREL_BIN "$PETREL_BIN" serve -p "$P_PORT" --data-dir "$WORK/petrel-data" >"$WORK/petrel.log" 2>&1 &
 PIDS+=($!)
-wait_listening "$P_PORT" "$!" || { echo "petrel did not start" >&2; exit 1; }
+wait_listening "$P_PORT" "$!" || { tail -5 "$WORK/petrel.log" >&2; echo "petrel did not start" >&2; exit 1; }
 cat > "$WORK/m.conf" <<EOF
 listener $M_PORT 127.0.0.1
 allow_anonymous true
@@ -66,7 +71,7 @@ PIDS+=($!)
 wait_listening "$M_PORT" "$!" || { echo "mosquitto did not start" >&2; exit 1; }
 
 run() { # port protocol
-    "$PETREL_BIN" bench --port "$1" --protocol "$2" --scenario fan-in --qos 1 \
+    "$BENCH_BIN" bench --port "$1" --protocol "$2" --scenario fan-in --qos 1 \
         --publishers 8 --max-inflight 125 --e2e-window 1000 --messages "$MESSAGES" \
         --timeout 120 --json
 }

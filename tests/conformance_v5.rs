@@ -1416,3 +1416,112 @@ async fn connack_fits_a_small_client_maximum_packet_size() {
     );
     assert_eq!(Connack::parse_v5(&connack).reason, 0);
 }
+
+/// The Topic Alias of a received PUBLISH, if it carries one.
+fn topic_alias_of(publish: &Publish) -> Option<u16> {
+    publish
+        .properties
+        .iter()
+        .find(|(id, _)| *id == TOPIC_ALIAS)
+        .map(|(_, value)| u16::from_be_bytes([value[0], value[1]]))
+}
+
+/// Subscribes `client` to `filter` and returns the next `count` PUBLISHes a
+/// second client sends to `topics` (one each, in turn, `rounds` times).
+async fn receive_on(
+    broker: SocketAddr,
+    client: &mut RawClient,
+    filter: &str,
+    topics: &[String],
+    rounds: usize,
+) -> Vec<Publish> {
+    client
+        .send(&subscribe(1, Some(&[]), &[(filter.as_bytes(), 0)]))
+        .await;
+    client.expect_kind(SUBACK).await;
+    let (mut publisher, _) = connect_v5(broker, &unique_id("p")).await;
+    let mut received = Vec::new();
+    for _ in 0..rounds {
+        for topic in topics {
+            publisher.send(&publish_v5(topic, 0, 0, &[], b"x")).await;
+            received.push(Publish::parse(&client.expect_kind(PUBLISH).await, true));
+        }
+    }
+    received
+}
+
+/// [MQTT-3.1.2-26], [MQTT-3.3.2-11], [MQTT-3.3.2-8]: a client that allows
+/// two Topic Aliases gets aliases 1 and 2 for its first two topics (the
+/// topic named once, then only the alias) and never a third alias nor 0:
+/// a third topic keeps its name.
+#[tokio::test]
+async fn the_broker_sends_topic_aliases_only_within_the_client_maximum() {
+    let broker = common::start_broker().await;
+    let base = prefix("out-alias");
+    let connect = Connect {
+        properties: prop_u16(TOPIC_ALIAS_MAXIMUM, 2),
+        ..Connect::v5(&unique_id("a"))
+    };
+    let (mut client, _) = connect_v5_with(broker.addr, &connect).await;
+    let topics: Vec<String> = (0..3).map(|i| format!("{base}/{i}")).collect();
+    let received = receive_on(broker.addr, &mut client, &format!("{base}/+"), &topics, 2).await;
+    for (at, publish) in received.iter().enumerate() {
+        let (round, which) = (at / 3, at % 3);
+        let alias = topic_alias_of(publish);
+        match which {
+            2 => {
+                assert_eq!(alias, None, "no third alias");
+                assert_eq!(publish.topic, topics[2].as_bytes());
+            }
+            _ => {
+                assert_eq!(alias, Some(which as u16 + 1), "aliases 1 and 2, never 0");
+                let named: &[u8] = if round == 0 {
+                    topics[which].as_bytes()
+                } else {
+                    b""
+                };
+                assert_eq!(publish.topic, named, "named once, then the alias alone");
+            }
+        }
+    }
+}
+
+/// [MQTT-3.1.2-27]: a client that allows no Topic Alias never gets one,
+/// however often a topic repeats.
+#[tokio::test]
+async fn a_client_that_allows_no_topic_alias_gets_none() {
+    let broker = common::start_broker().await;
+    let topic = prefix("no-alias");
+    let (mut client, _) = connect_v5(broker.addr, &unique_id("n")).await;
+    let received = receive_on(broker.addr, &mut client, &topic, &[topic.clone()], 5).await;
+    assert!(
+        received
+            .iter()
+            .all(|p| topic_alias_of(p).is_none() && p.topic == topic.as_bytes())
+    );
+}
+
+/// [MQTT-3.3.2-7], the broker's side: aliases it set up on one connection
+/// are set up again, with the topic named, on the next.
+#[tokio::test]
+async fn broker_topic_aliases_start_over_on_a_new_connection() {
+    let broker = common::start_broker().await;
+    let topic = prefix("alias-again");
+    let connect = Connect {
+        properties: prop_u16(TOPIC_ALIAS_MAXIMUM, 4),
+        ..Connect::v5(&unique_id("r"))
+    };
+    for _ in 0..2 {
+        let (mut client, _) = connect_v5_with(broker.addr, &connect).await;
+        let received = receive_on(broker.addr, &mut client, &topic, &[topic.clone()], 2).await;
+        assert_eq!(
+            received[0].topic,
+            topic.as_bytes(),
+            "named on each new connection"
+        );
+        assert_eq!(topic_alias_of(&received[0]), Some(1));
+        assert_eq!(received[1].topic, b"");
+        assert_eq!(topic_alias_of(&received[1]), Some(1));
+        disconnect(client).await;
+    }
+}
