@@ -1493,7 +1493,14 @@ async fn a_client_that_allows_no_topic_alias_gets_none() {
     let broker = common::start_broker().await;
     let topic = prefix("no-alias");
     let (mut client, _) = connect_v5(broker.addr, &unique_id("n")).await;
-    let received = receive_on(broker.addr, &mut client, &topic, &[topic.clone()], 5).await;
+    let received = receive_on(
+        broker.addr,
+        &mut client,
+        &topic,
+        std::slice::from_ref(&topic),
+        5,
+    )
+    .await;
     assert!(
         received
             .iter()
@@ -1513,7 +1520,14 @@ async fn broker_topic_aliases_start_over_on_a_new_connection() {
     };
     for _ in 0..2 {
         let (mut client, _) = connect_v5_with(broker.addr, &connect).await;
-        let received = receive_on(broker.addr, &mut client, &topic, &[topic.clone()], 2).await;
+        let received = receive_on(
+            broker.addr,
+            &mut client,
+            &topic,
+            std::slice::from_ref(&topic),
+            2,
+        )
+        .await;
         assert_eq!(
             received[0].topic,
             topic.as_bytes(),

@@ -384,3 +384,146 @@ async fn v5_unsubscribe_writes_nothing_to_stderr() {
         .unwrap();
     assert!(!stderr.contains("pkid"), "{stderr}");
 }
+
+/// A store whose flushes wait until the test opens the gate: a disk that
+/// takes its time.
+struct GatedStore {
+    inner: petrel::store::MemoryStore,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedStore {
+    fn open_gate(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl petrel::store::Store for GatedStore {
+    fn keeps_messages(&self) -> bool {
+        true
+    }
+    fn put_session(
+        &self,
+        record: &petrel::store::SessionRecord,
+    ) -> Result<(), petrel::store::StoreError> {
+        self.inner.put_session(record)
+    }
+    fn delete_session(&self, client_id: &str) -> Result<(), petrel::store::StoreError> {
+        self.inner.delete_session(client_id)
+    }
+    fn put_retained(
+        &self,
+        message: &petrel::protocol::Message,
+    ) -> Result<(), petrel::store::StoreError> {
+        self.inner.put_retained(message)
+    }
+    fn delete_retained(&self, topic: &str) -> Result<(), petrel::store::StoreError> {
+        self.inner.delete_retained(topic)
+    }
+    fn put_copies(
+        &self,
+        copies: &[(std::sync::Arc<str>, petrel::session::Delivery)],
+        inbound_qos2: Option<(&str, u16)>,
+    ) -> Result<(), petrel::store::StoreError> {
+        self.inner.put_copies(copies, inbound_qos2)
+    }
+    fn mark_sent(
+        &self,
+        client_id: &str,
+        seq: u64,
+        sent: petrel::session::Sent,
+    ) -> Result<(), petrel::store::StoreError> {
+        self.inner.mark_sent(client_id, seq, sent)
+    }
+    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), petrel::store::StoreError> {
+        self.inner.delete_delivery(client_id, seq)
+    }
+    fn delete_inbound_qos2(
+        &self,
+        client_id: &str,
+        packet_id: u16,
+    ) -> Result<(), petrel::store::StoreError> {
+        self.inner.delete_inbound_qos2(client_id, packet_id)
+    }
+    fn flush(&self) -> Result<(), petrel::store::StoreError> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        Ok(())
+    }
+    fn has_space(&self) -> bool {
+        true
+    }
+    fn load(&self) -> Result<petrel::store::Snapshot, petrel::store::StoreError> {
+        self.inner.load()
+    }
+}
+
+/// Finding 7, acknowledgements: while the disk is slow, a client's
+/// acknowledgements waiting for it stop at the Receive Maximum (100): the
+/// broker handles 100 PUBLISHes and reads no further until some are
+/// durable; then all of them are acknowledged.
+#[tokio::test]
+async fn acknowledgements_waiting_for_the_disk_stop_at_the_receive_maximum() {
+    let store = std::sync::Arc::new(GatedStore {
+        inner: petrel::store::MemoryStore::new(),
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+    });
+    let shared: std::sync::Arc<dyn petrel::store::Store> = store.clone();
+    let settings = petrel::Settings {
+        durability: petrel::config::Durability::Sync,
+        ..petrel::Settings::ephemeral()
+    };
+    let broker = petrel::Broker::start_with_store(settings, shared)
+        .await
+        .unwrap();
+    let addr = broker.local_addrs()[0];
+    let mut subscriber = Connect::v311("durable-acks");
+    subscriber.clean = false;
+    let mut reader = RawClient::connect(addr).await;
+    reader.send(&subscriber.encode()).await;
+    // The CONNACK of a persistent session waits for the disk too.
+    store.open_gate();
+    reader.expect_kind(CONNACK).await;
+    reader
+        .send(&subscribe(1, None, &[(b"acks/#".as_slice(), 1)]))
+        .await;
+    reader.expect_kind(SUBACK).await;
+    *store.open.lock().unwrap() = false;
+
+    let mut publisher = raw::connect_v311(addr, &unique_id("pub")).await;
+    let burst: Vec<u8> = (1..=300u16)
+        .flat_map(|id| publish_v311("acks/t", 1, id, b"x"))
+        .collect();
+    publisher.send(&burst).await;
+    let metrics = broker.metrics();
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.messages_received() < 100 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "100 PUBLISHes handled");
+    // Other connections are served meanwhile; this one has stopped.
+    for _ in 0..20 {
+        let mut probe = raw::connect_v311(addr, &unique_id("probe")).await;
+        probe.ping().await;
+    }
+    assert_eq!(
+        metrics.messages_received(),
+        100,
+        "no more read while 100 acknowledgements wait"
+    );
+
+    store.open_gate();
+    for _ in 1..=300 {
+        publisher.expect_kind(PUBACK).await;
+    }
+    assert_eq!(metrics.messages_received(), 300);
+    drop((reader, publisher));
+    broker.shutdown().await;
+}

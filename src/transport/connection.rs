@@ -377,6 +377,7 @@ async fn accept(
         alarm: TimerId::default(),
         alarm_at: 0,
         durable_epoch: 0,
+        backlog: false,
     })
 }
 
@@ -401,6 +402,9 @@ struct Conn {
     alarm_at: u64,
     /// The journal settlement this connection last registered for.
     durable_epoch: u64,
+    /// Whole packets wait in the input, left while acknowledgements were
+    /// held at their bound.
+    backlog: bool,
 }
 
 impl Conn {
@@ -546,6 +550,13 @@ impl Conn {
         {
             return Ok(false);
         }
+        if self.backlog {
+            // Packets read earlier and left while acknowledgements were
+            // held at their bound: handle them before reading more.
+            self.backlog = false;
+            self.handle_read()?;
+            return Ok(true);
+        }
         if self.broker().journal().congested() {
             let broker = self.broker().clone();
             self.waiting = Some(Box::pin(async move { broker.journal().relieved().await }));
@@ -568,26 +579,36 @@ impl Conn {
             }
         }
         self.last_read_ms = now_ms();
+        self.handle_read()?;
+        Ok(true)
+    }
+
+    /// Stamps what was read and handles it.
+    fn handle_read(&mut self) -> Result<(), Close> {
         let stamp = self
             .pending
             .order
             .stamp(has_subscription_change(self.wire.input()));
         self.pending.stamp = Some(stamp);
-        self.handle(stamp)?;
-        Ok(true)
+        self.handle(stamp)
     }
 
     /// Handles the input read under `stamp`; a PUBLISH that must wait for
     /// another connection's earlier subscription change stops it.
     fn handle(&mut self, stamp: Stamp) -> Result<(), Close> {
+        let max_acks = usize::from(self.broker().settings().limits.receive_maximum);
         let handled = handle_input(
             &mut self.wire,
             &mut self.client,
             &mut self.held,
-            Some((&self.pending.order, stamp)),
+            Some((&self.pending.order, stamp, max_acks)),
         )?;
         match handled {
             Handled::All => self.pending.release(),
+            Handled::AcksHeld => {
+                self.pending.release();
+                self.backlog = true;
+            }
             Handled::Blocked => {
                 let order = self.pending.order.clone();
                 self.waiting = Some(Box::pin(async move { order.earlier_handled(stamp).await }));
@@ -739,28 +760,45 @@ enum Handled {
     /// Up to a PUBLISH that must wait for another connection's earlier
     /// SUBSCRIBE or UNSUBSCRIBE.
     Blocked,
+    /// Up to the Receive Maximum of acknowledgements held for the journal:
+    /// the rest waits in the input (and nothing more is read) until some go
+    /// out, the v5 contract applied to every client.
+    AcksHeld,
 }
 
 /// Decodes and handles every whole packet in the input, holding the
 /// answers that wait for the journal. With an arrival stamp, stops before a
-/// PUBLISH that an earlier subscription change must precede.
+/// PUBLISH that an earlier subscription change must precede, and once the
+/// acknowledgements held reach their bound.
 fn handle_input(
     wire: &mut Wire,
     client: &mut Client,
     held: &mut Held,
-    order: Option<(&ArrivalOrder, Stamp)>,
+    bounds: Option<(&ArrivalOrder, Stamp, usize)>,
 ) -> Result<Handled, Close> {
     let result = loop {
-        if let Some((order, stamp)) = order
-            && wire.input().first().is_some_and(|byte| byte >> 4 == 3)
-            && order.must_wait(stamp)
-        {
-            break Ok(Handled::Blocked);
+        if let Some((order, stamp, max_acks)) = bounds {
+            if held.acks() >= max_acks && !wire.input().is_empty() {
+                break Ok(Handled::AcksHeld);
+            }
+            if wire.input().first().is_some_and(|byte| byte >> 4 == 3) && order.must_wait(stamp) {
+                break Ok(Handled::Blocked);
+            }
         }
         match wire.decode() {
             Ok(Some(packet)) => {
                 tracing::trace!(client_id = %client.client_id(), ?packet, "received");
-                if let Err(close) = client.handle(packet, now_ms()) {
+                let handled = client.handle(packet, now_ms());
+                // Answered packet by packet, so the acknowledgements held
+                // are counted as they pile up.
+                let output = client.take_output();
+                if output.ticket != Ticket::NONE || !held.is_empty() {
+                    held.hold(output);
+                } else if !output.packets.is_empty() {
+                    let sent = wire.encode(client, output.packets);
+                    client.broker().metrics().messages_sent_add(sent);
+                }
+                if let Err(close) = handled {
                     break Err(close);
                 }
             }
@@ -771,13 +809,6 @@ fn handle_input(
             }
         }
     };
-    let output = client.take_output();
-    if output.ticket != Ticket::NONE || !held.is_empty() {
-        held.hold(output);
-    } else if !output.packets.is_empty() {
-        let sent = wire.encode(client, output.packets);
-        client.broker().metrics().messages_sent_add(sent);
-    }
     wire.release_empty_buffers();
     result
 }
