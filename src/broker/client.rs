@@ -47,6 +47,9 @@ pub struct Client {
     pub(super) topic_aliases: Option<Box<TopicAliases>>,
     /// Reason strings go out unless the client asked for none.
     pub(super) problem_information: bool,
+    /// The v5 CONNECT's user properties, kept for as long as the connection
+    /// lives (for operators' client details); none for most clients.
+    pub(super) connect_properties: Option<Box<[(String, String)]>>,
     /// Control packets waiting to be written, ahead of queued messages.
     pub(super) outgoing: Vec<Packet>,
     /// The journal write that what is waiting to be written depends on.
@@ -75,6 +78,11 @@ impl Client {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// The user properties the client sent in CONNECT.
+    pub fn connect_user_properties(&self) -> &[(String, String)] {
+        self.connect_properties.as_deref().unwrap_or_default()
     }
 
     /// 1.5 times the keep alive [MQTT-3.1.2-24], or none when it is 0.

@@ -192,6 +192,8 @@ impl Client {
             connected_with_zero_expiry: expiry_secs == 0,
             topic_aliases: None,
             problem_information: connect.request_problem_information,
+            connect_properties: (!connect.user_properties.is_empty())
+                .then(|| connect.user_properties.into_boxed_slice()),
             outgoing: Vec::new(),
             ticket: Default::default(),
         };

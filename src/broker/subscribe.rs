@@ -16,9 +16,12 @@ impl Client {
     /// live, behind the snapshot), and a live publish that finds the new
     /// subscription queues behind the snapshot too.
     ///
-    /// The subscription's user properties are not used yet; streams read
-    /// them (`stream-offset`).
+    /// The SUBSCRIBE's user properties are logged at debug; nothing reads
+    /// them yet (streams will: `stream-offset`).
     pub(super) fn on_subscribe(&mut self, subscribe: Subscribe, now_ms: u64) -> Result<(), Close> {
+        if !subscribe.user_properties.is_empty() {
+            tracing::debug!(client_id = %self.client_id(), user_properties = ?subscribe.user_properties, "SUBSCRIBE user properties");
+        }
         let broker = self.broker.clone();
         let limits = broker.topic_limits();
         let max_subscriptions = broker.settings.limits.max_subscriptions_per_client;

@@ -685,3 +685,18 @@ fn max_retained_messages_refuses_new_topics_only() {
     );
     assert_eq!(&broker.retained.read().get("a").unwrap().payload[..], b"2");
 }
+
+/// The v5 CONNECT's user properties stay with the connection.
+#[test]
+fn connect_user_properties_are_kept_with_the_connection() {
+    let broker = broker();
+    let mut packet = connect_packet(Version::V5, "c", true, 0);
+    packet.user_properties = vec![("site".into(), "north".into())];
+    let (client, _) = connect(&broker, packet, T0);
+    assert_eq!(
+        client.connect_user_properties(),
+        [("site".to_string(), "north".to_string())]
+    );
+    let (other, _) = connect(&broker, connect_packet(Version::V5, "d", true, 0), T0);
+    assert!(other.connect_user_properties().is_empty());
+}
