@@ -952,7 +952,7 @@ mod tests {
     #[test]
     fn a_served_connection_is_a_small_task() {
         assert!(
-            std::mem::size_of::<Task>() <= 272,
+            std::mem::size_of::<Task>() <= 288,
             "{} bytes",
             std::mem::size_of::<Task>()
         );
