@@ -5,14 +5,16 @@
 //! `SledStore`, reading everything back through `Store::load`; `crash.rs`
 //! covers reopening the database after `kill -9` with the real binary.
 
+mod common;
 mod raw;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::scratch::TempDir;
 use petrel::config::Durability;
 use petrel::protocol::Message;
 use petrel::session::{Delivery, Sent};
@@ -26,31 +28,6 @@ use raw::{
 const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
 const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 const WILL_DELAY_INTERVAL: u8 = 0x18;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "petrel-durability-{name}-{}-{}",
-            std::process::id(),
-            petrel::timer::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn sync_settings() -> Settings {
     Settings {

@@ -4,10 +4,10 @@
 mod common;
 mod raw;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::scratch::TempDir;
 use raw::{
     CONNACK, Connect, DISCONNECT, Event, PUBACK, PUBLISH, Publish, RawClient, SUBACK, Will,
     publish_v5, publish_v311, subscribe, unique_id,
@@ -135,29 +135,25 @@ async fn a_subscriber_that_stops_reading_is_closed_and_counted() {
     drop(stalled);
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "petrel-hardening-{name}-{}-{}",
-            std::process::id(),
-            unique_id("d")
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Sends SIGTERM and waits up to `within` for the exit; `None` if it takes
+/// longer.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = child.id().expect("running");
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(within, child.wait())
+        .await
+        .ok()
+        .map(|status| status.unwrap())
 }
 
 /// The real binary on a free port with `config`; returns it and its port.
@@ -248,19 +244,9 @@ async fn sigterm_exits_promptly_with_a_stalled_subscriber_and_flushes() {
         publisher.send(&burst).await;
     }
     let flood = tokio::spawn(async move { while publisher.try_send(&burst).await.is_ok() {} });
-    let pid = child.id().expect("running");
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exited = tokio::time::timeout(Duration::from_secs(8), child.wait())
+    let exited = terminate(&mut child, Duration::from_secs(8))
         .await
-        .expect("petrel exits within its 5 s shutdown grace period")
-        .unwrap();
+        .expect("petrel exits within its 5 s shutdown grace period");
     assert!(exited.success(), "{exited:?}");
     flood.await.unwrap();
     drop(stalled);
@@ -364,19 +350,9 @@ async fn v5_unsubscribe_writes_nothing_to_stderr() {
         client.send(&raw::packet(0xA2, &body)).await;
         client.expect_kind(11).await;
     }
-    let pid = child.id().expect("running");
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let status = terminate(&mut child, Duration::from_secs(15))
         .await
-        .expect("exits")
-        .unwrap();
+        .expect("exits");
     assert!(status.success());
     let mut stderr = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)

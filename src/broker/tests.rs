@@ -77,6 +77,25 @@ fn v5(broker: &Arc<BrokerState>, id: &str, clean_start: bool, expiry: u32) -> Cl
     .0
 }
 
+/// A clean v5 client subscribed to `filter`, its SUBACK already read.
+fn watching(broker: &Arc<BrokerState>, id: &str, filter: &str, qos: QoS) -> Client {
+    let mut client = v5(broker, id, true, 0);
+    client.handle(subscribe(1, &[filter], qos), T0).unwrap();
+    written(&mut client, T0);
+    client
+}
+
+/// Client "c" (session expiry 600 s) with a will on `wills/c` delayed by
+/// `delay` seconds, its connection lost at T0; returns its CONNECT to come
+/// back with.
+fn lost_with_delayed_will(broker: &Arc<BrokerState>, delay: u32) -> Connect {
+    let mut packet = connect_packet(Version::V5, "c", false, 600);
+    packet.will = Some(will("wills/c", delay));
+    let (client, _) = connect(broker, packet.clone(), T0);
+    client.finish(Close::Lost, T0);
+    packet
+}
+
 fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static str, retain: bool) -> Packet {
     Packet::Publish(Publish {
         dup: false,
@@ -324,15 +343,8 @@ fn an_expiry_timer_that_fires_after_a_resume_ends_nothing() {
 #[test]
 fn a_will_delay_timer_that_fires_after_a_resume_publishes_nothing() {
     let broker = broker();
-    let mut watcher = v5(&broker, "watcher", true, 0);
-    watcher
-        .handle(subscribe(1, &["wills/#"], QoS::AtLeastOnce), T0)
-        .unwrap();
-    written(&mut watcher, T0);
-    let mut packet = connect_packet(Version::V5, "c", false, 600);
-    packet.will = Some(will("wills/c", 5));
-    let (client, _) = connect(&broker, packet.clone(), T0);
-    client.finish(Close::Lost, T0);
+    let mut watcher = watching(&broker, "watcher", "wills/#", QoS::AtLeastOnce);
+    let mut packet = lost_with_delayed_will(&broker, 5);
     let due = broker.timers.advance(T0 + 5_000);
     assert!(
         matches!(&due[..], [TimerEvent::WillDelay { .. }]),
@@ -350,15 +362,8 @@ fn a_will_delay_timer_that_fires_after_a_resume_publishes_nothing() {
 #[test]
 fn a_delayed_will_goes_out_when_its_delay_passes() {
     let broker = broker();
-    let mut watcher = v5(&broker, "watcher", true, 0);
-    watcher
-        .handle(subscribe(1, &["wills/#"], QoS::AtLeastOnce), T0)
-        .unwrap();
-    written(&mut watcher, T0);
-    let mut packet = connect_packet(Version::V5, "c", false, 600);
-    packet.will = Some(will("wills/c", 5));
-    let (client, _) = connect(&broker, packet, T0);
-    client.finish(Close::Lost, T0);
+    let mut watcher = watching(&broker, "watcher", "wills/#", QoS::AtLeastOnce);
+    lost_with_delayed_will(&broker, 5);
     for event in broker.timers.advance(T0 + 4_999) {
         broker.on_timer(event, T0 + 4_999);
     }
@@ -522,11 +527,7 @@ fn reconnecting_clients_do_not_pile_up_timers() {
 #[test]
 fn one_pump_takes_about_the_bytes_asked_for() {
     let broker = broker();
-    let mut subscriber = v5(&broker, "s", true, 0);
-    subscriber
-        .handle(subscribe(1, &["t"], QoS::AtMostOnce), T0)
-        .unwrap();
-    written(&mut subscriber, T0);
+    let mut subscriber = watching(&broker, "s", "t", QoS::AtMostOnce);
     let mut publisher = v5(&broker, "p", true, 0);
     static PAYLOAD: [u8; 10_000] = [7; 10_000];
     for _ in 0..100 {

@@ -11,6 +11,7 @@
 pub mod ids;
 pub mod mqtt;
 pub mod scoped;
+pub mod scratch;
 pub mod wire;
 
 use std::net::SocketAddr;
