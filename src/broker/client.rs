@@ -42,23 +42,28 @@ pub struct Client {
     /// Whether the session's expiry was 0 at CONNECT: a DISCONNECT may not
     /// then make it non-zero [MQTT-3.14.2-2].
     pub(super) connected_with_zero_expiry: bool,
-    /// v5 topic aliases the client set up for its PUBLISHes (at most
-    /// `limits.max_topic_alias`, so a list; none until the first).
-    pub(super) topic_aliases: Option<Box<TopicAliases>>,
     /// Reason strings go out unless the client asked for none.
     pub(super) problem_information: bool,
-    /// The v5 CONNECT's user properties, kept for as long as the connection
-    /// lives (for operators' client details); none for most clients.
-    pub(super) connect_properties: Option<Box<[(String, String)]>>,
+    /// Allocated only for the clients that use topic aliases or send CONNECT
+    /// user properties.
+    pub(super) extras: Option<Box<ClientExtras>>,
     /// Control packets waiting to be written, ahead of queued messages.
     pub(super) outgoing: Vec<Packet>,
     /// The journal write that what is waiting to be written depends on.
     pub(super) ticket: Ticket,
 }
 
-/// A client's topic aliases: boxed in `Client`, whose idle size matters,
-/// because few clients use them.
-pub(super) type TopicAliases = Vec<(u16, Arc<str>)>;
+/// What few clients use, boxed in `Client`, whose idle size matters (every
+/// 8 bytes more in a connection's task can cost 128 in tokio's task cell).
+#[derive(Default)]
+pub(super) struct ClientExtras {
+    /// v5 topic aliases the client set up for its PUBLISHes (at most
+    /// `limits.max_topic_alias`, so a list).
+    pub(super) topic_aliases: Vec<(u16, Arc<str>)>,
+    /// The v5 CONNECT's user properties, kept for as long as the connection
+    /// lives (for operators' client details).
+    pub(super) connect_user_properties: Vec<(String, String)>,
+}
 
 /// Queued messages one pump takes at most, however small they are.
 const PUMP_MESSAGES: usize = 256;
@@ -82,7 +87,9 @@ impl Client {
 
     /// The user properties the client sent in CONNECT.
     pub fn connect_user_properties(&self) -> &[(String, String)] {
-        self.connect_properties.as_deref().unwrap_or_default()
+        self.extras
+            .as_ref()
+            .map_or(&[], |extras| &extras.connect_user_properties)
     }
 
     /// 1.5 times the keep alive [MQTT-3.1.2-24], or none when it is 0.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::mapref::entry::Entry;
 
-use super::client::Client;
+use super::client::{Client, ClientExtras};
 use super::{BrokerState, TimerEvent};
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
 use crate::session::{ConnectionLink, ConnectionSignal, Session};
@@ -190,10 +190,13 @@ impl Client {
             version,
             keep_alive,
             connected_with_zero_expiry: expiry_secs == 0,
-            topic_aliases: None,
             problem_information: connect.request_problem_information,
-            connect_properties: (!connect.user_properties.is_empty())
-                .then(|| connect.user_properties.into_boxed_slice()),
+            extras: (!connect.user_properties.is_empty()).then(|| {
+                Box::new(ClientExtras {
+                    connect_user_properties: connect.user_properties,
+                    ..ClientExtras::default()
+                })
+            }),
             outgoing: Vec::new(),
             ticket: Default::default(),
         };

@@ -191,7 +191,7 @@ impl Client {
         if alias == 0 || alias > self.broker.settings.limits.max_topic_alias {
             return Err(Close::ByServer(ReasonCode::TOPIC_ALIAS_INVALID));
         }
-        let aliases = self.topic_aliases.get_or_insert_default();
+        let aliases = &mut self.extras.get_or_insert_default().topic_aliases;
         let known = aliases.iter_mut().find(|(a, _)| *a == alias);
         if publish.topic.is_empty() {
             return match known {

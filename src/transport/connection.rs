@@ -949,10 +949,13 @@ mod tests {
 
     /// An idle connection costs this much task state (besides its socket
     /// registration and session); docs/BENCHMARKS.md has the whole budget.
+    /// Tokio pads a task to 128 bytes: with up to 264 bytes of state it
+    /// takes 384, with 272 it takes 512 (measured: 1 370 against 1 435 bytes
+    /// per idle connection).
     #[test]
     fn a_served_connection_is_a_small_task() {
         assert!(
-            std::mem::size_of::<Task>() <= 288,
+            std::mem::size_of::<Task>() <= 264,
             "{} bytes",
             std::mem::size_of::<Task>()
         );
