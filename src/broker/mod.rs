@@ -383,6 +383,13 @@ impl BrokerState {
         } else {
             self.journal.append(Record::PutRetained(message.clone()))
         };
+        self.hold_retained(trie, message);
+        ticket
+    }
+
+    /// The in-memory half of `retain`: the trie, and the expiry timer of a
+    /// message that has one. Restoring at start needs only this half.
+    fn hold_retained(&self, trie: &mut RetainedTrie, message: &Arc<Message>) {
         trie.set(message.clone());
         if let Some(expires_at) = message.expires_at.filter(|_| !message.payload.is_empty()) {
             self.timers.arm(
@@ -393,7 +400,6 @@ impl BrokerState {
                 },
             );
         }
-        ticket
     }
 
     /// Whether a retained message may replace what `topic` holds without
@@ -413,17 +419,17 @@ impl BrokerState {
     /// and routed like any publish, within the same limits.
     fn publish_internal(&self, message: Message) {
         let message = Arc::new(message);
-        if message.retain {
-            let mut trie = self.retained.write();
-            if self.retained_fits(&trie, &message) {
-                self.retain(&mut trie, &message);
+        // As in `store_and_route`: a retained message is routed with the
+        // retained store still write-locked (the guard lives to the end).
+        let mut retained = message.retain.then(|| self.retained.write());
+        if let Some(trie) = retained.as_mut() {
+            if self.retained_fits(trie, &message) {
+                self.retain(trie, &message);
             } else {
                 self.metrics.retained_refusal();
             }
-            self.route(&message, None);
-        } else {
-            self.route(&message, None);
         }
+        self.route(&message, None);
     }
 
     /// The session registered under `client_id`, if any.

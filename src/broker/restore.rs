@@ -23,7 +23,8 @@ pub(super) fn restore(broker: &Arc<BrokerState>, mut snapshot: Snapshot, now: u6
                     .journal
                     .append(Record::DeleteRetained(message.topic.clone()));
             } else {
-                broker.retain(&mut trie, &message);
+                // Already on disk: only memory and the expiry timer.
+                broker.hold_retained(&mut trie, &message);
             }
         }
     }
