@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::mapref::entry::Entry;
 
+use super::BrokerState;
 use super::client::{Client, ClientExtras};
-use super::{BrokerState, TimerEvent};
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
 use crate::session::{ConnectionLink, ConnectionSignal, Session};
 use crate::store::Record;
@@ -357,24 +357,5 @@ impl BrokerState {
             link.signal
         });
         (signal, will)
-    }
-
-    /// Arms a timer and remembers it in the session so that an attach can
-    /// cancel it.
-    pub(super) fn arm_session_timer(
-        &self,
-        state: &mut crate::session::SessionState,
-        deadline: u64,
-        event: TimerEvent,
-    ) {
-        let id = self.timers.arm(deadline, event.clone());
-        let slot = match event {
-            TimerEvent::SessionExpiry { .. } => &mut state.expiry_timer,
-            TimerEvent::WillDelay { .. } => &mut state.will_timer,
-            TimerEvent::RetainedExpiry { .. } | TimerEvent::ConnectionAlarm(_) => return,
-        };
-        if let Some(old) = slot.replace(id) {
-            self.timers.cancel(old);
-        }
     }
 }

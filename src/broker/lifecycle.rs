@@ -12,7 +12,7 @@ use dashmap::mapref::entry::Entry;
 use super::client::{Client, Close};
 use super::{BrokerState, TimerEvent};
 use crate::protocol::{Message, Will};
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::store::Record;
 
 impl Client {
@@ -43,34 +43,9 @@ impl Client {
                 } else {
                     drop(entry);
                     state.disconnected_at_ms = Some(now_ms);
-                    let generation = state.generation;
-                    match will {
-                        Some(will) if will.delay_interval.min(state.expiry_secs) > 0 => {
-                            let delay = u64::from(will.delay_interval.min(state.expiry_secs));
-                            // Kept with the session, so a restart still sends it.
-                            state.will = Some(will);
-                            broker.arm_session_timer(
-                                &mut state,
-                                now_ms + delay * 1000,
-                                TimerEvent::WillDelay {
-                                    client_id: client_id.clone(),
-                                    generation,
-                                },
-                            );
-                        }
-                        will => wills.extend(will.map(|w| *w)),
-                    }
-                    if state.expiry_secs != u32::MAX {
-                        let deadline = now_ms + u64::from(state.expiry_secs) * 1000;
-                        broker.arm_session_timer(
-                            &mut state,
-                            deadline,
-                            TimerEvent::SessionExpiry {
-                                client_id: client_id.clone(),
-                                generation,
-                            },
-                        );
-                    }
+                    wills.extend(
+                        broker.arm_disconnected(&mut state, &client_id, will, now_ms, now_ms),
+                    );
                     broker.persist_session(&self.session, &mut state);
                 }
             }
@@ -88,6 +63,67 @@ impl Client {
 }
 
 impl BrokerState {
+    /// Arms what a session that disconnected at `disconnected_at` waits for:
+    /// its will's delay (the will then kept with the session, so a restart
+    /// still sends it) and its expiry. Returns the will if its delay has
+    /// already passed at `now`.
+    pub(super) fn arm_disconnected(
+        &self,
+        state: &mut SessionState,
+        client_id: &Arc<str>,
+        will: Option<Box<Will>>,
+        disconnected_at: u64,
+        now: u64,
+    ) -> Option<Will> {
+        let generation = state.generation;
+        let mut due_now = None;
+        if let Some(will) = will {
+            let delay = u64::from(will.delay_interval.min(state.expiry_secs));
+            let due = disconnected_at + delay * 1000;
+            if due <= now {
+                due_now = Some(*will);
+            } else {
+                state.will = Some(will);
+                self.arm_session_timer(
+                    state,
+                    due,
+                    TimerEvent::WillDelay {
+                        client_id: client_id.clone(),
+                        generation,
+                    },
+                );
+            }
+        }
+        if state.expiry_secs != u32::MAX {
+            let deadline = disconnected_at + u64::from(state.expiry_secs) * 1000;
+            self.arm_session_timer(
+                state,
+                deadline,
+                TimerEvent::SessionExpiry {
+                    client_id: client_id.clone(),
+                    generation,
+                },
+            );
+        }
+        due_now
+    }
+
+    /// Arms a session's will-delay or expiry timer and remembers it in the
+    /// session, so that an attach can cancel it.
+    fn arm_session_timer(&self, state: &mut SessionState, deadline: u64, event: TimerEvent) {
+        let slot = match &event {
+            TimerEvent::SessionExpiry { .. } => &mut state.expiry_timer,
+            TimerEvent::WillDelay { .. } => &mut state.will_timer,
+            TimerEvent::RetainedExpiry { .. } | TimerEvent::ConnectionAlarm(_) => {
+                unreachable!("not a session timer")
+            }
+        };
+        let id = self.timers.arm(deadline, event);
+        if let Some(old) = slot.replace(id) {
+            self.timers.cancel(old);
+        }
+    }
+
     /// Handles a timer that came due.
     pub fn on_timer(&self, event: TimerEvent, now_ms: u64) {
         match event {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{BrokerState, TimerEvent};
+use super::BrokerState;
 use crate::router::Subscriber;
 use crate::session::Session;
 use crate::store::{Record, Snapshot};
@@ -74,35 +74,13 @@ pub(super) fn restore(broker: &Arc<BrokerState>, mut snapshot: Snapshot, now: u6
         if let Some(ids) = snapshot.inbound_qos2.remove(&record.client_id) {
             state.restore_inbound_qos2(ids);
         }
-        let generation = state.generation;
         let mut changed = record.disconnected_at_ms.is_none() || expiry_secs != record.expiry_secs;
-        if let Some(will) = record.will {
-            let delay = u64::from(will.delay_interval.min(expiry_secs));
-            let due = disconnected_at + delay * 1000;
-            if due <= now {
-                wills.push((client_id.clone(), will));
-                changed = true;
-            } else {
-                state.will = Some(Box::new(will));
-                broker.arm_session_timer(
-                    &mut state,
-                    due,
-                    TimerEvent::WillDelay {
-                        client_id: client_id.clone(),
-                        generation,
-                    },
-                );
-            }
-        }
-        if expiry_secs != u32::MAX {
-            broker.arm_session_timer(
-                &mut state,
-                disconnected_at + u64::from(expiry_secs) * 1000,
-                TimerEvent::SessionExpiry {
-                    client_id: client_id.clone(),
-                    generation,
-                },
-            );
+        let will = record.will.map(Box::new);
+        if let Some(will) =
+            broker.arm_disconnected(&mut state, &client_id, will, disconnected_at, now)
+        {
+            wills.push((client_id.clone(), will));
+            changed = true;
         }
         state.stored = true;
         if changed {
