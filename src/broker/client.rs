@@ -160,7 +160,7 @@ impl Client {
             let known = state.release_qos2(packet_id);
             // PUBCOMP lets the client reuse the id, so the stored one must be
             // gone first: found after a crash it would swallow a new message.
-            let stored = known && self.session.is_persistent() && self.broker.keeps_messages;
+            let stored = known && self.broker.stores_for(&self.session);
             let ticket = if stored {
                 self.broker.journal.append(Record::DeleteInboundQos2 {
                     client_id: self.session.client_id().clone(),
@@ -169,7 +169,6 @@ impl Client {
             } else {
                 Ticket::NONE
             };
-            drop(state);
             (known, ticket)
         };
         self.wait_for(ticket);
@@ -251,7 +250,8 @@ impl Client {
 
     /// A message that could not be written because the client's Maximum
     /// Packet Size is smaller: it is dropped for this client [MQTT-3.1.2-25].
-    /// Returns the ticket of the removal, which later packets follow.
+    /// Its removal from the store need not be durable before what follows:
+    /// found again after a crash, it is skipped again.
     pub fn skip_oversized(&mut self, packet_id: u16) {
         if packet_id != 0
             && let Ok(mut state) = self.current()

@@ -9,7 +9,7 @@ use dashmap::mapref::entry::Entry;
 use super::BrokerState;
 use super::client::{Client, ClientExtras};
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
-use crate::session::{ConnectionLink, ConnectionSignal, Session};
+use crate::session::{ConnectionLink, ConnectionSignal, Session, SessionState};
 use crate::store::Record;
 use crate::topic;
 
@@ -263,9 +263,8 @@ impl BrokerState {
         client_id: &Arc<str>,
         clean_start: bool,
         link: ConnectionLink,
-        setup: impl FnOnce(&mut crate::session::SessionState, &Session),
+        setup: impl FnOnce(&mut SessionState, &Session),
     ) -> Option<Attached> {
-        let fresh = || Arc::new(Session::new(client_id.clone(), self.session_config()));
         let mut wills = Vec::new();
         let (session, session_present, previous) = match self.sessions.entry(client_id.clone()) {
             Entry::Occupied(entry) if !clean_start => {
@@ -289,11 +288,7 @@ impl BrokerState {
                 (session, true, replaced.map(|old| old.signal))
             }
             Entry::Occupied(mut entry) => {
-                let session = fresh();
-                let mut state = session.lock();
-                Session::attach(&mut state, &session, link);
-                setup(&mut state, &session);
-                drop(state);
+                let session = self.fresh_session(client_id, link, setup);
                 let old = std::mem::replace(entry.get_mut(), session.clone());
                 let (previous, will) = self.discard(&old);
                 drop(entry);
@@ -304,11 +299,7 @@ impl BrokerState {
                 if !self.reserve_session() {
                     return None;
                 }
-                let session = fresh();
-                let mut state = session.lock();
-                Session::attach(&mut state, &session, link);
-                setup(&mut state, &session);
-                drop(state);
+                let session = self.fresh_session(client_id, link, setup);
                 entry.insert(session.clone());
                 (session, false, None)
             }
@@ -322,6 +313,22 @@ impl BrokerState {
             previous,
             wills,
         })
+    }
+
+    /// A new session for `client_id` with the connection attached and
+    /// `setup` run, before the session map makes it visible.
+    fn fresh_session(
+        &self,
+        client_id: &Arc<str>,
+        link: ConnectionLink,
+        setup: impl FnOnce(&mut SessionState, &Session),
+    ) -> Arc<Session> {
+        let session = Arc::new(Session::new(client_id.clone(), self.session_config()));
+        let mut state = session.lock();
+        Session::attach(&mut state, &session, link);
+        setup(&mut state, &session);
+        drop(state);
+        session
     }
 
     /// Ends a session that is no longer in the session map (or is being

@@ -126,15 +126,12 @@ impl Timers {
     }
 
     /// Armed timers.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
         self.wheel
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Resolves when a timer earlier than the last `next_deadline` was armed.
@@ -273,8 +270,7 @@ impl BrokerState {
             .into_iter()
             .map(|found| {
                 let qos = message.qos.min(found.qos);
-                let stored =
-                    self.keeps_messages && qos != QoS::AtMostOnce && found.session.is_persistent();
+                let stored = qos != QoS::AtMostOnce && self.stores_for(&found.session);
                 let delivery = Delivery {
                     message: message.clone(),
                     qos,
@@ -430,6 +426,12 @@ impl BrokerState {
             }
         }
         self.route(&message, None);
+    }
+
+    /// Whether QoS 1/2 state of `session` (copies for it, its inbound QoS 2
+    /// packet ids) is journalled.
+    fn stores_for(&self, session: &Session) -> bool {
+        self.keeps_messages && session.is_persistent()
     }
 
     /// The session registered under `client_id`, if any.

@@ -153,9 +153,7 @@ impl Client {
                 text: "the broker's storage is full",
             })?;
         }
-        let inbound_qos2 = (message.qos == QoS::ExactlyOnce
-            && self.session.is_persistent()
-            && broker.keeps_messages)
+        let inbound_qos2 = (message.qos == QoS::ExactlyOnce && broker.stores_for(&self.session))
             .then(|| (self.session.client_id(), packet_id));
         if !message.retain {
             let routed = broker.route(message, inbound_qos2);

@@ -43,8 +43,7 @@ impl Client {
                 // [MQTT-3.8.3-4]
                 return Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR));
             }
-            let existed = state.has_subscription(raw);
-            if !existed && state.subscription_count() >= max_subscriptions {
+            if state.subscription_count() >= max_subscriptions && !state.has_subscription(raw) {
                 tracing::warn!(client_id = %self.client_id(), "subscription limit reached");
                 reason_string = self.reason_string("too many subscriptions");
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
@@ -54,7 +53,7 @@ impl Client {
                 options: *options,
                 id: subscribe.subscription_id,
             };
-            state.subscribe(raw, entry);
+            let existed = state.subscribe(raw, entry);
             broker.index.subscribe(
                 parsed.filter,
                 parsed.share_group,
