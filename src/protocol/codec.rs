@@ -68,7 +68,7 @@ struct OutboundAliases {
     by_topic: HashMap<Arc<str>, u16>,
 }
 
-const MAX_REMAINING_LENGTH: usize = 268_435_455;
+pub(super) const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
 /// How much of a frame's announced size is reserved ahead of its bytes: a
 /// header announcing a large frame does not claim that memory until the

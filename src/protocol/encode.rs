@@ -7,14 +7,13 @@
 use bytes::{BufMut, BytesMut};
 use mqttbytes::{v4, v5};
 
-use super::codec::EncodeError;
+use super::codec::{EncodeError, MAX_REMAINING_LENGTH};
 use super::{
     Ack, ConnAck, Deliver, Disconnect, Packet, QoS, ReasonCode, SubAck, UnsubAck, Version,
 };
 
 /// mqttbytes writes the length of longer strings truncated: never hand it one.
 const MAX_STRING: usize = 65_535;
-const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
 /// Writes any server packet but PUBLISH, which goes through `deliver`.
 pub fn packet(
@@ -24,7 +23,6 @@ pub fn packet(
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     match (packet, version) {
-        (Packet::Deliver(d), _) => deliver(version, d, TopicForm::Name, out),
         (Packet::ConnAck(c), Version::V311) => v311_connack(c, mqtt31, out),
         (Packet::ConnAck(c), Version::V5) => v5_connack(c, out),
         (Packet::PubAck(a), _) => ack(0x40, version, a, out),
@@ -38,6 +36,7 @@ pub fn packet(
         (Packet::Disconnect(_), Version::V311) => {
             Err(EncodeError::Invalid("3.1.1 servers never send DISCONNECT"))
         }
+        (Packet::Deliver(_), _) => Err(EncodeError::Invalid("PUBLISH goes through `deliver`")),
         (
             Packet::Connect(_)
             | Packet::Publish(_)
@@ -55,10 +54,6 @@ fn codec<T>(result: Result<T, mqttbytes::Error>) -> Result<(), EncodeError> {
         .map_err(|_| EncodeError::Invalid("mqttbytes refused the packet"))
 }
 
-fn check_string(text: &str) -> Result<(), EncodeError> {
-    check_length(text.len())
-}
-
 /// How a PUBLISH names its topic on a v5 connection with outbound aliases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicForm {
@@ -70,9 +65,18 @@ pub enum TopicForm {
     Alias(u16),
 }
 
-fn put_string(out: &mut BytesMut, text: &str) {
-    out.put_u16(text.len() as u16);
-    out.extend_from_slice(text.as_bytes());
+/// A length-prefixed string or binary value, already checked for length.
+fn put_string(out: &mut impl BufMut, bytes: &[u8]) {
+    out.put_u16(bytes.len() as u16);
+    out.put_slice(bytes);
+}
+
+/// A string or binary property: its id, then the value.
+fn put_property_string(section: &mut Vec<u8>, id: u8, bytes: &[u8]) -> Result<(), EncodeError> {
+    check_length(bytes.len())?;
+    section.push(id);
+    put_string(section, bytes);
+    Ok(())
 }
 
 /// The v5 property section of a PUBLISH the broker sends.
@@ -86,49 +90,27 @@ fn publish_properties(d: &Deliver, alias: Option<u16>) -> Result<Vec<u8>, Encode
         section.push(2);
         section.extend_from_slice(&expiry.to_be_bytes());
     }
-    let string = |section: &mut Vec<u8>, id: u8, text: &[u8]| {
-        check_length(text.len())?;
-        section.push(id);
-        section.extend_from_slice(&(text.len() as u16).to_be_bytes());
-        section.extend_from_slice(text);
-        Ok::<(), EncodeError>(())
-    };
     if let Some(content_type) = &props.content_type {
-        string(&mut section, 3, content_type.as_bytes())?;
+        put_property_string(&mut section, 3, content_type.as_bytes())?;
     }
     if let Some(response_topic) = &props.response_topic {
-        string(&mut section, 8, response_topic.as_bytes())?;
+        put_property_string(&mut section, 8, response_topic.as_bytes())?;
     }
     if let Some(correlation_data) = &props.correlation_data {
-        string(&mut section, 9, correlation_data)?;
+        put_property_string(&mut section, 9, correlation_data)?;
     }
     for &id in &d.subscription_ids {
         section.push(11);
-        let mut value = id;
-        loop {
-            let mut byte = (value % 128) as u8;
-            value /= 128;
-            if value > 0 {
-                byte |= 0x80;
-            }
-            section.push(byte);
-            if value == 0 {
-                break;
-            }
-        }
+        put_varint(&mut section, id as usize);
     }
     if let Some(alias) = alias {
         section.push(35);
         section.extend_from_slice(&alias.to_be_bytes());
     }
     for (key, value) in &props.user_properties {
-        check_length(key.len())?;
         check_length(value.len())?;
-        section.push(38);
-        section.extend_from_slice(&(key.len() as u16).to_be_bytes());
-        section.extend_from_slice(key.as_bytes());
-        section.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        section.extend_from_slice(value.as_bytes());
+        put_property_string(&mut section, 38, key.as_bytes())?;
+        put_string(&mut section, value.as_bytes());
     }
     Ok(section)
 }
@@ -154,7 +136,7 @@ pub fn deliver(
         TopicForm::NameAndAlias(alias) => (&*message.topic, Some(alias)),
         TopicForm::Alias(alias) => ("", Some(alias)),
     };
-    check_string(topic)?;
+    check_length(topic.len())?;
     let section = match version {
         Version::V5 => Some(publish_properties(d, alias)?),
         Version::V311 => None,
@@ -173,7 +155,7 @@ pub fn deliver(
     out.reserve(5 + remaining);
     out.put_u8(byte1);
     put_varint(out, remaining);
-    put_string(out, topic);
+    put_string(out, topic.as_bytes());
     if packet_id_len > 0 {
         out.put_u16(d.packet_id);
     }
@@ -253,7 +235,7 @@ fn v5_connack(c: &ConnAck, out: &mut BytesMut) -> Result<(), EncodeError> {
 }
 
 /// Writes a variable byte integer.
-fn put_varint(out: &mut BytesMut, mut value: usize) {
+fn put_varint(out: &mut impl BufMut, mut value: usize) {
     loop {
         let mut byte = (value % 128) as u8;
         value /= 128;
@@ -271,10 +253,7 @@ fn put_varint(out: &mut BytesMut, mut value: usize) {
 fn reason_string_section(reason_string: Option<&str>) -> Result<Vec<u8>, EncodeError> {
     let mut section = Vec::new();
     if let Some(text) = reason_string {
-        check_string(text)?;
-        section.push(31);
-        section.extend_from_slice(&(text.len() as u16).to_be_bytes());
-        section.extend_from_slice(text.as_bytes());
+        put_property_string(&mut section, 31, text.as_bytes())?;
     }
     Ok(section)
 }
@@ -337,7 +316,7 @@ fn suback(version: Version, s: &SubAck, out: &mut BytesMut) -> Result<(), Encode
                 .collect();
             let mut suback = v5::SubAck::new(s.packet_id, codes);
             if let Some(text) = &s.reason_string {
-                check_string(text)?;
+                check_length(text.len())?;
                 suback.properties = Some(v5::SubAckProperties {
                     reason_string: Some(text.clone()),
                     user_properties: Vec::new(),
