@@ -326,25 +326,24 @@ impl SubscriptionIndex {
     /// are matched by session, not client id, so an ended session can never
     /// remove the subscription of the new session with its client id.
     pub fn unsubscribe(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
-        let mut levels = filter.split('/');
-        let first = levels.next().unwrap_or_default();
+        // `split` yields at least one level, even for an empty filter.
+        let levels: Vec<&str> = filter.split('/').collect();
+        let (first, rest) = (levels[0], &levels[1..]);
         if is_wildcard_root(first) {
-            let all: Vec<&str> = filter.split('/').collect();
             let mut removed = false;
             for stripe in self.wildcard.iter() {
                 let mut root = stripe.write().unwrap_or_else(|p| p.into_inner());
-                removed = remove_in(&mut root, &all, group, session);
+                removed = remove_in(&mut root, &levels, group, session);
             }
             if removed {
                 self.wildcard_count.fetch_sub(1, Ordering::Relaxed);
             }
             return removed;
         }
-        let rest: Vec<&str> = levels.collect();
         let Some(mut root) = self.roots.get_mut(first) else {
             return false;
         };
-        let removed = remove_in(&mut root, &rest, group, session);
+        let removed = remove_in(&mut root, rest, group, session);
         let now_empty = root.is_empty();
         drop(root);
         if now_empty {

@@ -5,4 +5,4 @@ mod index;
 mod retained;
 
 pub use index::{Match, Subscriber, SubscriptionIndex};
-pub use retained::{Replaced, Retained, RetainedTrie};
+pub use retained::{Retained, RetainedTrie};

@@ -26,13 +26,6 @@ impl Node {
     }
 }
 
-/// What replacing a retained message did to the store's totals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replaced {
-    /// Whether the topic held a message before.
-    pub existed: bool,
-}
-
 #[derive(Default)]
 pub struct RetainedTrie {
     root: Node,
@@ -41,12 +34,12 @@ pub struct RetainedTrie {
 }
 
 impl RetainedTrie {
-    /// Stores `message`, or clears its topic when the payload is empty.
-    pub fn set(&mut self, message: Arc<Message>) -> Replaced {
+    /// Stores `message`, or clears its topic when the payload is empty;
+    /// returns whether the topic held a message before.
+    pub fn set(&mut self, message: Arc<Message>) -> bool {
         let topic = message.topic.clone();
         if message.payload.is_empty() {
-            let existed = self.remove(&topic).is_some();
-            return Replaced { existed };
+            return self.remove(&topic).is_some();
         }
         let mut node = &mut self.root;
         for level in topic.split('/') {
@@ -59,9 +52,7 @@ impl RetainedTrie {
             self.bytes -= old.size();
             self.count -= 1;
         }
-        Replaced {
-            existed: old.is_some(),
-        }
+        old.is_some()
     }
 
     /// Removes the message of `topic`, pruning empty branches.
@@ -102,13 +93,6 @@ impl RetainedTrie {
     /// Bytes held by retained messages (topics, payloads, properties).
     pub fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// Every retained message, for a store that must be rebuilt.
-    pub fn all(&self) -> Vec<Arc<Message>> {
-        let mut found = Vec::new();
-        collect_all(&self.root, &mut found);
-        found
     }
 }
 
@@ -213,12 +197,12 @@ mod tests {
     #[test]
     fn set_replace_and_clear_keep_count_and_bytes() {
         let mut store = RetainedTrie::default();
-        assert!(!store.set(retained("a/b", b"1", None)).existed);
-        assert!(store.set(retained("a/b", b"22", None)).existed);
+        assert!(!store.set(retained("a/b", b"1", None)));
+        assert!(store.set(retained("a/b", b"22", None)));
         assert_eq!(store.len(), 1);
         assert_eq!(store.bytes(), "a/b".len() + 2);
         assert_eq!(&store.matching("a/b", 0)[0].payload[..], b"22");
-        assert!(store.set(retained("a/b", b"", None)).existed);
+        assert!(store.set(retained("a/b", b"", None)));
         assert!(store.is_empty());
         assert_eq!(store.bytes(), 0);
         assert!(store.root.children.is_empty(), "empty branches are pruned");
