@@ -11,7 +11,7 @@
 //! runtime thread.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -131,10 +131,11 @@ impl Settled {
     }
 }
 
+/// Records waiting for the writer. Tickets are consecutive, so the queued
+/// records hold tickets `appended - records.len() + 1 ..= appended`.
 #[derive(Default)]
 struct Queue {
-    records: VecDeque<(u64, Record)>,
-    bytes: usize,
+    records: VecDeque<Record>,
     appended: u64,
     stop: bool,
 }
@@ -149,6 +150,9 @@ struct Waiters {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Weight of the queued records: changed under the queue's lock, read
+    /// without it by every connection that is about to read its socket.
+    queued_bytes: AtomicUsize,
     wake_writer: Condvar,
     settled: watch::Sender<Settled>,
     waiters: Mutex<Waiters>,
@@ -194,6 +198,7 @@ impl Journal {
     fn shared(waits: bool) -> Arc<Shared> {
         Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
+            queued_bytes: AtomicUsize::new(0),
             wake_writer: Condvar::new(),
             settled: watch::Sender::new(Settled::default()),
             waiters: Mutex::new(Waiters::default()),
@@ -210,10 +215,17 @@ impl Journal {
         let mut queue = self.shared.lock();
         queue.appended += 1;
         let ticket = queue.appended;
-        queue.bytes += record.weight();
-        queue.records.push_back((ticket, record));
+        self.shared
+            .queued_bytes
+            .fetch_add(record.weight(), Ordering::Relaxed);
+        // The writer only waits on an empty queue: waking it costs a system
+        // call, so only the first record after it emptied the queue does.
+        let writer_waits = queue.records.is_empty();
+        queue.records.push_back(record);
         drop(queue);
-        self.shared.wake_writer.notify_one();
+        if writer_waits {
+            self.shared.wake_writer.notify_one();
+        }
         if self.shared.waits {
             Ticket(ticket)
         } else {
@@ -244,7 +256,7 @@ impl Journal {
     /// Whether so much waits for the writer that connections should stop
     /// reading until it catches up.
     pub fn congested(&self) -> bool {
-        self.shared.lock().bytes > CONGESTED_BYTES
+        self.shared.queued_bytes.load(Ordering::Relaxed) > CONGESTED_BYTES
     }
 
     /// Waits until the journal is no longer congested.
@@ -264,18 +276,11 @@ impl Journal {
             return Ok(());
         }
         let mut settled = self.shared.settled.subscribe();
-        let failed = settled
+        settled
             .wait_for(|s| s.through >= ticket.0)
             .await
-            .map_err(|_| StoreError::Backend("the journal has stopped".into()))?
-            .failed(ticket.0);
-        if failed {
-            Err(StoreError::Backend(
-                "writing to the store failed; see the log".into(),
-            ))
-        } else {
-            Ok(())
-        }
+            .map_err(|_| StoreError::Backend("the journal has stopped".into()))?;
+        self.outcome(ticket).expect("settled")
     }
 
     /// Waits until every record appended so far has been written (and,
@@ -332,15 +337,14 @@ impl Journal {
 
     /// Whether `ticket` is durable already.
     pub fn is_durable(&self, ticket: Ticket) -> bool {
-        let settled = self.shared.settled.borrow();
-        ticket == Ticket::NONE || (settled.through >= ticket.0 && !settled.failed(ticket.0))
+        matches!(self.outcome(ticket), Some(Ok(())))
     }
 
     /// Takes the queued records (manual journals).
     pub fn take(&self) -> Vec<Record> {
         let mut queue = self.shared.lock();
-        queue.bytes = 0;
-        queue.records.drain(..).map(|(_, record)| record).collect()
+        self.shared.queued_bytes.store(0, Ordering::Relaxed);
+        queue.records.drain(..).collect()
     }
 
     /// Marks everything up to `ticket` durable (manual journals).
@@ -409,7 +413,7 @@ impl Shared {
     fn run(&self, store: &dyn Store, flush: Flush) {
         let mut last_probe = Instant::now();
         loop {
-            let (batch, stop) = self.next_batch();
+            let (batch, last, stop) = self.next_batch();
             self.relieved.notify_waiters();
             if self.full.load(Ordering::Acquire) && last_probe.elapsed() >= FULL_RETRY {
                 last_probe = Instant::now();
@@ -417,9 +421,10 @@ impl Shared {
                     self.space_is_back();
                 }
             }
-            if let (Some(&(first, _)), Some(&(last, _))) = (batch.front(), batch.back()) {
+            if !batch.is_empty() {
+                let first = last + 1 - batch.len() as u64;
                 let mut failed = false;
-                for (_, record) in batch {
+                for record in batch {
                     if let Err(error) = apply(store, record) {
                         failed = true;
                         self.report(&error);
@@ -443,8 +448,8 @@ impl Shared {
     }
 
     /// Waits for records (or, while the store is full, for the next probe)
-    /// and takes them all.
-    fn next_batch(&self) -> (VecDeque<(u64, Record)>, bool) {
+    /// and takes them all, with the ticket of the last one.
+    fn next_batch(&self) -> (VecDeque<Record>, u64, bool) {
         let mut queue = self.lock();
         if queue.records.is_empty() && !queue.stop {
             let timeout = if self.full.load(Ordering::Acquire) {
@@ -458,8 +463,12 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        queue.bytes = 0;
-        (std::mem::take(&mut queue.records), queue.stop)
+        self.queued_bytes.store(0, Ordering::Relaxed);
+        (
+            std::mem::take(&mut queue.records),
+            queue.appended,
+            queue.stop,
+        )
     }
 
     fn report(&self, error: &StoreError) {

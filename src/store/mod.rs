@@ -43,11 +43,11 @@ pub enum StoreError {
 impl StoreError {
     /// Classifies an I/O error from the backend.
     pub fn io(error: &std::io::Error) -> StoreError {
-        let full = matches!(error.raw_os_error(), Some(code) if code == ENOSPC || code == EDQUOT)
-            || matches!(
-                error.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
+        // std maps ENOSPC and EDQUOT to these kinds.
+        let full = matches!(
+            error.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
             // sled re-wraps the OS error into one that keeps only its text.
             || error.to_string().contains("No space left on device");
         if full {
@@ -57,9 +57,6 @@ impl StoreError {
         }
     }
 }
-
-const ENOSPC: i32 = 28;
-const EDQUOT: i32 = 122;
 
 /// A persistent session as stored: who it is, how long it lives after its
 /// connection ends, what it subscribed to, and the will that is still due.
@@ -132,4 +129,22 @@ pub trait Store: Send + Sync + 'static {
     /// After writes failed for lack of space: whether a write succeeds now.
     fn has_space(&self) -> bool;
     fn load(&self) -> Result<Snapshot, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_or_quota_is_full_and_other_io_errors_are_not() {
+        let full = |error: std::io::Error| matches!(StoreError::io(&error), StoreError::Full(_));
+        // ENOSPC and EDQUOT on Linux.
+        assert!(full(std::io::Error::from_raw_os_error(28)));
+        assert!(full(std::io::Error::from_raw_os_error(122)));
+        assert!(full(std::io::Error::other(
+            "No space left on device (os error 28)"
+        )));
+        // EIO.
+        assert!(!full(std::io::Error::from_raw_os_error(5)));
+    }
 }
