@@ -291,7 +291,7 @@ fn without_reason_string(packet: &Packet) -> Option<Packet> {
 
 /// Reads the fixed header: (first byte, header length, remaining length), or
 /// `None` when it is not complete yet.
-fn frame_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, DecodeError> {
+pub(crate) fn frame_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, DecodeError> {
     let Some(&byte1) = buf.first() else {
         return Ok(None);
     };

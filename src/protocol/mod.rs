@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use codec::frame_header;
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use reason::ReasonCode;
 

@@ -186,7 +186,7 @@ impl<T> TimerWheel<T> {
             self.overdue = index;
             return;
         }
-        let at = deadline.max(self.elapsed).min(self.elapsed | (SPAN - 1));
+        let at = deadline.min(self.elapsed | (SPAN - 1));
         let significant = 63 - ((self.elapsed ^ at) | (SLOTS as u64 - 1)).leading_zeros();
         let level = (significant / SLOT_BITS) as usize;
         let slot = ((at >> (SLOT_BITS * level as u32)) & (SLOTS as u64 - 1)) as usize;

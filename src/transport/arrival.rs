@@ -15,6 +15,8 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
+use crate::protocol::frame_header;
+
 #[derive(Default)]
 pub struct ArrivalOrder {
     next: AtomicU64,
@@ -30,14 +32,6 @@ pub struct ArrivalOrder {
 pub struct Stamp {
     seq: u64,
     pending: bool,
-}
-
-impl Stamp {
-    /// A stamp before every other: waits for nothing.
-    pub const FIRST: Stamp = Stamp {
-        seq: 0,
-        pending: false,
-    };
 }
 
 impl ArrivalOrder {
@@ -98,28 +92,12 @@ impl ArrivalOrder {
 /// at frame headers.
 pub fn has_subscription_change(buf: &[u8]) -> bool {
     let mut at = 0;
-    while at < buf.len() {
-        let kind = buf[at] >> 4;
-        let mut remaining = 0usize;
-        let mut header = 1;
-        loop {
-            let Some(&byte) = buf.get(at + header) else {
-                return false;
-            };
-            remaining |= usize::from(byte & 0x7F) << (7 * (header - 1));
-            header += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            if header > 4 {
-                return false;
-            }
-        }
+    while let Ok(Some((first_byte, header, remaining))) = frame_header(&buf[at..]) {
         let end = at + header + remaining;
         if end > buf.len() {
             return false;
         }
-        if kind == 8 || kind == 10 {
+        if matches!(first_byte >> 4, 8 | 10) {
             return true;
         }
         at = end;

@@ -238,9 +238,9 @@ impl Wire {
         Ok(progress)
     }
 
-    /// Encodes packets into the output. A message larger than the client
-    /// accepts is skipped for this client; returns the PUBLISHes encoded.
-    fn encode(&mut self, client: &mut Client, packets: Vec<Packet>) -> u64 {
+    /// Encodes packets into the output and counts the PUBLISHes sent. A
+    /// message larger than the client accepts is skipped for this client.
+    fn encode(&mut self, client: &mut Client, packets: Vec<Packet>) {
         let mut publishes = 0;
         for packet in &packets {
             match self.encode_one(packet) {
@@ -261,7 +261,7 @@ impl Wire {
                 Err(error) => tracing::warn!(%error, "cannot encode packet"),
             }
         }
-        publishes
+        client.broker().metrics().messages_sent_add(publishes);
     }
 
     /// Encodes a packet that has no client to report skips to.
@@ -361,9 +361,6 @@ async fn accept(
     }
     wire.codec
         .set_outbound_topic_aliases(topic_alias_maximum.min(limits.max_outbound_topic_aliases));
-    let keep_alive_ms = client
-        .keep_alive_limit()
-        .map_or(0, |limit| limit.as_millis() as u32);
     Some(Conn {
         wire,
         client,
@@ -373,7 +370,6 @@ async fn accept(
         waiting: None,
         last_read_ms: now_ms(),
         stalled_since_ms: 0,
-        keep_alive_ms,
         alarm: TimerId::default(),
         alarm_at: 0,
         durable_epoch: 0,
@@ -395,8 +391,6 @@ struct Conn {
     /// Since when output has waited without the client reading any of it
     /// (0: it has not).
     stalled_since_ms: u64,
-    /// 1.5 times the keep alive (0: none).
-    keep_alive_ms: u32,
     /// The alarm armed on the broker's timer wheel, and for when (0: none).
     alarm: TimerId,
     alarm_at: u64,
@@ -470,15 +464,8 @@ impl Conn {
         }
     }
 
-    /// Writes what the client core handed back, or holds it while it waits
-    /// for the journal (keeping the order of everything written).
     fn send(&mut self, output: Output) {
-        if output.ticket != Ticket::NONE || !self.held.is_empty() {
-            self.held.hold(output);
-        } else if !output.packets.is_empty() {
-            let sent = self.wire.encode(&mut self.client, output.packets);
-            self.broker().metrics().messages_sent_add(sent);
-        }
+        send(&mut self.wire, &mut self.client, &mut self.held, output);
     }
 
     /// Releases held packets whose tickets are durable; `Ok(true)` if any.
@@ -486,15 +473,15 @@ impl Conn {
         let mut released = false;
         while !self.held.is_empty() {
             let ticket = self.held.oldest_ticket();
-            let broker = self.client.broker().clone();
-            match broker
-                .journal()
-                .poll_durable(ticket, &mut self.durable_epoch, cx)
-            {
+            let durable =
+                self.client
+                    .broker()
+                    .journal()
+                    .poll_durable(ticket, &mut self.durable_epoch, cx);
+            match durable {
                 Poll::Ready(Ok(())) => {
                     let packets = self.held.release_oldest();
-                    let sent = self.wire.encode(&mut self.client, packets);
-                    broker.metrics().messages_sent_add(sent);
+                    self.wire.encode(&mut self.client, packets);
                     released = true;
                 }
                 Poll::Ready(Err(error)) => {
@@ -619,7 +606,9 @@ impl Conn {
 
     /// When the keep alive expires, if there is one.
     fn keep_alive_deadline(&self) -> Option<u64> {
-        (self.keep_alive_ms > 0).then(|| self.last_read_ms + u64::from(self.keep_alive_ms))
+        self.client
+            .keep_alive_limit()
+            .map(|limit| self.last_read_ms + limit.as_millis() as u64)
     }
 
     /// When output that waits unread makes this a slow consumer.
@@ -710,8 +699,7 @@ impl Conn {
             {
                 packets.push(Packet::Disconnect(Disconnect::new(reason)));
             }
-            let sent = self.wire.encode(&mut self.client, packets);
-            self.client.broker().metrics().messages_sent_add(sent);
+            self.wire.encode(&mut self.client, packets);
             self.wire.write_all_within(LAST_WORDS_WAIT).await;
         }
         // The session is released before the goodbye drain, so a client
@@ -766,6 +754,16 @@ enum Handled {
     AcksHeld,
 }
 
+/// Writes what the client core handed back, or holds it while it waits
+/// for the journal (keeping the order of everything written).
+fn send(wire: &mut Wire, client: &mut Client, held: &mut Held, output: Output) {
+    if output.ticket != Ticket::NONE || !held.is_empty() {
+        held.hold(output);
+    } else if !output.packets.is_empty() {
+        wire.encode(client, output.packets);
+    }
+}
+
 /// Decodes and handles every whole packet in the input, holding the
 /// answers that wait for the journal. With an arrival stamp, stops before a
 /// PUBLISH that an earlier subscription change must precede, and once the
@@ -792,12 +790,7 @@ fn handle_input(
                 // Answered packet by packet, so the acknowledgements held
                 // are counted as they pile up.
                 let output = client.take_output();
-                if output.ticket != Ticket::NONE || !held.is_empty() {
-                    held.hold(output);
-                } else if !output.packets.is_empty() {
-                    let sent = wire.encode(client, output.packets);
-                    client.broker().metrics().messages_sent_add(sent);
-                }
+                send(wire, client, held, output);
                 if let Err(close) = handled {
                     break Err(close);
                 }
