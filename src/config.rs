@@ -142,11 +142,16 @@ impl Lifetime {
             "w" => 604_800,
             other => return Err(format!("unknown unit `{other}` (s, m, h, d, w)")),
         };
-        let secs = number
+        Lifetime::scaled(number, scale, text)
+    }
+
+    /// `number` units of `scale` seconds; `text` names it in the error.
+    fn scaled(number: u64, scale: u64, text: &str) -> Result<Lifetime, String> {
+        number
             .checked_mul(scale)
             .filter(|&secs| secs < u64::from(u32::MAX))
-            .ok_or_else(|| format!("`{text}` is too long; use \"never\""))?;
-        Ok(Lifetime::Seconds(secs as u32))
+            .map(|secs| Lifetime::Seconds(secs as u32))
+            .ok_or_else(|| format!("`{text}` is too long; use \"never\""))
     }
 }
 
@@ -159,7 +164,7 @@ impl<'de> Deserialize<'de> for Lifetime {
             Text(String),
         }
         match Raw::deserialize(deserializer)? {
-            Raw::Number(secs) => Lifetime::parse(&secs.to_string()),
+            Raw::Number(secs) => Lifetime::scaled(secs, 1, &secs.to_string()),
             Raw::Text(text) => Lifetime::parse(&text),
         }
         .map_err(serde::de::Error::custom)

@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::faulty_store::{Faults, FaultyStore};
 use common::scratch::TempDir;
 use petrel::config::Durability;
 use petrel::protocol::Message;
-use petrel::session::{Delivery, Sent};
-use petrel::store::{SessionRecord, SledStore, Snapshot, Store, StoreError};
+use petrel::store::{SledStore, Snapshot, Store, StoreError};
 use petrel::{Broker, Settings};
 use raw::{
-    CONNACK, Connect, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, Publish, RawClient,
-    SUBACK, ack, prop_u32, publish_v5, publish_v311, subscribe,
+    Connect, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, Publish, RawClient, SUBACK, ack,
+    persistent_v311, prop_u32, publish_v5, publish_v311, subscribe,
 };
 
 const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
@@ -48,18 +48,7 @@ fn open_store(dir: &TempDir) -> Arc<dyn Store> {
 
 /// Connects with `connect`; returns the client and CONNACK's session present.
 async fn connect_with(broker: &Broker, connect: &Connect) -> (RawClient, bool) {
-    let mut client = RawClient::connect(broker.local_addrs()[0]).await;
-    client.send(&connect.encode()).await;
-    let connack = client.expect_kind(CONNACK).await;
-    assert_eq!(connack.body[1], 0, "CONNECT refused: {connack:?}");
-    (client, connack.body[0] & 1 == 1)
-}
-
-fn persistent_v311(id: &str) -> Connect {
-    Connect {
-        clean: false,
-        ..Connect::v311(id)
-    }
+    raw::connect_accepted(broker.local_addrs()[0], connect).await
 }
 
 fn persistent_v5(id: &str, expiry_secs: u32) -> Connect {
@@ -346,60 +335,29 @@ async fn a_delayed_will_still_due_survives_a_restart() {
     second.shutdown().await;
 }
 
-/// A sled store whose writes of message copies, or whose flushes, fail on
-/// demand, as a full or failing disk would make them.
-struct FailingStore {
-    inner: SledStore,
+/// Writes of message copies, or flushes, that fail on demand, as a full or
+/// failing disk would make them.
+#[derive(Default)]
+struct Injected {
     fail_copies: AtomicBool,
     fail_flush: AtomicBool,
 }
 
-impl Store for FailingStore {
-    fn keeps_messages(&self) -> bool {
-        true
-    }
-    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.put_session(record)
-    }
-    fn delete_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.inner.delete_session(client_id)
-    }
-    fn put_retained(&self, message: &Message) -> Result<(), StoreError> {
-        self.inner.put_retained(message)
-    }
-    fn delete_retained(&self, topic: &str) -> Result<(), StoreError> {
-        self.inner.delete_retained(topic)
-    }
-    fn put_copies(
-        &self,
-        copies: &[(Arc<str>, Delivery)],
-        inbound_qos2: Option<(&str, u16)>,
-    ) -> Result<(), StoreError> {
+impl Faults for Injected {
+    fn before_copies(&self) -> Result<(), StoreError> {
         if self.fail_copies.load(Ordering::SeqCst) {
             return Err(StoreError::Full("injected: no space left on device".into()));
         }
-        self.inner.put_copies(copies, inbound_qos2)
+        Ok(())
     }
-    fn mark_sent(&self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError> {
-        self.inner.mark_sent(client_id, seq, sent)
-    }
-    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.inner.delete_delivery(client_id, seq)
-    }
-    fn delete_inbound_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
-        self.inner.delete_inbound_qos2(client_id, packet_id)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
+    fn before_flush(&self) -> Result<(), StoreError> {
         if self.fail_flush.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("injected: I/O error".into()));
         }
-        self.inner.flush()
+        Ok(())
     }
     fn has_space(&self) -> bool {
-        !self.fail_copies.load(Ordering::SeqCst) && self.inner.has_space()
-    }
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
+        !self.fail_copies.load(Ordering::SeqCst)
     }
 }
 
@@ -422,11 +380,10 @@ async fn expect_no_acknowledgement(client: &mut RawClient, reason: u8) {
 #[tokio::test]
 async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itself() {
     let dir = TempDir::new("fault");
-    let failing = Arc::new(FailingStore {
-        inner: SledStore::open(dir.path(), None).unwrap(),
-        fail_copies: AtomicBool::new(false),
-        fail_flush: AtomicBool::new(false),
-    });
+    let failing = FaultyStore::new(
+        SledStore::open(dir.path(), None).unwrap(),
+        Injected::default(),
+    );
     let store: Arc<dyn Store> = failing.clone();
     let broker = start(&store).await;
     let (mut subscriber, _) = connect_with(&broker, &persistent_v5("durable-reader", 600)).await;
@@ -435,7 +392,7 @@ async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itsel
 
     // The write that finds the disk full: its publisher never gets a
     // success acknowledgement, and the store counts as full from then on.
-    failing.fail_copies.store(true, Ordering::SeqCst);
+    failing.faults.fail_copies.store(true, Ordering::SeqCst);
     v5.send(&publish_v5("f/0", 1, 1, &[], b"unacknowledged"))
         .await;
     expect_no_acknowledgement(&mut v5, 0x80).await;
@@ -454,7 +411,7 @@ async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itsel
 
     // Space comes back: the broker notices by itself, without a restart,
     // and the same packet id is a new message that arrives.
-    failing.fail_copies.store(false, Ordering::SeqCst);
+    failing.faults.fail_copies.store(false, Ordering::SeqCst);
     tokio::time::timeout(
         Duration::from_secs(10),
         broker.state().journal().until_accepting(),
@@ -480,10 +437,10 @@ async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itsel
 
     // A failing flush: the acknowledgement is withheld and the connection
     // closed, never a PUBACK for a message that is not on disk.
-    failing.fail_flush.store(true, Ordering::SeqCst);
+    failing.faults.fail_flush.store(true, Ordering::SeqCst);
     v5.send(&publish_v5("f/4", 1, 3, &[], b"unflushed")).await;
     expect_no_acknowledgement(&mut v5, 0x80).await;
-    failing.fail_flush.store(false, Ordering::SeqCst);
+    failing.faults.fail_flush.store(false, Ordering::SeqCst);
     drop((subscriber, v5, v311));
     broker.shutdown().await;
 }

@@ -7,6 +7,7 @@ mod raw;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::faulty_store::{Faults, FaultyStore};
 use common::scratch::TempDir;
 use raw::{
     CONNACK, Connect, DISCONNECT, Event, PUBACK, PUBLISH, Publish, RawClient, SUBACK, Will,
@@ -53,18 +54,12 @@ async fn a_subscriber_never_ends_on_a_stale_retained_value() {
         // the topic has arrived once it does.
         publisher.send(&publish_v311(&topic, 1, 1, b"marker")).await;
         publisher.expect_kind(PUBACK).await;
-        let mut seen: Vec<u16> = Vec::new();
-        loop {
-            let packet = subscriber.expect_kind(PUBLISH).await;
-            let publish = Publish::parse(&packet, false);
-            if publish.topic != topic.as_bytes() {
-                continue;
-            }
-            if publish.payload == b"marker" {
-                break;
-            }
-            seen.push(String::from_utf8(publish.payload).unwrap().parse().unwrap());
-        }
+        let seen: Vec<u16> = subscriber
+            .payloads_before_marker(&topic, b"marker")
+            .await
+            .into_iter()
+            .map(|payload| String::from_utf8(payload).unwrap().parse().unwrap())
+            .collect();
         assert!(
             seen.windows(2).all(|pair| pair[0] < pair[1]),
             "trial {trial}: went back or repeated: {seen:?}"
@@ -99,9 +94,7 @@ async fn a_subscriber_that_stops_reading_is_closed_and_counted() {
     let mut connect = Connect::v311(&id);
     connect.keep_alive = 2;
     connect.will = Some(will_to(&format!("gone/{id}")));
-    let mut stalled = RawClient::connect(broker.addr).await;
-    stalled.send(&connect.encode()).await;
-    stalled.expect_kind(CONNACK).await;
+    let (mut stalled, _) = raw::connect_accepted(broker.addr, &connect).await;
     stalled
         .send(&subscribe(1, None, &[(b"flood".as_slice(), 0)]))
         .await;
@@ -177,6 +170,8 @@ async fn spawn_petrel(dir: &TempDir, config: &str) -> (tokio::process::Child, u1
         .arg("-c")
         .arg(&file)
         .env_remove("PETREL_LOG")
+        // Read as a setting by the broker, which refuses unknown ones.
+        .env_remove("PETREL_TEST_BROKER")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -194,7 +189,8 @@ async fn spawn_petrel(dir: &TempDir, config: &str) -> (tokio::process::Child, u1
             tokio::time::Instant::now() < deadline,
             "petrel did not start"
         );
-        tokio::task::yield_now().await;
+        // Paces the retries; the wait ends on the connect, not on time.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (child, port)
 }
@@ -210,11 +206,8 @@ async fn sigterm_exits_promptly_with_a_stalled_subscriber_and_flushes() {
     let (mut child, port) = spawn_petrel(&dir, config).await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
-    let mut offline = Connect::v311("offline-reader");
-    offline.clean = false;
-    let mut reader = RawClient::connect(addr).await;
-    reader.send(&offline.encode()).await;
-    reader.expect_kind(CONNACK).await;
+    let offline = raw::persistent_v311("offline-reader");
+    let (mut reader, _) = raw::connect_accepted(addr, &offline).await;
     reader
         .send(&subscribe(1, None, &[(b"kept".as_slice(), 1)]))
         .await;
@@ -253,9 +246,7 @@ async fn sigterm_exits_promptly_with_a_stalled_subscriber_and_flushes() {
 
     let (_child, port) = spawn_petrel(&dir, config).await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut reader = RawClient::connect(addr).await;
-    reader.send(&offline.encode()).await;
-    reader.expect_kind(CONNACK).await;
+    let (mut reader, _) = raw::connect_accepted(addr, &offline).await;
     let packet = reader.expect_kind(PUBLISH).await;
     assert_eq!(Publish::parse(&packet, false).payload, b"after restart");
 }
@@ -361,80 +352,28 @@ async fn v5_unsubscribe_writes_nothing_to_stderr() {
     assert!(!stderr.contains("pkid"), "{stderr}");
 }
 
-/// A store whose flushes wait until the test opens the gate: a disk that
-/// takes its time.
-struct GatedStore {
-    inner: petrel::store::MemoryStore,
+/// Flushes that wait until the test opens the gate: a disk that takes its
+/// time.
+#[derive(Default)]
+struct Gate {
     open: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
 }
 
-impl GatedStore {
-    fn open_gate(&self) {
-        *self.open.lock().unwrap() = true;
+impl Gate {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
         self.opened.notify_all();
     }
 }
 
-impl petrel::store::Store for GatedStore {
-    fn keeps_messages(&self) -> bool {
-        true
-    }
-    fn put_session(
-        &self,
-        record: &petrel::store::SessionRecord,
-    ) -> Result<(), petrel::store::StoreError> {
-        self.inner.put_session(record)
-    }
-    fn delete_session(&self, client_id: &str) -> Result<(), petrel::store::StoreError> {
-        self.inner.delete_session(client_id)
-    }
-    fn put_retained(
-        &self,
-        message: &petrel::protocol::Message,
-    ) -> Result<(), petrel::store::StoreError> {
-        self.inner.put_retained(message)
-    }
-    fn delete_retained(&self, topic: &str) -> Result<(), petrel::store::StoreError> {
-        self.inner.delete_retained(topic)
-    }
-    fn put_copies(
-        &self,
-        copies: &[(std::sync::Arc<str>, petrel::session::Delivery)],
-        inbound_qos2: Option<(&str, u16)>,
-    ) -> Result<(), petrel::store::StoreError> {
-        self.inner.put_copies(copies, inbound_qos2)
-    }
-    fn mark_sent(
-        &self,
-        client_id: &str,
-        seq: u64,
-        sent: petrel::session::Sent,
-    ) -> Result<(), petrel::store::StoreError> {
-        self.inner.mark_sent(client_id, seq, sent)
-    }
-    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), petrel::store::StoreError> {
-        self.inner.delete_delivery(client_id, seq)
-    }
-    fn delete_inbound_qos2(
-        &self,
-        client_id: &str,
-        packet_id: u16,
-    ) -> Result<(), petrel::store::StoreError> {
-        self.inner.delete_inbound_qos2(client_id, packet_id)
-    }
-    fn flush(&self) -> Result<(), petrel::store::StoreError> {
+impl Faults for Gate {
+    fn before_flush(&self) -> Result<(), petrel::store::StoreError> {
         let mut open = self.open.lock().unwrap();
         while !*open {
             open = self.opened.wait(open).unwrap();
         }
         Ok(())
-    }
-    fn has_space(&self) -> bool {
-        true
-    }
-    fn load(&self) -> Result<petrel::store::Snapshot, petrel::store::StoreError> {
-        self.inner.load()
     }
 }
 
@@ -444,11 +383,7 @@ impl petrel::store::Store for GatedStore {
 /// durable; then all of them are acknowledged.
 #[tokio::test]
 async fn acknowledgements_waiting_for_the_disk_stop_at_the_receive_maximum() {
-    let store = std::sync::Arc::new(GatedStore {
-        inner: petrel::store::MemoryStore::new(),
-        open: std::sync::Mutex::new(false),
-        opened: std::sync::Condvar::new(),
-    });
+    let store = FaultyStore::new(petrel::store::MemoryStore::new(), Gate::default());
     let shared: std::sync::Arc<dyn petrel::store::Store> = store.clone();
     let settings = petrel::Settings {
         durability: petrel::config::Durability::Sync,
@@ -458,18 +393,17 @@ async fn acknowledgements_waiting_for_the_disk_stop_at_the_receive_maximum() {
         .await
         .unwrap();
     let addr = broker.local_addrs()[0];
-    let mut subscriber = Connect::v311("durable-acks");
-    subscriber.clean = false;
+    let subscriber = raw::persistent_v311("durable-acks");
     let mut reader = RawClient::connect(addr).await;
     reader.send(&subscriber.encode()).await;
     // The CONNACK of a persistent session waits for the disk too.
-    store.open_gate();
+    store.faults.set(true);
     reader.expect_kind(CONNACK).await;
     reader
         .send(&subscribe(1, None, &[(b"acks/#".as_slice(), 1)]))
         .await;
     reader.expect_kind(SUBACK).await;
-    *store.open.lock().unwrap() = false;
+    store.faults.set(false);
 
     let mut publisher = raw::connect_v311(addr, &unique_id("pub")).await;
     let burst: Vec<u8> = (1..=300u16)
@@ -495,7 +429,7 @@ async fn acknowledgements_waiting_for_the_disk_stop_at_the_receive_maximum() {
         "no more read while 100 acknowledgements wait"
     );
 
-    store.open_gate();
+    store.faults.set(true);
     for _ in 1..=300 {
         publisher.expect_kind(PUBACK).await;
     }

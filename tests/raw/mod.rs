@@ -125,10 +125,7 @@ impl RawClient {
             .unwrap_or_else(|_| panic!("TCP connect to {addr} timed out"))
             .unwrap_or_else(|e| panic!("TCP connect to {addr} failed: {e}"));
         stream.set_nodelay(true).expect("set TCP_NODELAY");
-        RawClient {
-            stream,
-            buf: Vec::new(),
-        }
+        RawClient::from_stream(stream)
     }
 
     /// A client over a stream the test connected itself.
@@ -143,10 +140,7 @@ impl RawClient {
     /// broker has already closed the connection, which the next read reports
     /// and the test asserts on.
     pub async fn send(&mut self, bytes: &[u8]) {
-        match timeout(WAIT, self.stream.write_all(bytes)).await {
-            Ok(_) => {}
-            Err(_) => panic!("writing {} bytes to the broker timed out", bytes.len()),
-        }
+        let _ = self.try_send(bytes).await;
     }
 
     /// Writes `bytes`, reporting a failed write (the broker reset the
@@ -155,6 +149,26 @@ impl RawClient {
         timeout(WAIT, self.stream.write_all(bytes))
             .await
             .unwrap_or_else(|_| panic!("writing {} bytes to the broker timed out", bytes.len()))
+    }
+
+    /// The payloads of the 3.1.1 PUBLISHes on `topic` that arrive before
+    /// the one carrying `marker`, in order; QoS 1 ones are acknowledged.
+    pub async fn payloads_before_marker(&mut self, topic: &str, marker: &[u8]) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::new();
+        loop {
+            let packet = self.expect_kind(PUBLISH).await;
+            let publish = Publish::parse(&packet, false);
+            if let Some(packet_id) = publish.packet_id {
+                self.send(&ack(0x40, packet_id)).await;
+            }
+            if publish.topic != topic.as_bytes() {
+                continue;
+            }
+            if publish.payload == marker {
+                return payloads;
+            }
+            payloads.push(publish.payload);
+        }
     }
 
     /// Closes our side for writing (sends FIN) while reads still work.
@@ -302,6 +316,25 @@ pub async fn connect_v311(addr: SocketAddr, client_id: &str) -> RawClient {
         "3.1.1 CONNECT was not accepted"
     );
     client
+}
+
+/// A session set up with `connect` (either version), which the broker must
+/// accept; returns the client and CONNACK's session present.
+pub async fn connect_accepted(addr: SocketAddr, connect: &Connect) -> (RawClient, bool) {
+    let mut client = RawClient::connect(addr).await;
+    client.send(&connect.encode()).await;
+    let connack = client.expect_kind(CONNACK).await;
+    // Flags, then the 3.1.1 return code or the v5 reason code.
+    assert_eq!(connack.body[1], 0, "CONNECT refused: {connack:?}");
+    (client, connack.body[0] & 1 == 1)
+}
+
+/// A 3.1.1 CONNECT for a persistent session (clean session 0).
+pub fn persistent_v311(id: &str) -> Connect {
+    Connect {
+        clean: false,
+        ..Connect::v311(id)
+    }
 }
 
 /// A v5 session set up with `connect`, which the broker must accept.
