@@ -54,6 +54,9 @@ done
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
+# Not passed on: petrel reads PETREL_* variables as settings and refuses
+# unknown ones.
+export -n PETREL_BIN
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
 OUT=${OUT:-$TARGET_DIR/bench/compare-$(date +%Y%m%d-%H%M%S)}
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
@@ -135,7 +138,7 @@ start_a() {
         mosquitto -c "$WORK/a.conf" >>"$WORK/a.log" 2>&1 &
     else
         mkdir -p "$WORK/petrel-data"
-        env -u PETREL_BIN "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "$A_PORT" \
+        "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "$A_PORT" \
             --data-dir "$WORK/petrel-data" >>"$WORK/a.log" 2>&1 &
     fi
     A_PID=$!

@@ -64,6 +64,9 @@ done
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
+# Not passed on: petrel reads PETREL_* variables as settings and refuses
+# unknown ones.
+export -n PETREL_BIN
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
 OUT=${OUT:-$TARGET_DIR/bench/durable-$(date +%Y%m%d-%H%M%S)}
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
@@ -126,7 +129,7 @@ start_petrel() { # target mode
     dir=$(data_dir "$t")
     mkdir -p "$dir"
     env PETREL_LIMITS__MAX_QUEUED_MESSAGES="$QUEUE_LIMIT" PETREL_LIMITS__MAX_INFLIGHT="$INFLIGHT" \
-        env -u PETREL_BIN PETREL_DURABILITY="$mode" "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "${PORT[$t]}" \
+        PETREL_DURABILITY="$mode" "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "${PORT[$t]}" \
         --data-dir "$dir" >>"$WORK/$t.log" 2>&1 &
     PID[$t]=$!
     PIDS+=("${PID[$t]}")

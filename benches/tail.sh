@@ -34,6 +34,9 @@ done
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
+# Not passed on: petrel reads PETREL_* variables as settings and refuses
+# unknown ones.
+export -n PETREL_BIN
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
 # shellcheck source=benches/ports.sh
@@ -55,7 +58,7 @@ trap cleanup EXIT
 P_PORT=$(free_port)
 M_PORT=$(free_port)
 while [ "$M_PORT" = "$P_PORT" ]; do M_PORT=$(free_port); done
-env -u PETREL_BIN "$PETREL_BIN" serve -p "$P_PORT" --data-dir "$WORK/petrel-data" >"$WORK/petrel.log" 2>&1 &
+"$PETREL_BIN" serve -p "$P_PORT" --data-dir "$WORK/petrel-data" >"$WORK/petrel.log" 2>&1 &
 PIDS+=($!)
 wait_listening "$P_PORT" "$!" || { tail -5 "$WORK/petrel.log" >&2; echo "petrel did not start" >&2; exit 1; }
 cat > "$WORK/m.conf" <<EOF
