@@ -38,8 +38,11 @@ impl EndToEnd {
 
     /// A message reached its subscriber: its slot is free again.
     pub fn give_back(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_waiters();
+        // Publishers wait only while the window is full, so only the slot
+        // that ends a full window wakes them.
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.freed.notify_waiters();
+        }
     }
 
     /// Waits until a slot may be free.

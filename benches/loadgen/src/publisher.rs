@@ -134,9 +134,13 @@ pub async fn run(
 
 impl Publisher<'_> {
     fn can_send(&self) -> bool {
+        self.may_send_but_for_e2e() && self.spec.e2e.as_ref().is_none_or(|e2e| e2e.has_room())
+    }
+
+    /// Messages are left and the publisher's own window has room.
+    fn may_send_but_for_e2e(&self) -> bool {
         self.seq < self.spec.messages
             && (self.spec.qos == QoS::AtMostOnce || self.window.has_room())
-            && self.spec.e2e.as_ref().is_none_or(|e2e| e2e.has_room())
     }
 
     fn done(&self) -> bool {
@@ -291,9 +295,7 @@ impl Publisher<'_> {
             // that could hold this publisher back; `freed` returns at once if
             // a slot came free since `can_send` looked.
             let e2e = self.spec.e2e.clone();
-            let only_e2e_blocks = self.seq < self.spec.messages
-                && (self.spec.qos == QoS::AtMostOnce || self.window.has_room())
-                && e2e.is_some();
+            let only_e2e_blocks = self.may_send_but_for_e2e() && e2e.is_some();
             tokio::select! {
                 result = self.conn.fill() => result?,
                 _ = sleep_until(wake) => {}
