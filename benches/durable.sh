@@ -62,12 +62,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
-# Not passed on: petrel reads PETREL_* variables as settings and refuses
-# unknown ones.
-export -n PETREL_BIN
-BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 OUT=${OUT:-$TARGET_DIR/bench/durable-$(date +%Y%m%d-%H%M%S)}
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
 
@@ -106,8 +102,6 @@ trap 'exit 130' INT TERM
 
 log() { echo "[durable] $*" >&2; }
 
-# shellcheck source=benches/ports.sh
-. "$ROOT/benches/ports.sh"
 
 if [ "$BUILD" = 1 ]; then
     log "building petrel (release)"

@@ -32,15 +32,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
-# Not passed on: petrel reads PETREL_* variables as settings and refuses
-# unknown ones.
-export -n PETREL_BIN
-BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
-# shellcheck source=benches/ports.sh
-. "$ROOT/benches/ports.sh"
 if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet)
 fi

@@ -1,6 +1,15 @@
 # shellcheck shell=bash
-# Shared by the benchmark scripts (sourced, not run): free loopback ports
-# and waiting for a broker to listen.
+# Shared by the benchmark scripts (sourced, not run, once ROOT is set): the
+# binaries under test, free loopback ports and waiting for a broker to
+# listen.
+
+# The release build unless PETREL_BIN / BENCH_BIN name others. PETREL_BIN is
+# not passed on: petrel reads PETREL_* variables as settings and refuses
+# unknown ones.
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+PETREL_BIN=${PETREL_BIN:-$TARGET_DIR/release/petrel}
+BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/petrel}
+export -n PETREL_BIN
 
 # Any socket on the port (listening or not) makes it unusable. Ports are
 # picked below Linux's default ephemeral range (32768-60999).
