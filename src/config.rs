@@ -42,6 +42,14 @@ pub struct Settings {
     /// How often the `async` mode flushes to disk, in milliseconds.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// Size at which the commit log starts a new segment file, in bytes.
+    #[serde(default = "default_log_segment_bytes")]
+    pub log_segment_bytes: u32,
+    /// Bytes the log and the state database may take together; past it,
+    /// new durable messages are refused (v5 0x97) until space is reclaimed.
+    /// 0: bounded only by the disk, whose filling up is refused the same way.
+    #[serde(default)]
+    pub max_disk_bytes: u64,
     /// Whether clients without a username may connect.
     #[serde(default = "default_true")]
     pub allow_anonymous: bool,
@@ -250,6 +258,10 @@ fn default_flush_interval_ms() -> u64 {
     100
 }
 
+fn default_log_segment_bytes() -> u32 {
+    64 * 1024 * 1024
+}
+
 fn default_true() -> bool {
     true
 }
@@ -261,6 +273,8 @@ impl Default for Settings {
             data_dir: default_data_dir(),
             durability: Durability::default(),
             flush_interval_ms: default_flush_interval_ms(),
+            log_segment_bytes: default_log_segment_bytes(),
+            max_disk_bytes: 0,
             allow_anonymous: true,
             limits: Limits::default(),
             log: Log::default(),
@@ -350,6 +364,9 @@ impl Settings {
         }
         if limits.max_queued_messages == 0 {
             return out_of_range("limits.max_queued_messages", "must be at least 1");
+        }
+        if self.log_segment_bytes < 64 * 1024 {
+            return out_of_range("log_segment_bytes", "must be at least 65536");
         }
         if self.flush_interval_ms == 0 {
             return out_of_range("flush_interval_ms", "must be at least 1");

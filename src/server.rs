@@ -12,7 +12,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::broker::{BrokerState, Metrics};
 use crate::config::{Durability, Settings};
-use crate::store::{Flush, Journal, MemoryStore, SledStore, Store, StoreError};
+use crate::store::{DiskOptions, DiskStore, Flush, Journal, MemoryStore, Store, StoreError};
 use crate::timer::now_ms;
 use crate::transport;
 
@@ -62,10 +62,15 @@ impl Broker {
     pub async fn start(settings: Settings) -> Result<Broker, BrokerError> {
         let store: Arc<dyn Store> = match settings.durability {
             Durability::Memory => Arc::new(MemoryStore::new()),
-            Durability::Sync => Arc::new(SledStore::open(&settings.data_dir, None)?),
-            Durability::Async => Arc::new(SledStore::open(
+            Durability::Sync | Durability::Async => Arc::new(DiskStore::open(
                 &settings.data_dir,
-                Some(settings.flush_interval_ms),
+                DiskOptions {
+                    segment_bytes: settings.log_segment_bytes,
+                    max_disk_bytes: match settings.max_disk_bytes {
+                        0 => u64::MAX,
+                        bytes => bytes,
+                    },
+                },
             )?),
         };
         Broker::start_with_store(settings, store).await
@@ -100,7 +105,9 @@ impl Broker {
         };
         let flush = match settings.durability {
             Durability::Sync => Flush::EveryBatch,
-            Durability::Async | Durability::Memory => Flush::Background,
+            Durability::Async | Durability::Memory => {
+                Flush::Background(Duration::from_millis(settings.flush_interval_ms))
+            }
         };
         let keeps_messages = settings.durability != Durability::Memory;
         let journal = Journal::start(store, flush).map_err(BrokerError::Journal)?;

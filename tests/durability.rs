@@ -1,9 +1,10 @@
-//! Durable state on sled: what a restart restores, what is purged, what never
-//! touches the disk, and how storage faults reach clients.
+//! Durable state (the commit log and the state database): what a restart
+//! restores, what is purged, what never touches the disk, and how storage
+//! faults reach clients.
 //!
 //! Restarts here stop a broker and start another one on the same open
-//! `SledStore`, reading everything back through `Store::load`; `crash.rs`
-//! covers reopening the database after `kill -9` with the real binary.
+//! `DiskStore`, reading everything back through `Store::load`; `crash.rs`
+//! covers reopening the data directory after `kill -9` with the real binary.
 
 mod common;
 mod raw;
@@ -18,7 +19,7 @@ use common::faulty_store::{Faults, FaultyStore};
 use common::scratch::TempDir;
 use petrel::config::Durability;
 use petrel::protocol::Message;
-use petrel::store::{SledStore, Snapshot, Store, StoreError};
+use petrel::store::{DiskOptions, DiskStore, Record, Snapshot, Store, StoreError};
 use petrel::{Broker, Settings};
 use raw::{
     Connect, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, Publish, RawClient, SUBACK, ack,
@@ -42,8 +43,13 @@ async fn start(store: &Arc<dyn Store>) -> Broker {
         .expect("broker starts on the store")
 }
 
+const DISK: DiskOptions = DiskOptions {
+    segment_bytes: 1 << 20,
+    max_disk_bytes: u64::MAX,
+};
+
 fn open_store(dir: &TempDir) -> Arc<dyn Store> {
-    Arc::new(SledStore::open(dir.path(), None).expect("store opens"))
+    Arc::new(DiskStore::open(dir.path(), DISK).expect("store opens"))
 }
 
 /// Connects with `connect`; returns the client and CONNACK's session present.
@@ -381,7 +387,7 @@ async fn expect_no_acknowledgement(client: &mut RawClient, reason: u8) {
 async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itself() {
     let dir = TempDir::new("fault");
     let failing = FaultyStore::new(
-        SledStore::open(dir.path(), None).unwrap(),
+        DiskStore::open(dir.path(), DISK).unwrap(),
         Injected::default(),
     );
     let store: Arc<dyn Store> = failing.clone();
@@ -547,7 +553,8 @@ fn a_data_dir_that_cannot_be_written_is_refused_at_start() {
 fn a_damaged_database_is_refused_at_start_not_started_empty() {
     let dir = TempDir::new("corrupt");
     {
-        let store = SledStore::open(dir.path(), None).unwrap();
+        let store = DiskStore::open(dir.path(), DISK).unwrap();
+        store.load().unwrap();
         let message = Message {
             topic: "kept/1".into(),
             payload: bytes::Bytes::from_static(b"state"),
@@ -557,13 +564,13 @@ fn a_damaged_database_is_refused_at_start_not_started_empty() {
             expires_at: None,
             publisher: None,
         };
-        store.put_retained(&message).unwrap();
+        store.write(Record::PutRetained(Arc::new(message))).unwrap();
         store.flush().unwrap();
     }
     let file = dir.path().join("db").join("db");
     let length = std::fs::metadata(&file).unwrap().len() as usize;
     std::fs::write(&file, vec![0xff; length]).unwrap();
-    match SledStore::open(dir.path(), None) {
+    match DiskStore::open(dir.path(), DISK) {
         Err(StoreError::Corrupt(reason)) => assert!(reason.contains("no readable petrel data")),
         Err(other) => panic!("expected a corruption error, got {other}"),
         Ok(_) => panic!("a damaged database must not open as an empty one"),

@@ -33,7 +33,7 @@ use crate::router::{Retained, RetainedTrie, SubscriptionIndex};
 use crate::session::{
     Change, ConnectionSignal, Delivery, Enqueued, Session, SessionConfig, SessionState,
 };
-use crate::store::{Journal, Record, SessionRecord, Snapshot, Ticket};
+use crate::store::{Copy, Journal, Record, SessionRecord, Snapshot, Ticket};
 use crate::timer::{TimerId, TimerWheel};
 use crate::topic::TopicLimits;
 
@@ -281,14 +281,14 @@ impl BrokerState {
                 (found.session, delivery)
             })
             .collect();
-        let copies: Vec<(Arc<str>, Delivery)> = deliveries
+        let copies: Vec<Copy> = deliveries
             .iter()
-            .filter(|(_, delivery)| delivery.seq.is_some())
-            .map(|(session, delivery)| (session.client_id().clone(), delivery.clone()))
+            .filter_map(|(session, delivery)| Copy::of(session.client_id(), delivery))
             .collect();
         let mut ticket = Ticket::NONE;
         if !copies.is_empty() || inbound_qos2.is_some() {
             ticket = self.journal.append(Record::PutCopies {
+                message: (!copies.is_empty()).then(|| message.clone()),
                 copies,
                 inbound_qos2: inbound_qos2.map(|(client_id, id)| (client_id.clone(), id)),
             });
@@ -349,10 +349,10 @@ impl BrokerState {
         must_wait
     }
 
-    /// Journals a persistent session's record (subscriptions, expiry, the
-    /// will still due) from its locked state. Returns the ticket to wait for.
+    /// Journals a persistent session's own fields (expiry, the will still
+    /// due) from its locked state. Returns the ticket to wait for.
     fn persist_session(&self, session: &Session, state: &mut SessionState) -> Ticket {
-        if state.expiry_secs == 0 || state.ended {
+        if !Self::persists(state) {
             return Ticket::NONE;
         }
         state.stored = true;
@@ -360,13 +360,36 @@ impl BrokerState {
             client_id: session.client_id().to_string(),
             expiry_secs: state.expiry_secs,
             disconnected_at_ms: state.disconnected_at_ms,
-            subscriptions: state
-                .subscriptions()
-                .map(|(filter, entry)| (filter.to_string(), *entry))
-                .collect(),
             will: state.will.as_deref().cloned(),
         };
         self.journal.append(Record::PutSession(Box::new(record)))
+    }
+
+    /// Journals one subscription of a persistent session as it now stands
+    /// in its locked state: its row, or its removal. Returns the ticket.
+    fn persist_subscription(
+        &self,
+        session: &Session,
+        state: &SessionState,
+        filter: &str,
+    ) -> Ticket {
+        if !Self::persists(state) {
+            return Ticket::NONE;
+        }
+        let client_id = session.client_id().clone();
+        let filter: Arc<str> = filter.into();
+        self.journal.append(match state.subscription(&filter) {
+            Some(entry) => Record::PutSubscription {
+                client_id,
+                filter,
+                entry: *entry,
+            },
+            None => Record::DeleteSubscription { client_id, filter },
+        })
+    }
+
+    fn persists(state: &SessionState) -> bool {
+        state.expiry_secs != 0 && !state.ended
     }
 
     /// Replaces or clears the retained message of `message.topic`, with the

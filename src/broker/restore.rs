@@ -51,7 +51,11 @@ pub(super) fn restore(broker: &Arc<BrokerState>, mut snapshot: Snapshot, now: u6
         let mut state = session.lock();
         Session::set_expiry(&mut state, &session, expiry_secs);
         state.disconnected_at_ms = Some(disconnected_at);
-        for (raw, entry) in &record.subscriptions {
+        let subscriptions = snapshot
+            .subscriptions
+            .remove(&record.client_id)
+            .unwrap_or_default();
+        for (raw, entry) in &subscriptions {
             let Ok(parsed) = topic::parse_filter(raw, broker.topic_limits()) else {
                 continue;
             };

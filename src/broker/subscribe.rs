@@ -6,6 +6,7 @@ use crate::protocol::{
 };
 use crate::router::Subscriber;
 use crate::session::{Delivery, SubscriptionEntry};
+use crate::store::Ticket;
 use crate::topic;
 
 impl Client {
@@ -29,6 +30,7 @@ impl Client {
         let mut reason_string = None;
         let retained = broker.retained.read();
         let mut state = self.current()?;
+        let mut ticket = Ticket::NONE;
         for (raw, options) in &subscribe.filters {
             let parsed = match topic::parse_filter(raw, limits) {
                 Ok(parsed) => parsed,
@@ -54,6 +56,7 @@ impl Client {
                 id: subscribe.subscription_id,
             };
             let existed = state.subscribe(raw, entry);
+            ticket = broker.persist_subscription(&self.session, &state, raw);
             broker.index.subscribe(
                 parsed.filter,
                 parsed.share_group,
@@ -88,7 +91,6 @@ impl Client {
             }
         }
         drop(retained);
-        let ticket = broker.persist_session(&self.session, &mut state);
         drop(state);
         self.wait_for(ticket);
         self.outgoing.push(Packet::SubAck(SubAck {
@@ -104,12 +106,14 @@ impl Client {
         let limits = broker.topic_limits();
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         let mut state = self.current()?;
+        let mut ticket = Ticket::NONE;
         for raw in &unsubscribe.filters {
             let Ok(parsed) = topic::parse_filter(raw, limits) else {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             };
             if state.unsubscribe(raw) {
+                ticket = broker.persist_subscription(&self.session, &state, raw);
                 broker
                     .index
                     .unsubscribe(parsed.filter, parsed.share_group, &self.session);
@@ -118,7 +122,6 @@ impl Client {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
             }
         }
-        let ticket = broker.persist_session(&self.session, &mut state);
         drop(state);
         self.wait_for(ticket);
         self.outgoing.push(Packet::UnsubAck(UnsubAck {

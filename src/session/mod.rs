@@ -255,7 +255,14 @@ impl SessionState {
     }
 
     pub fn has_subscription(&self, filter: &str) -> bool {
-        self.subscriptions.iter().any(|(f, _)| &**f == filter)
+        self.subscription(filter).is_some()
+    }
+
+    pub fn subscription(&self, filter: &str) -> Option<&SubscriptionEntry> {
+        self.subscriptions
+            .iter()
+            .find(|(f, _)| &**f == filter)
+            .map(|(_, entry)| entry)
     }
 
     /// Adds or replaces a subscription; returns whether it existed.

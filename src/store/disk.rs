@@ -1,399 +1,438 @@
-//! The store on disk: one sled database under `data_dir/db`.
+//! The store on disk: the commit log under `data_dir/log` and the state
+//! database under `data_dir/db` behind it.
 //!
-//! Trees: `sessions` (client id -> record with subscriptions and will),
-//! `deliveries` (client id, seq -> QoS 1/2 message queued or in flight for a
-//! persistent session), `sent` (client id, seq -> packet id and awaited ack of
-//! a delivery already sent), `inbound_qos2` (client id, packet id -> awaiting
-//! PUBREL) and `retained` (topic -> message). Keys owned by a session start
-//! with its client id and a NUL byte, which no MQTT string may contain, so a
-//! prefix scan finds exactly one session's entries. Values are postcard.
+//! The journal's writer thread hands each record to `write`, which frames
+//! it into the log, and calls `flush` once per batch: one fdatasync makes
+//! the whole batch durable (group commit). Records are folded into the
+//! state database only once they are durable in the log, by a checkpoint
+//! thread that never holds up an acknowledgement; every couple of seconds
+//! it flushes the database with the log position it is complete up to (the
+//! checkpoint) and deletes the log segments that nothing needs any more.
+//! At start the log is replayed from the checkpoint, so a crash loses
+//! nothing that was flushed to the log.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
-use super::{SessionRecord, Snapshot, Store, StoreError, StoredDelivery};
+use super::log::{CommitLog, LogPos, LogReader};
+use super::state::{Rows, SegmentRefs, StateDb, refs_of};
+use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
 use crate::protocol::Message;
-use crate::session::{Delivery, Sent};
 
-/// Bumped whenever the stored layout changes incompatibly.
-const FORMAT: u8 = 1;
+/// How often the state database is flushed with a new checkpoint, and the
+/// log segments behind it are reclaimed.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
-pub struct SledStore {
-    db: sled::Db,
-    meta: sled::Tree,
-    sessions: sled::Tree,
-    deliveries: sled::Tree,
-    sent: sled::Tree,
-    inbound_qos2: sled::Tree,
-    retained: sled::Tree,
+/// How long the checkpoint thread waits before trying again after the
+/// state database refused a write (a full disk).
+const STATE_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Where the log starts a new segment file.
+    pub segment_bytes: u32,
+    /// Log and state together: past this, new durable messages are refused.
+    pub max_disk_bytes: u64,
 }
 
-impl SledStore {
-    /// Opens (or creates) the database under `data_dir`. With
-    /// `background_flush_ms`, sled also flushes on its own at that interval
-    /// (the `async` durability mode); otherwise only `flush` makes writes
-    /// durable.
-    pub fn open(
-        data_dir: &Path,
-        background_flush_ms: Option<u64>,
-    ) -> Result<SledStore, StoreError> {
-        let dir = data_dir.join("db");
-        let open_error = |reason: String| StoreError::Open {
-            dir: dir.display().to_string(),
-            reason,
+/// What the writer thread owns: the log being appended to and the records
+/// written since its last sync.
+struct Writer {
+    log: CommitLog,
+    unsynced: Vec<(LogPos, Record)>,
+    buffer: Vec<u8>,
+}
+
+/// Durable records on their way into the state database.
+enum ToState {
+    Records(Vec<(LogPos, Record)>, LogPos),
+    /// The live copies per segment, counted at start.
+    Refs(SegmentRefs),
+    /// Answered once everything sent before it is applied.
+    Barrier(Sender<()>),
+}
+
+pub struct DiskStore {
+    writer: Arc<Mutex<Writer>>,
+    reader: LogReader,
+    state: Arc<StateDb>,
+    to_state: Mutex<Option<Sender<ToState>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    disk: Arc<DiskUse>,
+    log_dir: PathBuf,
+    /// Whether the log has been replayed into the state database (the
+    /// first `load`).
+    recovered: AtomicBool,
+}
+
+/// Bytes on disk, kept where every publish can read them.
+struct DiskUse {
+    log: AtomicU64,
+    state: AtomicU64,
+    max: u64,
+}
+
+impl DiskUse {
+    fn total(&self) -> u64 {
+        self.log.load(Ordering::Relaxed) + self.state.load(Ordering::Relaxed)
+    }
+}
+
+impl DiskStore {
+    /// Opens (or creates) the store under `data_dir`: the state database
+    /// first, whose lock keeps a second petrel away from both, then the log,
+    /// recovering its tail.
+    pub fn open(data_dir: &Path, options: DiskOptions) -> Result<DiskStore, StoreError> {
+        let state = Arc::new(StateDb::open(data_dir)?);
+        let log_dir = data_dir.join("log");
+        let log = CommitLog::open(&log_dir, options.segment_bytes)?;
+        let reader = log.reader();
+        let disk = Arc::new(DiskUse {
+            log: AtomicU64::new(log.disk_bytes()),
+            state: AtomicU64::new(state.disk_bytes()),
+            max: options.max_disk_bytes,
+        });
+        let writer = Arc::new(Mutex::new(Writer {
+            log,
+            unsynced: Vec::new(),
+            buffer: Vec::new(),
+        }));
+        let (to_state, from_log) = mpsc::channel();
+        let checkpointer = Checkpointer {
+            state: state.clone(),
+            writer: writer.clone(),
+            disk: disk.clone(),
+            refs: SegmentRefs::new(),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| open_error(e.to_string()))?;
-        // sled reads a damaged log as one that simply ends early, so a
-        // database file that existed but yields no format mark is refused
-        // rather than silently started empty.
-        let existed = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
-        let db = sled::Config::new()
-            .path(&dir)
-            .flush_every_ms(background_flush_ms)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked(data_dir.display().to_string())
-                }
-                sled::Error::Corruption { .. } => StoreError::Corrupt(error.to_string()),
-                other => open_error(other.to_string()),
-            })?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(e.to_string()));
-        let meta = tree("meta")?;
-        match meta.get("format").map_err(backend)? {
-            Some(format) if format.as_ref() != [FORMAT] => {
-                return Err(open_error(format!(
-                    "stored format {:?} is not the format {FORMAT} this petrel reads",
-                    format.as_ref()
-                )));
-            }
-            Some(_) => {}
-            None if existed => {
-                return Err(StoreError::Corrupt(format!(
-                    "{} exists but holds no readable petrel data",
-                    dir.join("db").display()
-                )));
-            }
-            None => {
-                meta.insert("format", &[FORMAT]).map_err(backend)?;
-                db.flush().map_err(backend)?;
-            }
-        }
-        Ok(SledStore {
-            meta,
-            sessions: tree("sessions")?,
-            deliveries: tree("deliveries")?,
-            sent: tree("sent")?,
-            inbound_qos2: tree("inbound_qos2")?,
-            retained: tree("retained")?,
-            db,
+        let handle = std::thread::Builder::new()
+            .name("petrel-checkpoint".into())
+            .spawn(move || checkpointer.run(from_log))
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        Ok(DiskStore {
+            writer,
+            reader,
+            state,
+            to_state: Mutex::new(Some(to_state)),
+            checkpointer: Mutex::new(Some(handle)),
+            disk,
+            log_dir,
+            recovered: AtomicBool::new(false),
         })
     }
-}
 
-fn backend(error: sled::Error) -> StoreError {
-    match error {
-        sled::Error::Io(io) => StoreError::io(&io),
-        sled::Error::Corruption { .. } => StoreError::Corrupt(error.to_string()),
-        other => StoreError::Backend(other.to_string()),
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, message: ToState) {
+        if let Some(sender) = self
+            .to_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = sender.send(message);
+        }
+    }
+
+    /// Applies what the log holds past the checkpoint to the state
+    /// database, so its rows are complete.
+    fn replay(&self) -> Result<(), StoreError> {
+        let from = self.state.checkpoint()?;
+        let mut scratch = SegmentRefs::new();
+        let mut replayed = 0u64;
+        self.reader.scan(from, |found| {
+            let record = Record::decode(&found.body, self.place(found.pos))?;
+            self.state.apply(found.pos, &record, &mut scratch)?;
+            replayed += 1;
+            Ok(())
+        })?;
+        let end = self.writer().log.end();
+        self.state.set_checkpoint(end)?;
+        self.state.flush()?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "replayed the commit log past its checkpoint"
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until every record written so far is durable and applied to
+    /// the state database.
+    fn settle_state(&self) -> Result<(), StoreError> {
+        self.flush()?;
+        let (done, applied) = mpsc::channel();
+        self.send(ToState::Barrier(done));
+        applied
+            .recv()
+            .map_err(|_| StoreError::Backend("the checkpoint thread has stopped".into()))
+    }
+
+    /// The messages the stored copies point at, read from the log once each.
+    fn messages_of(&self, rows: &Rows) -> Result<HashMap<LogPos, Arc<Message>>, StoreError> {
+        let mut messages = HashMap::new();
+        for (_, row, _) in rows.copies.values().flatten() {
+            if messages.contains_key(&row.pos) {
+                continue;
+            }
+            let found = self.reader.read(row.pos)?;
+            match Record::decode(&found.body, self.place(row.pos))? {
+                Record::PutCopies {
+                    message: Some(message),
+                    ..
+                } => {
+                    messages.insert(row.pos, message);
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: a stored copy points at a record that holds no message",
+                        self.place(row.pos)
+                    )));
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Names a log position for an error message.
+    fn place(&self, pos: LogPos) -> String {
+        format!(
+            "log segment {} offset {}",
+            self.log_dir
+                .join(format!("{:010}.log", pos.segment()))
+                .display(),
+            pos.offset()
+        )
+    }
+
+    /// Stops the checkpoint thread after a final checkpoint.
+    fn close(&self) {
+        drop(
+            self.to_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let handle = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::Backend(e.to_string()))
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
-fn decode<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{tree} entry {}: {e}",
-            String::from_utf8_lossy(key)
-        ))
-    })
-}
-
-fn owner_prefix(client_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(client_id.len() + 9);
-    key.extend_from_slice(client_id.as_bytes());
-    key.push(0);
-    key
-}
-
-fn owned_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
-    let mut key = owner_prefix(client_id);
-    key.extend_from_slice(suffix);
-    key
-}
-
-fn delivery_key(client_id: &str, seq: u64) -> Vec<u8> {
-    owned_key(client_id, &seq.to_be_bytes())
-}
-
-fn inbound_key(client_id: &str, packet_id: u16) -> Vec<u8> {
-    owned_key(client_id, &packet_id.to_be_bytes())
-}
-
-/// Splits an owned key into the client id and what follows the NUL.
-fn split_key(key: &[u8]) -> Option<(String, &[u8])> {
-    let nul = key.iter().position(|&b| b == 0)?;
-    let client_id = std::str::from_utf8(&key[..nul]).ok()?.to_string();
-    Some((client_id, &key[nul + 1..]))
-}
-
-impl Store for SledStore {
+impl Store for DiskStore {
     fn keeps_messages(&self) -> bool {
         true
     }
 
-    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert(record.client_id.as_bytes(), encode(record)?)
-            .map_err(backend)?;
-        Ok(())
+    fn accepting(&self) -> bool {
+        self.disk.total() < self.disk.max
     }
 
-    fn delete_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.sessions
-            .remove(client_id.as_bytes())
-            .map_err(backend)?;
-        let prefix = owner_prefix(client_id);
-        for tree in [&self.deliveries, &self.sent, &self.inbound_qos2] {
-            let mut batch = sled::Batch::default();
-            for key in tree.scan_prefix(&prefix).keys() {
-                batch.remove(key.map_err(backend)?);
+    fn write(&self, record: Record) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let Writer {
+            log,
+            unsynced,
+            buffer,
+        } = &mut *writer;
+        buffer.clear();
+        record.encode_into(buffer)?;
+        match log.append(crate::timer::now_ms(), buffer) {
+            Ok(pos) => {
+                unsynced.push((pos, record));
+                Ok(())
             }
-            tree.apply_batch(batch).map_err(backend)?;
-        }
-        Ok(())
-    }
-
-    fn put_retained(&self, message: &Message) -> Result<(), StoreError> {
-        self.retained
-            .insert(message.topic.as_bytes(), encode(message)?)
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete_retained(&self, topic: &str) -> Result<(), StoreError> {
-        self.retained.remove(topic.as_bytes()).map_err(backend)?;
-        Ok(())
-    }
-
-    fn put_copies(
-        &self,
-        copies: &[(Arc<str>, Delivery)],
-        inbound_qos2: Option<(&str, u16)>,
-    ) -> Result<(), StoreError> {
-        let mut entries = Vec::with_capacity(copies.len());
-        for (client_id, delivery) in copies {
-            let seq = delivery
-                .seq
-                .ok_or_else(|| StoreError::Backend("delivery without a key".into()))?;
-            entries.push((delivery_key(client_id, seq), encode(delivery)?));
-        }
-        let Some((client_id, packet_id)) = inbound_qos2 else {
-            let mut batch = sled::Batch::default();
-            for (key, value) in entries {
-                batch.insert(key, value);
+            Err(error) => {
+                // The log dropped what it had not synced yet.
+                unsynced.clear();
+                Err(error)
             }
-            return self.deliveries.apply_batch(batch).map_err(backend);
-        };
-        let inbound = inbound_key(client_id, packet_id);
-        (&self.deliveries, &self.inbound_qos2)
-            .transaction(|(deliveries, inbound_qos2)| {
-                for (key, value) in &entries {
-                    deliveries.insert(key.as_slice(), value.as_slice())?;
-                }
-                inbound_qos2.insert(inbound.as_slice(), &[])?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|error| match error {
-                TransactionError::Storage(error) => backend(error),
-                TransactionError::Abort(()) => StoreError::Backend("transaction aborted".into()),
-            })
-    }
-
-    fn mark_sent(&self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError> {
-        self.sent
-            .insert(delivery_key(client_id, seq), encode(&sent)?)
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        // The delivery goes first: a `sent` entry left behind by a crash
-        // between the two is an orphan that `load` discards, while the
-        // reverse order could leave a sent delivery looking unsent.
-        let key = delivery_key(client_id, seq);
-        self.deliveries.remove(&key).map_err(backend)?;
-        self.sent.remove(&key).map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete_inbound_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
-        self.inbound_qos2
-            .remove(inbound_key(client_id, packet_id))
-            .map_err(backend)?;
-        Ok(())
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        let mut writer = self.writer();
+        let synced = writer.log.sync();
+        let records = std::mem::take(&mut writer.unsynced);
+        self.disk
+            .log
+            .store(writer.log.disk_bytes(), Ordering::Relaxed);
+        synced?;
+        if !records.is_empty() {
+            let end = writer.log.end();
+            drop(writer);
+            self.send(ToState::Records(records, end));
+        }
+        Ok(())
     }
 
     fn has_space(&self) -> bool {
-        let probe = crate::timer::now_ms().to_be_bytes();
-        self.meta.insert("space-probe", &probe).is_ok() && self.db.flush().is_ok()
+        self.accepting() && probe_write(&self.log_dir).is_ok()
     }
 
+    /// At start: replays the log past the checkpoint first. Later (tests
+    /// looking at what is stored): waits for the state database to catch up.
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut snapshot = Snapshot::default();
-        let mut owners = HashSet::new();
-        for entry in self.sessions.iter() {
-            let (key, value) = entry.map_err(backend)?;
-            let record: SessionRecord = decode("sessions", &key, &value)?;
-            owners.insert(record.client_id.clone());
-            snapshot.sessions.push(record);
+        let first = !self.recovered.swap(true, Ordering::AcqRel);
+        if first {
+            self.replay()?;
+        } else {
+            self.settle_state()?;
         }
-        for entry in self.retained.iter() {
-            let (key, value) = entry.map_err(backend)?;
-            let message: Message = decode("retained", &key, &value)?;
-            snapshot.retained.push(Arc::new(message));
+        let rows = self.state.load()?;
+        let messages = self.messages_of(&rows)?;
+        if first {
+            self.send(ToState::Refs(refs_of(&rows)));
         }
-
-        let mut orphans: Vec<(&sled::Tree, sled::IVec)> = Vec::new();
-        let mut sent = HashMap::new();
-        for entry in self.sent.iter() {
-            let (key, value) = entry.map_err(backend)?;
-            let state: Sent = decode("sent", &key, &value)?;
-            sent.insert(key, state);
-        }
-        for entry in self.deliveries.iter() {
-            let (key, value) = entry.map_err(backend)?;
-            let owned = split_key(&key).filter(|(owner, _)| owners.contains(owner));
-            let Some((client_id, seq)) = owned
-                .and_then(|(owner, rest)| Some((owner, u64::from_be_bytes(rest.try_into().ok()?))))
-            else {
-                orphans.push((&self.deliveries, key));
-                continue;
-            };
-            let mut delivery: Delivery = decode("deliveries", &key, &value)?;
-            delivery.seq = Some(seq);
-            let state = sent.remove(&key);
-            snapshot
-                .deliveries
-                .entry(client_id)
-                .or_default()
-                .push(StoredDelivery {
+        let mut snapshot = Snapshot {
+            sessions: rows.sessions,
+            subscriptions: rows.subscriptions,
+            retained: rows.retained.into_iter().map(Arc::new).collect(),
+            inbound_qos2: rows.inbound_qos2,
+            ..Snapshot::default()
+        };
+        for (client_id, copies) in rows.copies {
+            let deliveries = copies
+                .into_iter()
+                .map(|(seq, row, sent)| StoredDelivery {
                     seq,
-                    delivery,
-                    sent: state,
-                });
-        }
-        orphans.extend(sent.into_keys().map(|key| (&self.sent, key)));
-        for entry in self.inbound_qos2.iter() {
-            let (key, _) = entry.map_err(backend)?;
-            let owned = split_key(&key).filter(|(owner, _)| owners.contains(owner));
-            match owned.and_then(|(owner, rest)| Some((owner, <[u8; 2]>::try_from(rest).ok()?))) {
-                Some((client_id, id)) => snapshot
-                    .inbound_qos2
-                    .entry(client_id)
-                    .or_default()
-                    .push(u16::from_be_bytes(id)),
-                None => orphans.push((&self.inbound_qos2, key)),
-            }
-        }
-        for (tree, key) in orphans {
-            tree.remove(key).map_err(backend)?;
+                    delivery: crate::session::Delivery {
+                        message: messages[&row.pos].clone(),
+                        qos: row.qos,
+                        retain: row.retain,
+                        subscription_ids: row.subscription_ids,
+                        seq: Some(seq),
+                    },
+                    sent,
+                })
+                .collect();
+            snapshot.deliveries.insert(client_id, deliveries);
         }
         Ok(snapshot)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{MessageProperties, QoS};
-    use crate::session::AwaitedAck;
+/// Whether the disk takes a small write again, after it was full.
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join("space-probe");
+    let result = std::fs::File::create(&path).and_then(|mut file| {
+        file.write_all(&[0; 4096])?;
+        file.sync_data()
+    });
+    let _ = std::fs::remove_file(&path);
+    result
+}
 
-    fn delivery(seq: u64) -> Delivery {
-        Delivery {
-            message: Arc::new(Message {
-                topic: "t/1".into(),
-                payload: bytes::Bytes::from_static(b"payload"),
-                qos: QoS::ExactlyOnce,
-                retain: false,
-                properties: MessageProperties::default(),
-                expires_at: Some(1_700_000_000_000),
-                publisher: Some("p".into()),
-            }),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            subscription_ids: vec![3],
-            seq: Some(seq),
+/// The thread that folds durable log records into the state database.
+struct Checkpointer {
+    state: Arc<StateDb>,
+    writer: Arc<Mutex<Writer>>,
+    disk: Arc<DiskUse>,
+    refs: SegmentRefs,
+}
+
+impl Checkpointer {
+    fn run(mut self, from_log: Receiver<ToState>) {
+        let mut applied: Option<LogPos> = None;
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let wait = CHECKPOINT_INTERVAL.saturating_sub(last_checkpoint.elapsed());
+            let stopping = match from_log.recv_timeout(wait) {
+                Ok(ToState::Refs(refs)) => {
+                    self.refs = refs;
+                    false
+                }
+                Ok(ToState::Barrier(done)) => {
+                    let _ = done.send(());
+                    false
+                }
+                Ok(ToState::Records(records, end)) => {
+                    for (pos, record) in &records {
+                        self.apply(*pos, record);
+                    }
+                    applied = Some(end);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            if (stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+                && let Some(end) = applied.take()
+            {
+                last_checkpoint = Instant::now();
+                self.checkpoint(end);
+            }
+            if stopping {
+                return;
+            }
         }
     }
 
-    fn record(client_id: &str) -> SessionRecord {
-        SessionRecord {
-            client_id: client_id.into(),
-            expiry_secs: 60,
-            disconnected_at_ms: None,
-            subscriptions: Vec::new(),
-            will: None,
+    /// Applies one record, retrying while the database refuses (a full
+    /// disk): skipping it would leave the rows behind the checkpoint.
+    fn apply(&mut self, pos: LogPos, record: &Record) {
+        let mut reported = false;
+        while let Err(error) = self.state.apply(pos, record, &mut self.refs) {
+            if !reported {
+                tracing::error!(%error, "cannot update the state database; retrying");
+                reported = true;
+            }
+            std::thread::sleep(STATE_RETRY);
         }
     }
 
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("petrel-disk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[test]
-    fn round_trip_keeps_order_state_and_drops_orphans() {
-        let dir = temp_dir("round-trip");
-        let store = SledStore::open(&dir, None).unwrap();
-        store.put_session(&record("a")).unwrap();
-        let (first, second, orphan) = (delivery(2), delivery(10), delivery(5));
-        let copies = [
-            (Arc::from("a"), second),
-            (Arc::from("a"), first.clone()),
-            (Arc::from("gone"), orphan),
-        ];
-        store.put_copies(&copies, Some(("a", 9))).unwrap();
-        let sent = Sent {
-            packet_id: 4,
-            awaiting: AwaitedAck::PubComp,
-        };
-        store.mark_sent("a", 2, sent).unwrap();
-        store.mark_sent("gone", 77, sent).unwrap();
-
-        let snapshot = store.load().unwrap();
-        let kept = &snapshot.deliveries["a"];
-        assert_eq!(kept.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 10]);
-        assert_eq!(kept[0].delivery, first);
-        assert_eq!(kept[0].sent, Some(sent));
-        assert_eq!(kept[1].sent, None);
-        assert_eq!(snapshot.inbound_qos2["a"], [9]);
-        assert!(!snapshot.deliveries.contains_key("gone"));
-        assert_eq!(snapshot.last_seq(), 10);
-
-        store.delete_session("a").unwrap();
-        let empty = store.load().unwrap();
-        assert!(empty.sessions.is_empty() && empty.deliveries.is_empty());
-        assert!(
-            store.sent.is_empty() && store.inbound_qos2.is_empty(),
-            "orphans removed"
-        );
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+    /// Makes the rows durable up to `end` and deletes the log segments that
+    /// are both behind the checkpoint and pointed at by no stored copy.
+    fn checkpoint(&mut self, end: LogPos) {
+        let flushed = self
+            .state
+            .set_checkpoint(end)
+            .and_then(|()| self.state.flush());
+        if let Err(error) = flushed {
+            tracing::error!(%error, "cannot checkpoint the state database; the log is kept");
+            return;
+        }
+        self.disk
+            .state
+            .store(self.state.disk_bytes(), Ordering::Relaxed);
+        let oldest_needed = self
+            .refs
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(u32::MAX)
+            .min(end.segment());
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if writer.log.first_segment() >= oldest_needed {
+            return;
+        }
+        match writer.log.remove_segments_before(oldest_needed) {
+            Ok(freed) => {
+                tracing::debug!(freed, before = oldest_needed, "log segments reclaimed");
+            }
+            Err(error) => tracing::warn!(%error, "cannot delete old log segments"),
+        }
+        self.disk
+            .log
+            .store(writer.log.disk_bytes(), Ordering::Relaxed);
     }
 }

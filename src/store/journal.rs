@@ -19,56 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use super::{SessionRecord, Store, StoreError};
-use crate::protocol::Message;
-use crate::session::{Delivery, Sent};
-
-/// A change that must reach the store. Client ids and topics are shared
-/// with the live state, so a record costs little more than its message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Record {
-    PutSession(Box<SessionRecord>),
-    /// Removes a session with everything it owns.
-    DeleteSession(Arc<str>),
-    PutRetained(Arc<Message>),
-    DeleteRetained(Arc<str>),
-    /// The copies of one inbound message for persistent sessions and, for
-    /// QoS 2 from a persistent session, the publisher's packet id awaiting
-    /// PUBREL: written together, so a publisher re-sending after a crash
-    /// finds both or neither.
-    PutCopies {
-        copies: Vec<(Arc<str>, Delivery)>,
-        inbound_qos2: Option<(Arc<str>, u16)>,
-    },
-    MarkSent {
-        client_id: Arc<str>,
-        seq: u64,
-        sent: Sent,
-    },
-    DeleteDelivery {
-        client_id: Arc<str>,
-        seq: u64,
-    },
-    DeleteInboundQos2 {
-        client_id: Arc<str>,
-        packet_id: u16,
-    },
-}
-
-impl Record {
-    /// Roughly what the record holds, for the journal's bound.
-    fn weight(&self) -> usize {
-        const BASE: usize = 64;
-        BASE + match self {
-            Record::PutRetained(message) => message.size(),
-            Record::PutCopies { copies, .. } => copies
-                .iter()
-                .map(|(_, delivery)| BASE + delivery.message.size())
-                .sum(),
-            _ => 0,
-        }
-    }
-}
+use super::{Record, Store, StoreError};
 
 /// The position of a record in the journal. `Ticket::NONE` is durable
 /// from the start: nothing to wait for.
@@ -85,8 +36,8 @@ pub enum Flush {
     /// Tickets are settled once a flush covers them (`durability = sync`).
     EveryBatch,
     /// Tickets are settled as soon as the records are written; the store
-    /// flushes on its own schedule (`async`, `memory`).
-    Background,
+    /// is flushed at most this long after a write (`async`, `memory`).
+    Background(Duration),
 }
 
 /// Records waiting for the writer: at most this many bytes' worth before
@@ -168,6 +119,8 @@ struct Shared {
 
 pub struct Journal {
     shared: Arc<Shared>,
+    /// Asked whether it takes more messages; absent for manual journals.
+    store: Option<Arc<dyn Store>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -176,11 +129,13 @@ impl Journal {
     pub fn start(store: Arc<dyn Store>, flush: Flush) -> std::io::Result<Journal> {
         let shared = Journal::shared(flush == Flush::EveryBatch);
         let worker = shared.clone();
+        let written_to = store.clone();
         let writer = std::thread::Builder::new()
             .name("petrel-journal".into())
-            .spawn(move || worker.run(&*store, flush))?;
+            .spawn(move || worker.run(&*written_to, flush))?;
         Ok(Journal {
             shared,
+            store: Some(store),
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -191,6 +146,7 @@ impl Journal {
     pub fn manual() -> Journal {
         Journal {
             shared: Journal::shared(true),
+            store: None,
             writer: Mutex::new(None),
         }
     }
@@ -234,10 +190,14 @@ impl Journal {
     }
 
     /// Whether new durable messages may be accepted: not while the store
-    /// reports it is full (the publisher gets quota exceeded).
+    /// reports it is full or over its disk limit (the publisher gets quota
+    /// exceeded).
     pub fn accepting(&self) -> Result<(), StoreError> {
         if self.shared.full.load(Ordering::Acquire) {
             return Err(StoreError::Full("the store is full".into()));
+        }
+        if self.store.as_ref().is_some_and(|store| !store.accepting()) {
+            return Err(StoreError::Full("max_disk_bytes is reached".into()));
         }
         Ok(())
     }
@@ -412,8 +372,14 @@ impl Shared {
     /// whether space came back.
     fn run(&self, store: &dyn Store, flush: Flush) {
         let mut last_probe = Instant::now();
+        // Under `Background`: when the oldest write not yet flushed was made.
+        let mut unflushed_since: Option<Instant> = None;
         loop {
-            let (batch, last, stop) = self.next_batch();
+            let flush_due = match (flush, unflushed_since) {
+                (Flush::Background(interval), Some(since)) => Some(since + interval),
+                _ => None,
+            };
+            let (batch, last, stop) = self.next_batch(flush_due);
             self.relieved.notify_waiters();
             if self.full.load(Ordering::Acquire) && last_probe.elapsed() >= FULL_RETRY {
                 last_probe = Instant::now();
@@ -425,18 +391,26 @@ impl Shared {
                 let first = last + 1 - batch.len() as u64;
                 let mut failed = false;
                 for record in batch {
-                    if let Err(error) = apply(store, record) {
+                    if let Err(error) = store.write(record) {
                         failed = true;
                         self.report(&error);
                     }
                 }
-                if (flush == Flush::EveryBatch || stop)
-                    && let Err(error) = store.flush()
-                {
-                    tracing::error!(%error, "flush to disk failed: acknowledgements are held back");
-                    failed = true;
+                if flush == Flush::EveryBatch || stop {
+                    if let Err(error) = store.flush() {
+                        self.report(&error);
+                        failed = true;
+                    }
+                } else {
+                    unflushed_since.get_or_insert_with(Instant::now);
                 }
                 self.settle(first, last, failed);
+            }
+            if flush_due.is_some_and(|due| Instant::now() >= due) {
+                unflushed_since = None;
+                if let Err(error) = store.flush() {
+                    self.report(&error);
+                }
             }
             if stop && self.lock().records.is_empty() {
                 if let Err(error) = store.flush() {
@@ -447,16 +421,20 @@ impl Shared {
         }
     }
 
-    /// Waits for records (or, while the store is full, for the next probe)
-    /// and takes them all, with the ticket of the last one.
-    fn next_batch(&self) -> (VecDeque<Record>, u64, bool) {
+    /// Waits for records (or, while the store is full, for the next probe,
+    /// or for a background flush that is due) and takes them all, with the
+    /// ticket of the last one.
+    fn next_batch(&self, flush_due: Option<Instant>) -> (VecDeque<Record>, u64, bool) {
         let mut queue = self.lock();
         if queue.records.is_empty() && !queue.stop {
-            let timeout = if self.full.load(Ordering::Acquire) {
+            let mut timeout = if self.full.load(Ordering::Acquire) {
                 FULL_RETRY
             } else {
                 IDLE_WAIT
             };
+            if let Some(due) = flush_due {
+                timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+            }
             queue = self
                 .wake_writer
                 .wait_timeout_while(queue, timeout, |q| q.records.is_empty() && !q.stop)
@@ -477,7 +455,7 @@ impl Shared {
                 tracing::error!(%error, "the store is full: durable publishes are refused until space returns");
             }
         } else {
-            tracing::error!(%error, "cannot write to the store");
+            tracing::error!(%error, "cannot write to the store: acknowledgements are held back");
         }
     }
 
@@ -485,34 +463,6 @@ impl Shared {
         self.full.store(false, Ordering::Release);
         tracing::warn!("the store has space again: durable publishes are accepted");
         self.space_back.notify_waiters();
-    }
-}
-
-fn apply(store: &dyn Store, record: Record) -> Result<(), StoreError> {
-    match record {
-        Record::PutSession(session) => store.put_session(&session),
-        Record::DeleteSession(client_id) => store.delete_session(&client_id),
-        Record::PutRetained(message) => store.put_retained(&message),
-        Record::DeleteRetained(topic) => store.delete_retained(&topic),
-        Record::PutCopies {
-            copies,
-            inbound_qos2,
-        } => store.put_copies(
-            &copies,
-            inbound_qos2
-                .as_ref()
-                .map(|(id, packet_id)| (&**id, *packet_id)),
-        ),
-        Record::MarkSent {
-            client_id,
-            seq,
-            sent,
-        } => store.mark_sent(&client_id, seq, sent),
-        Record::DeleteDelivery { client_id, seq } => store.delete_delivery(&client_id, seq),
-        Record::DeleteInboundQos2 {
-            client_id,
-            packet_id,
-        } => store.delete_inbound_qos2(&client_id, packet_id),
     }
 }
 

@@ -1,19 +1,22 @@
 //! Records kept in the process (the `memory` durability mode): nothing
 //! survives the process, and messages are not journalled at all, but a broker
 //! restarted in the same process on the same `MemoryStore` gets its
-//! persistent sessions and retained messages back.
+//! persistent sessions, their subscriptions and retained messages back.
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{SessionRecord, Snapshot, Store, StoreError};
+use super::{Record, SessionRecord, Snapshot, Store, StoreError};
 use crate::protocol::Message;
-use crate::session::{Delivery, Sent};
+use crate::session::SubscriptionEntry;
+
+/// A session's own fields and its subscriptions, by filter.
+type HeldSession = (SessionRecord, Vec<(Arc<str>, SubscriptionEntry)>);
 
 #[derive(Default)]
 pub struct MemoryStore {
-    sessions: DashMap<String, SessionRecord>,
+    sessions: DashMap<Arc<str>, HeldSession>,
     retained: DashMap<Arc<str>, Arc<Message>>,
 }
 
@@ -28,45 +31,42 @@ impl Store for MemoryStore {
         false
     }
 
-    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert(record.client_id.clone(), record.clone());
-        Ok(())
-    }
-
-    fn delete_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.sessions.remove(client_id);
-        Ok(())
-    }
-
-    fn put_retained(&self, message: &Message) -> Result<(), StoreError> {
-        self.retained
-            .insert(message.topic.clone(), Arc::new(message.clone()));
-        Ok(())
-    }
-
-    fn delete_retained(&self, topic: &str) -> Result<(), StoreError> {
-        self.retained.remove(topic);
-        Ok(())
-    }
-
-    fn put_copies(
-        &self,
-        _copies: &[(Arc<str>, Delivery)],
-        _inbound_qos2: Option<(&str, u16)>,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn mark_sent(&self, _client_id: &str, _seq: u64, _sent: Sent) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn delete_delivery(&self, _client_id: &str, _seq: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    fn delete_inbound_qos2(&self, _client_id: &str, _packet_id: u16) -> Result<(), StoreError> {
+    fn write(&self, record: Record) -> Result<(), StoreError> {
+        match record {
+            Record::PutSession(session) => {
+                let client_id: Arc<str> = session.client_id.as_str().into();
+                self.sessions.entry(client_id).or_default().0 = *session;
+            }
+            Record::DeleteSession(client_id) => {
+                self.sessions.remove(&client_id);
+            }
+            Record::PutSubscription {
+                client_id,
+                filter,
+                entry,
+            } => {
+                if let Some(mut session) = self.sessions.get_mut(&client_id) {
+                    let subscriptions = &mut session.1;
+                    subscriptions.retain(|(f, _)| *f != filter);
+                    subscriptions.push((filter, entry));
+                }
+            }
+            Record::DeleteSubscription { client_id, filter } => {
+                if let Some(mut session) = self.sessions.get_mut(&client_id) {
+                    session.1.retain(|(f, _)| *f != filter);
+                }
+            }
+            Record::PutRetained(message) => {
+                self.retained.insert(message.topic.clone(), message);
+            }
+            Record::DeleteRetained(topic) => {
+                self.retained.remove(&topic);
+            }
+            Record::PutCopies { .. }
+            | Record::MarkSent { .. }
+            | Record::DeleteDelivery { .. }
+            | Record::DeleteInboundQos2 { .. } => {}
+        }
         Ok(())
     }
 
@@ -79,10 +79,19 @@ impl Store for MemoryStore {
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot {
-            sessions: self.sessions.iter().map(|e| e.value().clone()).collect(),
-            retained: self.retained.iter().map(|e| e.value().clone()).collect(),
-            ..Snapshot::default()
-        })
+        let mut snapshot = Snapshot::default();
+        for entry in self.sessions.iter() {
+            let (record, subscriptions) = entry.value();
+            snapshot.sessions.push(record.clone());
+            snapshot.subscriptions.insert(
+                record.client_id.clone(),
+                subscriptions
+                    .iter()
+                    .map(|(filter, entry)| (filter.to_string(), *entry))
+                    .collect(),
+            );
+        }
+        snapshot.retained = self.retained.iter().map(|e| e.value().clone()).collect();
+        Ok(snapshot)
     }
 }

@@ -3,15 +3,20 @@
 //!
 //! The broker keeps its live state in memory for speed and reports every
 //! change that must survive as a `Record` to the `Journal`, whose writer
-//! thread applies it to a `Store`; at start the broker rebuilds from
+//! thread hands it to a `Store`; at start the broker rebuilds from
 //! `Store::load`. Only persistent sessions (expiry > 0) are ever written.
-//! `SledStore` keeps the records on disk; `MemoryStore` keeps sessions and
+//! `DiskStore` appends every record to the commit log (`log`), where each
+//! message is written once, and folds them into a sled database of small
+//! state rows (`state`) behind the log; `MemoryStore` keeps sessions and
 //! retained messages in the process (the `memory` durability mode, and what
 //! tests use to restart a broker on the same state).
 
 mod disk;
 mod journal;
+pub mod log;
 mod memory;
+mod record;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::{Message, Will};
 use crate::session::{Delivery, Sent, SubscriptionEntry};
 
-pub use disk::SledStore;
-pub use journal::{Flush, Journal, Record, Ticket};
+pub use disk::{DiskOptions, DiskStore};
+pub use journal::{Flush, Journal, Ticket};
 pub use memory::MemoryStore;
+pub use record::{Copy, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,16 +64,16 @@ impl StoreError {
     }
 }
 
-/// A persistent session as stored: who it is, how long it lives after its
-/// connection ends, what it subscribed to, and the will that is still due.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A persistent session's own fields as stored: who it is, how long it
+/// lives after its connection ends, and the will that is still due. Its
+/// subscriptions are stored one row each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub client_id: String,
     pub expiry_secs: u32,
     /// When its last connection ended, so expiry and will delay count
     /// across restarts; none while it was connected.
     pub disconnected_at_ms: Option<u64>,
-    pub subscriptions: Vec<(String, SubscriptionEntry)>,
     /// The will of the current connection, or one whose delay is running.
     pub will: Option<Will>,
 }
@@ -85,6 +91,8 @@ pub struct StoredDelivery {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub sessions: Vec<SessionRecord>,
+    /// Per client id, by filter as sent.
+    pub subscriptions: HashMap<String, Vec<(String, SubscriptionEntry)>>,
     pub retained: Vec<Arc<Message>>,
     /// Per client id, in the order they were queued.
     pub deliveries: HashMap<String, Vec<StoredDelivery>>,
@@ -108,23 +116,14 @@ pub trait Store: Send + Sync + 'static {
     /// Whether QoS 1/2 deliveries and inbound QoS 2 packet ids are kept.
     /// When not, the broker does not journal them at all.
     fn keeps_messages(&self) -> bool;
-    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
-    /// Removes a session with everything it owns.
-    fn delete_session(&self, client_id: &str) -> Result<(), StoreError>;
-    fn put_retained(&self, message: &Message) -> Result<(), StoreError>;
-    fn delete_retained(&self, topic: &str) -> Result<(), StoreError>;
-    /// Stores the copies of one inbound message and, for QoS 2 from a
-    /// persistent session, its packet id awaiting PUBREL, all or nothing:
-    /// a publisher re-sending after a crash must find either both or neither.
-    fn put_copies(
-        &self,
-        copies: &[(Arc<str>, Delivery)],
-        inbound_qos2: Option<(&str, u16)>,
-    ) -> Result<(), StoreError>;
-    fn mark_sent(&self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError>;
-    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
-    fn delete_inbound_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
-    /// Makes every write that has returned so far durable.
+    /// Whether new durable messages fit within the configured disk limit.
+    fn accepting(&self) -> bool {
+        true
+    }
+    /// Takes one record, in journal order. It need not be durable until
+    /// `flush` returns.
+    fn write(&self, record: Record) -> Result<(), StoreError>;
+    /// Makes every record written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// After writes failed for lack of space: whether a write succeeds now.
     fn has_space(&self) -> bool;

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use petrel::protocol::Message;
-use petrel::session::{Delivery, Sent};
-use petrel::store::{SessionRecord, Snapshot, Store, StoreError};
+use petrel::store::{Record, Snapshot, Store, StoreError};
 
 /// What a test changes about the disk; by default nothing.
 pub trait Faults: Send + Sync + 'static {
@@ -40,34 +38,11 @@ impl<S: Store, F: Faults> Store for FaultyStore<S, F> {
     fn keeps_messages(&self) -> bool {
         true
     }
-    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.put_session(record)
-    }
-    fn delete_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.inner.delete_session(client_id)
-    }
-    fn put_retained(&self, message: &Message) -> Result<(), StoreError> {
-        self.inner.put_retained(message)
-    }
-    fn delete_retained(&self, topic: &str) -> Result<(), StoreError> {
-        self.inner.delete_retained(topic)
-    }
-    fn put_copies(
-        &self,
-        copies: &[(Arc<str>, Delivery)],
-        inbound_qos2: Option<(&str, u16)>,
-    ) -> Result<(), StoreError> {
-        self.faults.before_copies()?;
-        self.inner.put_copies(copies, inbound_qos2)
-    }
-    fn mark_sent(&self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError> {
-        self.inner.mark_sent(client_id, seq, sent)
-    }
-    fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.inner.delete_delivery(client_id, seq)
-    }
-    fn delete_inbound_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
-        self.inner.delete_inbound_qos2(client_id, packet_id)
+    fn write(&self, record: Record) -> Result<(), StoreError> {
+        if matches!(record, Record::PutCopies { .. }) {
+            self.faults.before_copies()?;
+        }
+        self.inner.write(record)
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.faults.before_flush()?;
