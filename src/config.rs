@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::session::QueueFull;
 use serde::Deserialize;
 
 /// The largest topic a client may use. mqttbytes silently truncates the length
@@ -78,8 +79,15 @@ pub struct Limits {
     /// Unacknowledged outbound QoS 1/2 messages per client; the effective
     /// window is the smaller of this and the client's Receive Maximum.
     pub max_inflight: u16,
-    /// Messages waiting per session beyond the inflight window.
+    /// Messages waiting per session beyond the inflight window. Under
+    /// `sync`/`async` a persistent session keeps only the first few hundred
+    /// in memory and the rest in the commit log; otherwise they are in memory.
     pub max_queued_messages: usize,
+    /// Bytes of messages (topic, payload, properties) waiting per session.
+    pub max_queued_bytes: usize,
+    /// What a full queue does with a QoS 1/2 message: `drop_new`,
+    /// `drop_oldest`, or `refuse` (the publisher gets v5 0x97).
+    pub queue_full: QueueFull,
     /// Inbound QoS 2 messages a client may leave awaiting PUBREL (sent to v5
     /// clients as Receive Maximum).
     pub receive_maximum: u16,
@@ -186,7 +194,9 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             max_packet_size: 1024 * 1024,
             max_inflight: 20,
-            max_queued_messages: 1000,
+            max_queued_messages: 1_000_000,
+            max_queued_bytes: 1 << 30,
+            queue_full: QueueFull::DropNew,
             receive_maximum: 100,
             max_topic_alias: 10,
             max_topic_length: 4096,
@@ -364,6 +374,9 @@ impl Settings {
         }
         if limits.max_queued_messages == 0 {
             return out_of_range("limits.max_queued_messages", "must be at least 1");
+        }
+        if limits.max_queued_bytes == 0 {
+            return out_of_range("limits.max_queued_bytes", "must be at least 1");
         }
         if self.log_segment_bytes < 64 * 1024 {
             return out_of_range("log_segment_bytes", "must be at least 65536");

@@ -126,6 +126,10 @@ impl Broker {
                 SHUTDOWN_GRACE,
             ));
         }
+        tasks.spawn(crate::broker::serve_refills(
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.spawn(run_timers(state.clone(), shutdown_rx));
         Ok(Broker {
             state,

@@ -22,6 +22,8 @@ mod client;
 #[path = "crash/publisher.rs"]
 mod publisher;
 mod raw;
+#[path = "crash/rng.rs"]
+mod rng;
 #[path = "crash/subscriber.rs"]
 mod subscriber;
 
@@ -29,7 +31,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,6 +40,7 @@ use tokio::time::{Instant, sleep, timeout, timeout_at};
 use broker::BrokerProcess;
 use client::Conn;
 use raw::{PUBACK, PUBLISH, Publish, SUBACK};
+use rng::XorShift;
 use subscriber::{Inbox, SharedInbox, lock};
 
 /// How long a step that a healthy broker finishes in milliseconds may take.
@@ -62,35 +65,6 @@ const DELIVERY_STALL: Duration = Duration::from_secs(5);
 /// Silence after the last expected message in which a late duplicate would
 /// still be caught.
 const QUIET: Duration = Duration::from_millis(500);
-
-/// xorshift64*: enough randomness for kill timings, and replayable from the
-/// printed seed.
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-
-    pub fn from_clock() -> XorShift {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
-        XorShift::new(u64::from(nanos) ^ (u64::from(std::process::id()) << 32))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform enough in `0..bound` for a test; `bound` must not be 0.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-}
 
 fn seed() -> u64 {
     if let Ok(seed) = std::env::var("PETREL_CRASH_SEED") {

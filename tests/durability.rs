@@ -397,11 +397,12 @@ async fn a_full_store_refuses_publishes_with_a_reason_code_and_recovers_by_itsel
     let (mut v5, _) = connect_with(&broker, &Connect::v5("v5-writer")).await;
 
     // The write that finds the disk full: its publisher never gets a
-    // success acknowledgement, and the store counts as full from then on.
+    // success acknowledgement but quota exceeded, and the store counts as
+    // full from then on.
     failing.faults.fail_copies.store(true, Ordering::SeqCst);
     v5.send(&publish_v5("f/0", 1, 1, &[], b"unacknowledged"))
         .await;
-    expect_no_acknowledgement(&mut v5, 0x80).await;
+    expect_no_acknowledgement(&mut v5, 0x97).await;
 
     // While full, durable publishes are refused up front and go nowhere.
     let (mut v5, _) = connect_with(&broker, &Connect::v5("v5-writer")).await;

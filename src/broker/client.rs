@@ -236,6 +236,7 @@ impl Client {
                     break;
                 }
             }
+            self.broker.refill_if_low(&self.session, &mut state);
             ticket = self
                 .broker
                 .journal_changes(self.session.client_id(), &mut state);

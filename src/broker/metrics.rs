@@ -69,9 +69,27 @@ impl Metrics {
     pub(crate) fn messages_sent_add(&self, count: u64) {
         self.messages_sent.fetch_add(count, Ordering::Relaxed);
     }
+    /// A message too large for its receiver.
     pub(crate) fn message_dropped(&self, client_id: &str) {
         if let Some(total) = count_and_maybe_log(&self.messages_dropped) {
-            tracing::warn!(client_id, total, "session queue full: message dropped");
+            tracing::warn!(
+                client_id,
+                total,
+                "message too large for the client: dropped"
+            );
+        }
+    }
+    /// A message a session's full queue did not keep; `session_total`
+    /// counts that session's, logged at each power of two as well.
+    pub(crate) fn queue_full_drop(&self, client_id: &str, session_total: u64) {
+        let total = count_and_maybe_log(&self.messages_dropped);
+        if total.is_some() || session_total.is_power_of_two() {
+            tracing::warn!(
+                client_id,
+                session_total,
+                total = self.messages_dropped(),
+                "session queue full: message dropped"
+            );
         }
     }
     pub(crate) fn messages_expired_add(&self, count: u64) {

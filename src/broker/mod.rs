@@ -15,6 +15,7 @@ mod connect;
 mod lifecycle;
 mod metrics;
 mod publish;
+mod refill;
 mod restore;
 mod subscribe;
 #[cfg(test)]
@@ -31,7 +32,7 @@ use crate::config::Settings;
 use crate::protocol::{Message, QoS};
 use crate::router::{Retained, RetainedTrie, SubscriptionIndex};
 use crate::session::{
-    Change, ConnectionSignal, Delivery, Enqueued, Session, SessionConfig, SessionState,
+    Change, ConnectionSignal, Delivery, Enqueued, QueueLimits, Session, SessionConfig, SessionState,
 };
 use crate::store::{Copy, Journal, Record, SessionRecord, Snapshot, Ticket};
 use crate::timer::{TimerId, TimerWheel};
@@ -40,6 +41,7 @@ use crate::topic::TopicLimits;
 pub use client::{Client, Close, Output};
 pub use connect::{Connected, Refusal};
 pub use metrics::Metrics;
+pub use refill::serve_refills;
 
 /// What routing one inbound message did.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +158,8 @@ pub struct BrokerState {
     timers: Timers,
     /// Keys of stored deliveries; continues after the highest stored one.
     next_seq: AtomicU64,
+    /// Sessions' requests to read their spilled messages back.
+    refills: refill::Refills,
     shutting_down: AtomicBool,
 }
 
@@ -182,6 +186,7 @@ impl BrokerState {
             keeps_messages,
             timers: Timers::new(now),
             next_seq: AtomicU64::new(snapshot.last_seq() + 1),
+            refills: refill::Refills::new(),
             shutting_down: AtomicBool::new(false),
         });
         restore::restore(&state, snapshot, now);
@@ -254,7 +259,11 @@ impl BrokerState {
     fn session_config(&self) -> SessionConfig {
         SessionConfig {
             max_inflight: self.settings.limits.max_inflight,
-            max_queued: self.settings.limits.max_queued_messages,
+            queue: QueueLimits {
+                max_messages: self.settings.limits.max_queued_messages,
+                max_bytes: self.settings.limits.max_queued_bytes,
+                when_full: self.settings.limits.queue_full,
+            },
         }
     }
 
@@ -314,7 +323,8 @@ impl BrokerState {
         match state.outbound.enqueue(delivery) {
             Enqueued::Queued => {}
             Enqueued::QueuedDroppingOlder | Enqueued::Dropped => {
-                self.metrics.message_dropped(session.client_id());
+                self.metrics
+                    .queue_full_drop(session.client_id(), state.outbound.dropped());
             }
         }
         self.journal_changes(session.client_id(), state);
@@ -449,6 +459,17 @@ impl BrokerState {
             }
         }
         self.route(&message, None);
+    }
+
+    /// Whether a QoS 1/2 copy of `message` would find a subscriber's queue
+    /// full: under `queue_full = "refuse"` the publish is refused first.
+    fn a_queue_is_full(&self, message: &Message) -> bool {
+        let size = message.size();
+        self.index
+            .matches(&message.topic, message.publisher.as_deref())
+            .into_iter()
+            .filter(|found| found.qos != QoS::AtMostOnce)
+            .any(|found| found.session.lock().outbound.is_full(size))
     }
 
     /// Whether QoS 1/2 state of `session` (copies for it, its inbound QoS 2

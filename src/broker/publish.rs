@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::client::{Client, Close};
 use crate::protocol::{Ack, Message, Packet, Publish, QoS, ReasonCode, Version};
+use crate::session::QueueFull;
 use crate::store::Ticket;
 use crate::topic;
 
@@ -152,6 +153,15 @@ impl Client {
                 reason: ReasonCode::QUOTA_EXCEEDED,
                 text: "the broker's storage is full",
             })?;
+        }
+        if message.qos != QoS::AtMostOnce
+            && broker.settings.limits.queue_full == QueueFull::Refuse
+            && broker.a_queue_is_full(message)
+        {
+            return Err(Refused {
+                reason: ReasonCode::QUOTA_EXCEEDED,
+                text: "a subscriber's queue is full",
+            });
         }
         let inbound_qos2 = (message.qos == QoS::ExactlyOnce && broker.stores_for(&self.session))
             .then(|| (self.session.client_id(), packet_id));

@@ -75,6 +75,9 @@ pub(super) fn restore(broker: &Arc<BrokerState>, mut snapshot: Snapshot, now: u6
                 .outbound
                 .restore(stored.into_iter().map(|s| (s.delivery, s.sent)));
         }
+        if let Some(spilled) = snapshot.spilled.remove(&record.client_id) {
+            state.outbound.restore_spilled(spilled);
+        }
         if let Some(ids) = snapshot.inbound_qos2.remove(&record.client_id) {
             state.restore_inbound_qos2(ids);
         }

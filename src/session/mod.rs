@@ -21,12 +21,15 @@ use crate::protocol::{SubscriptionOptions, Will};
 use crate::store::Ticket;
 use crate::timer::TimerId;
 
-pub use outbound::{AckOutcome, AwaitedAck, Change, Delivery, Enqueued, Inflight, Outbound, Sent};
+pub use outbound::{
+    AckOutcome, AwaitedAck, Change, Delivery, Enqueued, HELD_IN_MEMORY, Inflight, Outbound,
+    QueueFull, QueueLimits, Sent, Spilled,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
     pub max_inflight: u16,
-    pub max_queued: usize,
+    pub queue: QueueLimits,
 }
 
 impl SessionConfig {
@@ -34,7 +37,7 @@ impl SessionConfig {
     pub fn for_tests() -> SessionConfig {
         SessionConfig {
             max_inflight: 10,
-            max_queued: 100,
+            queue: QueueLimits::messages(100),
         }
     }
 }
@@ -336,7 +339,7 @@ impl Session {
             persistent: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 subscriptions: Vec::new(),
-                outbound: Outbound::new(config.max_inflight, config.max_queued),
+                outbound: Outbound::new(config.max_inflight, config.queue),
                 inbound_qos2: Vec::new(),
                 expiry_secs: 0,
                 connection: None,

@@ -2,7 +2,7 @@
 //! window, with the QoS 1 and QoS 2 sender state machines. No I/O and no
 //! clock: time comes in as unix milliseconds.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -76,14 +76,62 @@ impl Change {
     }
 }
 
-/// What happened to a message offered to a full queue.
+/// What happened to a message offered to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
-    /// Queued, after dropping an older QoS 0 message to make room.
+    /// Queued, after dropping an older message to make room.
     QueuedDroppingOlder,
-    /// Not queued: the queue is full of QoS 1/2 messages, or it is QoS 0.
+    /// Not queued: the queue is full (or it is QoS 0 and the queue has
+    /// messages waiting in the store).
     Dropped,
+}
+
+/// What a full queue does with a QoS 1/2 message once it holds no QoS 0
+/// message to give up instead (`queue_full` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFull {
+    /// The new message is dropped.
+    #[default]
+    DropNew,
+    /// The oldest waiting message is dropped to make room.
+    DropOldest,
+    /// The new message is dropped and its publisher told (v5 0x97): the
+    /// broker checks before accepting a publish.
+    Refuse,
+}
+
+/// How much may wait for one session beyond its inflight window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    /// Messages' sizes (topic, payload, properties) together.
+    pub max_bytes: usize,
+    pub when_full: QueueFull,
+}
+
+impl QueueLimits {
+    /// A limit on the count alone, dropping new messages when full.
+    pub fn messages(max_messages: usize) -> QueueLimits {
+        QueueLimits {
+            max_messages,
+            max_bytes: usize::MAX,
+            when_full: QueueFull::DropNew,
+        }
+    }
+}
+
+/// Stored messages held in memory per session before further ones are left
+/// in the store and read back as the queue drains: an offline backlog costs
+/// disk, not memory.
+pub const HELD_IN_MEMORY: usize = 256;
+
+/// A stored message left in the store: its key and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spilled {
+    pub seq: u64,
+    pub size: u32,
 }
 
 /// The answer to an acknowledgement from the client.
@@ -97,24 +145,37 @@ pub enum AckOutcome {
 
 #[derive(Debug)]
 pub struct Outbound {
+    /// The oldest waiting messages, held in memory.
     queue: VecDeque<Delivery>,
+    /// Stored messages waiting behind `queue`, left in the store.
+    spilled: VecDeque<Spilled>,
+    /// Whether the first of `spilled` are being read back.
+    fetching: bool,
+    /// Sizes of the messages in `queue` and `spilled`.
+    queued_bytes: usize,
     inflight: VecDeque<Inflight>,
     next_packet_id: u16,
     /// min(client Receive Maximum, configured max_inflight).
     window: u16,
-    max_queued: u32,
+    limits: QueueLimits,
+    /// Messages this session lost to a full queue.
+    dropped: u64,
     /// Changes to stored deliveries not yet taken by `take_changes`.
     changes: Vec<Change>,
 }
 
 impl Outbound {
-    pub fn new(window: u16, max_queued: usize) -> Outbound {
+    pub fn new(window: u16, limits: QueueLimits) -> Outbound {
         Outbound {
             queue: VecDeque::new(),
+            spilled: VecDeque::new(),
+            fetching: false,
+            queued_bytes: 0,
             inflight: VecDeque::new(),
             next_packet_id: 1,
             window: window.max(1),
-            max_queued: u32::try_from(max_queued).unwrap_or(u32::MAX),
+            limits,
+            dropped: 0,
             changes: Vec::new(),
         }
     }
@@ -133,8 +194,20 @@ impl Outbound {
                         awaiting: sent.awaiting,
                     });
                 }
-                None => self.queue.push_back(delivery),
+                None => {
+                    self.queued_bytes += delivery.message.size();
+                    self.queue.push_back(delivery);
+                }
             }
+        }
+    }
+
+    /// Puts back stored messages left in the store, behind the restored
+    /// queue.
+    pub fn restore_spilled(&mut self, spilled: impl IntoIterator<Item = Spilled>) {
+        for entry in spilled {
+            self.queued_bytes += entry.size as usize;
+            self.spilled.push_back(entry);
         }
     }
 
@@ -161,26 +234,130 @@ impl Outbound {
         self.queue.iter()
     }
 
+    /// Messages waiting (held and spilled), not counting the inflight ones.
+    pub fn queued(&self) -> usize {
+        self.queue.len() + self.spilled.len()
+    }
+
+    /// Messages this session lost to a full queue.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether a message of `size` bytes finds the queue full.
+    pub fn is_full(&self, size: usize) -> bool {
+        self.queued() >= self.limits.max_messages
+            || self.queued_bytes.saturating_add(size) > self.limits.max_bytes
+    }
+
     /// Adds a message behind the ones already waiting. When the queue is full
-    /// QoS 0 messages go first (DESIGN §3); a QoS 1/2 message that finds no
-    /// QoS 0 message to displace is refused.
+    /// QoS 0 messages go first (DESIGN §3); then `QueueFull` decides. A
+    /// stored message finding `HELD_IN_MEMORY` already held (or others
+    /// already spilled) is left in the store, and only its key is kept.
     pub fn enqueue(&mut self, delivery: Delivery) -> Enqueued {
-        if self.queue.len() < self.max_queued as usize {
-            self.queue.push_back(delivery);
-            return Enqueued::Queued;
-        }
-        if delivery.qos == QoS::AtMostOnce {
-            return Enqueued::Dropped;
-        }
-        match self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
-            Some(oldest_qos0) => {
-                self.queue.remove(oldest_qos0);
-                self.queue.push_back(delivery);
-                Enqueued::QueuedDroppingOlder
+        let size = delivery.message.size();
+        let mut outcome = Enqueued::Queued;
+        if self.is_full(size) {
+            if delivery.qos == QoS::AtMostOnce {
+                return self.drop_new(&delivery);
             }
-            None => {
-                self.record(&delivery, |seq| Change::Removed { seq });
-                Enqueued::Dropped
+            if let Some(oldest_qos0) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+                self.remove_queued(oldest_qos0);
+            } else if self.limits.when_full != QueueFull::DropOldest || !self.drop_oldest() {
+                return self.drop_new(&delivery);
+            }
+            self.dropped += 1;
+            outcome = Enqueued::QueuedDroppingOlder;
+        }
+        match delivery.seq {
+            Some(seq) if !self.spilled.is_empty() || self.queue.len() >= HELD_IN_MEMORY => {
+                self.spilled.push_back(Spilled {
+                    seq,
+                    size: u32::try_from(size).unwrap_or(u32::MAX),
+                });
+            }
+            // Behind messages left in the store, a QoS 0 message would
+            // overtake them; it is the one that gives way. (Unstored QoS 1/2
+            // messages, retained ones sent on subscribe, go ahead.)
+            None if !self.spilled.is_empty() && delivery.qos == QoS::AtMostOnce => {
+                return self.drop_new(&delivery);
+            }
+            _ => self.queue.push_back(delivery),
+        }
+        self.queued_bytes += size;
+        outcome
+    }
+
+    fn drop_new(&mut self, delivery: &Delivery) -> Enqueued {
+        self.dropped += 1;
+        self.record(delivery, |seq| Change::Removed { seq });
+        Enqueued::Dropped
+    }
+
+    /// Drops the oldest waiting message, held or spilled.
+    fn drop_oldest(&mut self) -> bool {
+        if !self.queue.is_empty() {
+            self.remove_queued(0);
+            return true;
+        }
+        // One being read back is skipped when it arrives (`refill`).
+        match self.spilled.pop_front() {
+            Some(entry) => {
+                self.queued_bytes -= entry.size as usize;
+                self.changes.push(Change::Removed { seq: entry.seq });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove_queued(&mut self, at: usize) {
+        if let Some(gone) = self.queue.remove(at) {
+            self.queued_bytes -= gone.message.size();
+            self.record(&gone, |seq| Change::Removed { seq });
+        }
+    }
+
+    /// The keys of spilled messages to read back now that the held queue
+    /// runs low, once per read: `refill` must follow.
+    pub fn wants_refill(&mut self) -> Option<Vec<u64>> {
+        if self.fetching || self.spilled.is_empty() || self.queue.len() >= HELD_IN_MEMORY / 2 {
+            return None;
+        }
+        self.fetching = true;
+        let room = HELD_IN_MEMORY - self.queue.len();
+        Some(self.spilled.iter().take(room).map(|s| s.seq).collect())
+    }
+
+    /// The read asked for by `wants_refill` failed: it is asked again later.
+    pub fn refill_failed(&mut self) {
+        self.fetching = false;
+    }
+
+    /// Takes back the messages read for `asked`, in order. An asked key the
+    /// store no longer had is counted as dropped.
+    pub fn refill(&mut self, asked: &[u64], found: Vec<Delivery>) {
+        self.fetching = false;
+        let mut found: HashMap<u64, Delivery> = found
+            .into_iter()
+            .filter_map(|d| Some((d.seq?, d)))
+            .collect();
+        for &seq in asked {
+            // Keys dropped while they were read are no longer in front.
+            let Some(at) = self.spilled.iter().position(|s| s.seq == seq) else {
+                continue;
+            };
+            let entry = self.spilled.remove(at).expect("found above");
+            self.queued_bytes -= entry.size as usize;
+            match found.remove(&seq) {
+                Some(delivery) => {
+                    self.queued_bytes += delivery.message.size();
+                    self.queue.push_back(delivery);
+                }
+                None => {
+                    self.dropped += 1;
+                    self.changes.push(Change::Removed { seq });
+                }
             }
         }
     }
@@ -194,6 +371,7 @@ impl Outbound {
                 return None;
             }
             let delivery = self.queue.pop_front()?;
+            self.queued_bytes -= delivery.message.size();
             if delivery.message.is_expired(now_ms) {
                 *expired += 1;
                 self.record(&delivery, |seq| Change::Removed { seq });
@@ -360,7 +538,7 @@ mod tests {
 
     #[test]
     fn inflight_window_holds_back_qos1_until_acked() {
-        let mut out = Outbound::new(2, 100);
+        let mut out = Outbound::new(2, QueueLimits::messages(100));
         for p in ["1", "2", "3"] {
             out.enqueue(delivery(QoS::AtLeastOnce, p));
         }
@@ -376,7 +554,7 @@ mod tests {
 
     #[test]
     fn qos0_is_not_held_by_the_window_but_keeps_its_order() {
-        let mut out = Outbound::new(1, 100);
+        let mut out = Outbound::new(1, QueueLimits::messages(100));
         out.enqueue(delivery(QoS::AtLeastOnce, "a"));
         out.enqueue(delivery(QoS::AtMostOnce, "b"));
         out.enqueue(delivery(QoS::AtLeastOnce, "c"));
@@ -390,7 +568,7 @@ mod tests {
 
     #[test]
     fn qos2_sender_flow_and_resend_after_reconnect() {
-        let mut out = Outbound::new(10, 100);
+        let mut out = Outbound::new(10, QueueLimits::messages(100));
         out.enqueue(delivery(QoS::ExactlyOnce, "x"));
         out.enqueue(delivery(QoS::ExactlyOnce, "y"));
         let sent = drain(&mut out, 0);
@@ -408,7 +586,7 @@ mod tests {
 
     #[test]
     fn pubrec_with_error_reason_ends_the_flow() {
-        let mut out = Outbound::new(10, 100);
+        let mut out = Outbound::new(10, QueueLimits::messages(100));
         out.enqueue(delivery(QoS::ExactlyOnce, "x"));
         drain(&mut out, 0);
         assert_eq!(out.on_pubrec(1, ReasonCode(0x80)), AckOutcome::Done);
@@ -417,7 +595,7 @@ mod tests {
 
     #[test]
     fn unknown_pubrec_gets_pubrel_packet_id_not_found() {
-        let mut out = Outbound::new(10, 100);
+        let mut out = Outbound::new(10, QueueLimits::messages(100));
         assert_eq!(
             out.on_pubrec(7, ReasonCode::SUCCESS),
             AckOutcome::PubRel(Ack::new(7, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND))
@@ -426,7 +604,7 @@ mod tests {
 
     #[test]
     fn full_queue_drops_qos0_first() {
-        let mut out = Outbound::new(1, 2);
+        let mut out = Outbound::new(1, QueueLimits::messages(2));
         assert_eq!(
             out.enqueue(delivery(QoS::AtMostOnce, "0")),
             Enqueued::Queued
@@ -453,7 +631,7 @@ mod tests {
 
     #[test]
     fn expired_messages_are_never_sent_and_expiry_is_decremented() {
-        let mut out = Outbound::new(10, 100);
+        let mut out = Outbound::new(10, QueueLimits::messages(100));
         out.enqueue(delivery_expiring(QoS::AtLeastOnce, "old", Some(1_000)));
         out.enqueue(delivery_expiring(QoS::AtLeastOnce, "new", Some(10_000)));
         let mut expired = 0;
@@ -472,7 +650,7 @@ mod tests {
 
     #[test]
     fn stored_deliveries_report_every_change_and_unstored_ones_none() {
-        let mut out = Outbound::new(10, 2);
+        let mut out = Outbound::new(10, QueueLimits::messages(2));
         out.enqueue(stored(QoS::AtLeastOnce, "a", 7));
         out.enqueue(stored(QoS::ExactlyOnce, "b", 8));
         out.enqueue(delivery(QoS::AtLeastOnce, "unstored"));
@@ -521,7 +699,7 @@ mod tests {
 
     #[test]
     fn restored_deliveries_resume_where_they_were() {
-        let mut out = Outbound::new(10, 100);
+        let mut out = Outbound::new(10, QueueLimits::messages(100));
         let awaiting_comp = Sent {
             packet_id: 40,
             awaiting: AwaitedAck::PubComp,
@@ -542,11 +720,109 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_zero_and_ids_still_in_flight() {
-        let mut out = Outbound::new(10, 100);
+        let mut out = Outbound::new(10, QueueLimits::messages(100));
         out.next_packet_id = u16::MAX;
         out.enqueue(delivery(QoS::AtLeastOnce, "a"));
         out.enqueue(delivery(QoS::AtLeastOnce, "b"));
         let ids: Vec<u16> = drain(&mut out, 0).iter().map(|p| p.packet_id).collect();
         assert_eq!(ids, [u16::MAX, 1]);
+    }
+
+    fn payloads(out: &Outbound) -> Vec<String> {
+        out.queue()
+            .map(|d| String::from_utf8_lossy(&d.message.payload).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn stored_messages_past_the_held_ones_wait_in_the_store_and_come_back_in_order() {
+        let mut out = Outbound::new(10, QueueLimits::messages(10_000));
+        let total = HELD_IN_MEMORY as u64 + 100;
+        for seq in 1..=total {
+            out.enqueue(stored(QoS::AtLeastOnce, "m", seq));
+        }
+        assert_eq!(out.queue().count(), HELD_IN_MEMORY);
+        assert_eq!(out.queued(), total as usize);
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtMostOnce, "qos0")),
+            Enqueued::Dropped,
+            "a QoS 0 message would overtake the spilled ones"
+        );
+        assert!(
+            out.wants_refill().is_none(),
+            "the held queue is not low yet"
+        );
+        let sent = HELD_IN_MEMORY / 2 + 1;
+        for _ in 0..sent {
+            out.queue.pop_front();
+        }
+        let asked = out.wants_refill().expect("runs low");
+        assert_eq!(asked.first(), Some(&(HELD_IN_MEMORY as u64 + 1)));
+        assert!(out.wants_refill().is_none(), "one read at a time");
+        // The store no longer has the first one asked for.
+        let found = asked[1..]
+            .iter()
+            .map(|&seq| stored(QoS::AtLeastOnce, "back", seq))
+            .collect();
+        out.refill(&asked, found);
+        assert_eq!(out.take_changes(), [Change::Removed { seq: asked[0] }]);
+        let seqs: Vec<u64> = out.queue().filter_map(|d| d.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        assert_eq!(out.queue().count(), HELD_IN_MEMORY - sent + asked.len() - 1);
+        assert_eq!(out.queued(), total as usize - sent - 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_new_or_the_oldest_message_as_configured() {
+        let limits = |when_full| QueueLimits {
+            max_messages: 3,
+            max_bytes: usize::MAX,
+            when_full,
+        };
+        let mut newest_goes = Outbound::new(1, limits(QueueFull::DropNew));
+        let mut oldest_goes = Outbound::new(1, limits(QueueFull::DropOldest));
+        for out in [&mut newest_goes, &mut oldest_goes] {
+            for (seq, payload) in ["a", "b", "c"].into_iter().enumerate() {
+                out.enqueue(stored(QoS::AtLeastOnce, payload, seq as u64));
+            }
+            out.take_changes();
+        }
+        assert_eq!(
+            newest_goes.enqueue(stored(QoS::AtLeastOnce, "d", 3)),
+            Enqueued::Dropped
+        );
+        assert_eq!(payloads(&newest_goes), ["a", "b", "c"]);
+        assert_eq!(newest_goes.take_changes(), [Change::Removed { seq: 3 }]);
+        assert_eq!(
+            oldest_goes.enqueue(stored(QoS::AtLeastOnce, "d", 3)),
+            Enqueued::QueuedDroppingOlder
+        );
+        assert_eq!(payloads(&oldest_goes), ["b", "c", "d"]);
+        assert_eq!(oldest_goes.take_changes(), [Change::Removed { seq: 0 }]);
+        assert_eq!((newest_goes.dropped(), oldest_goes.dropped()), (1, 1));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_too() {
+        let one = delivery(QoS::AtLeastOnce, "x").message.size();
+        let mut out = Outbound::new(
+            1,
+            QueueLimits {
+                max_messages: 100,
+                max_bytes: 2 * one,
+                when_full: QueueFull::DropNew,
+            },
+        );
+        assert!(!out.is_full(one));
+        out.enqueue(delivery(QoS::AtLeastOnce, "x"));
+        out.enqueue(delivery(QoS::AtLeastOnce, "y"));
+        assert!(out.is_full(one));
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "z")),
+            Enqueued::Dropped
+        );
+        // Sending frees the bytes.
+        drain(&mut out, 0);
+        assert!(!out.is_full(one));
     }
 }

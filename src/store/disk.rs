@@ -20,9 +20,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::log::{CommitLog, LogPos, LogReader};
-use super::state::{Rows, SegmentRefs, StateDb, refs_of};
+use super::state::{SegmentRefs, StateDb, refs_of};
 use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
 use crate::protocol::Message;
+use crate::session::{Delivery, HELD_IN_MEMORY, Spilled};
 
 /// How often the state database is flushed with a new checkpoint, and the
 /// log segments behind it are reclaimed.
@@ -46,6 +47,9 @@ struct Writer {
     log: CommitLog,
     unsynced: Vec<(LogPos, Record)>,
     buffer: Vec<u8>,
+    /// A sync made for a reader failed, taking back records the journal
+    /// has not flushed yet: its next flush must fail too.
+    lost_unflushed: bool,
 }
 
 /// Durable records on their way into the state database.
@@ -75,12 +79,75 @@ struct DiskUse {
     log: AtomicU64,
     state: AtomicU64,
     max: u64,
+    /// Free space on the filesystem of the data directory.
+    free: AtomicU64,
+    /// Free space kept for the state database and the records that free
+    /// space (acknowledgements, deletions): new messages stop short of it,
+    /// so a disk filled by messages never leaves the database unable to
+    /// write.
+    reserve: u64,
+    dir: PathBuf,
 }
 
+/// The most free space kept in reserve (10% of smaller filesystems).
+const MAX_RESERVE: u64 = 64 * 1024 * 1024;
+
 impl DiskUse {
-    fn total(&self) -> u64 {
-        self.log.load(Ordering::Relaxed) + self.state.load(Ordering::Relaxed)
+    fn new(dir: &Path, log: u64, state: u64, max: u64) -> Result<DiskUse, StoreError> {
+        let space = fs_space(dir).map_err(|error| StoreError::io(&error))?;
+        Ok(DiskUse {
+            log: AtomicU64::new(log),
+            state: AtomicU64::new(state),
+            max,
+            free: AtomicU64::new(space.free),
+            reserve: (space.total / 10).min(MAX_RESERVE),
+            dir: dir.to_path_buf(),
+        })
     }
+
+    /// Whether new messages fit: under `max_disk_bytes`, and above the
+    /// reserve of free space.
+    fn accepting(&self) -> bool {
+        let used = self.log.load(Ordering::Relaxed) + self.state.load(Ordering::Relaxed);
+        used < self.max && self.free.load(Ordering::Relaxed) > self.reserve
+    }
+
+    fn measure_free(&self) {
+        if let Ok(space) = fs_space(&self.dir) {
+            self.free.store(space.free, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Space {
+    total: u64,
+    free: u64,
+}
+
+/// The size of the filesystem holding `dir` and what is free on it for
+/// this process.
+fn fs_space(dir: &Path) -> std::io::Result<Space> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `stat` is writable memory of
+    // the type statvfs(3) fills in.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // The field types differ between platforms (32 or 64 bits).
+    #[allow(clippy::unnecessary_cast)]
+    let (block, blocks, available) = (
+        stat.f_frsize as u64,
+        stat.f_blocks as u64,
+        stat.f_bavail as u64,
+    );
+    Ok(Space {
+        total: blocks * block,
+        free: available * block,
+    })
 }
 
 impl DiskStore {
@@ -92,15 +159,17 @@ impl DiskStore {
         let log_dir = data_dir.join("log");
         let log = CommitLog::open(&log_dir, options.segment_bytes)?;
         let reader = log.reader();
-        let disk = Arc::new(DiskUse {
-            log: AtomicU64::new(log.disk_bytes()),
-            state: AtomicU64::new(state.disk_bytes()),
-            max: options.max_disk_bytes,
-        });
+        let disk = Arc::new(DiskUse::new(
+            &log_dir,
+            log.disk_bytes(),
+            state.disk_bytes(),
+            options.max_disk_bytes,
+        )?);
         let writer = Arc::new(Mutex::new(Writer {
             log,
             unsynced: Vec::new(),
             buffer: Vec::new(),
+            lost_unflushed: false,
         }));
         let (to_state, from_log) = mpsc::channel();
         let checkpointer = Checkpointer {
@@ -164,10 +233,34 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Syncs the log and hands what it synced to the checkpoint thread.
+    fn sync(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        let synced = writer.log.sync();
+        let records = std::mem::take(&mut writer.unsynced);
+        self.disk
+            .log
+            .store(writer.log.disk_bytes(), Ordering::Relaxed);
+        self.disk.measure_free();
+        synced?;
+        // Sent under the writer's lock: a sync from another thread (a read
+        // of spilled copies) must not overtake this batch on its way.
+        if !records.is_empty() {
+            let end = writer.log.end();
+            self.send(ToState::Records(records, end));
+        }
+        Ok(())
+    }
+
     /// Waits until every record written so far is durable and applied to
     /// the state database.
     fn settle_state(&self) -> Result<(), StoreError> {
-        self.flush()?;
+        {
+            let mut writer = self.writer();
+            if let Err(error) = self.sync(&mut writer) {
+                writer.lost_unflushed = true;
+                return Err(error);
+            }
+        }
         let (done, applied) = mpsc::channel();
         self.send(ToState::Barrier(done));
         applied
@@ -175,30 +268,29 @@ impl DiskStore {
             .map_err(|_| StoreError::Backend("the checkpoint thread has stopped".into()))
     }
 
-    /// The messages the stored copies point at, read from the log once each.
-    fn messages_of(&self, rows: &Rows) -> Result<HashMap<LogPos, Arc<Message>>, StoreError> {
-        let mut messages = HashMap::new();
-        for (_, row, _) in rows.copies.values().flatten() {
-            if messages.contains_key(&row.pos) {
-                continue;
-            }
-            let found = self.reader.read(row.pos)?;
-            match Record::decode(&found.body, self.place(row.pos))? {
-                Record::PutCopies {
-                    message: Some(message),
-                    ..
-                } => {
-                    messages.insert(row.pos, message);
-                }
-                _ => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{}: a stored copy points at a record that holds no message",
-                        self.place(row.pos)
-                    )));
-                }
-            }
+    /// The message of the `PutCopies` record at `pos`, through `cache`.
+    fn message_at(
+        &self,
+        pos: LogPos,
+        cache: &mut HashMap<LogPos, Arc<Message>>,
+    ) -> Result<Arc<Message>, StoreError> {
+        if let Some(message) = cache.get(&pos) {
+            return Ok(message.clone());
         }
-        Ok(messages)
+        let found = self.reader.read(pos)?;
+        match Record::decode(&found.body, self.place(pos))? {
+            Record::PutCopies {
+                message: Some(message),
+                ..
+            } => {
+                cache.insert(pos, message.clone());
+                Ok(message)
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "{}: a stored copy points at a record that holds no message",
+                self.place(pos)
+            ))),
+        }
     }
 
     /// Names a log position for an error message.
@@ -243,7 +335,7 @@ impl Store for DiskStore {
     }
 
     fn accepting(&self) -> bool {
-        self.disk.total() < self.disk.max
+        self.disk.accepting()
     }
 
     fn write(&self, record: Record) -> Result<(), StoreError> {
@@ -252,6 +344,7 @@ impl Store for DiskStore {
             log,
             unsynced,
             buffer,
+            ..
         } = &mut *writer;
         buffer.clear();
         record.encode_into(buffer)?;
@@ -270,21 +363,17 @@ impl Store for DiskStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let mut writer = self.writer();
-        let synced = writer.log.sync();
-        let records = std::mem::take(&mut writer.unsynced);
-        self.disk
-            .log
-            .store(writer.log.disk_bytes(), Ordering::Relaxed);
-        synced?;
-        if !records.is_empty() {
-            let end = writer.log.end();
-            drop(writer);
-            self.send(ToState::Records(records, end));
+        let synced = self.sync(&mut writer);
+        if std::mem::take(&mut writer.lost_unflushed) {
+            return Err(StoreError::Backend(
+                "an earlier sync of the log failed".into(),
+            ));
         }
-        Ok(())
+        synced
     }
 
     fn has_space(&self) -> bool {
+        self.disk.measure_free();
         self.accepting() && probe_write(&self.log_dir).is_ok()
     }
 
@@ -298,7 +387,6 @@ impl Store for DiskStore {
             self.settle_state()?;
         }
         let rows = self.state.load()?;
-        let messages = self.messages_of(&rows)?;
         if first {
             self.send(ToState::Refs(refs_of(&rows)));
         }
@@ -309,24 +397,48 @@ impl Store for DiskStore {
             inbound_qos2: rows.inbound_qos2,
             ..Snapshot::default()
         };
+        let mut cache = HashMap::new();
         for (client_id, copies) in rows.copies {
-            let deliveries = copies
-                .into_iter()
-                .map(|(seq, row, sent)| StoredDelivery {
+            let mut held = Vec::new();
+            let mut spilled = Vec::new();
+            let mut unsent = 0;
+            for (seq, row, sent) in copies {
+                if sent.is_none() {
+                    unsent += 1;
+                    if unsent > HELD_IN_MEMORY {
+                        spilled.push(Spilled {
+                            seq,
+                            size: row.size,
+                        });
+                        continue;
+                    }
+                }
+                let message = self.message_at(row.pos, &mut cache)?;
+                held.push(StoredDelivery {
                     seq,
-                    delivery: crate::session::Delivery {
-                        message: messages[&row.pos].clone(),
-                        qos: row.qos,
-                        retain: row.retain,
-                        subscription_ids: row.subscription_ids,
-                        seq: Some(seq),
-                    },
+                    delivery: row.delivery(seq, message),
                     sent,
-                })
-                .collect();
-            snapshot.deliveries.insert(client_id, deliveries);
+                });
+            }
+            if !spilled.is_empty() {
+                snapshot.spilled.insert(client_id.clone(), spilled);
+            }
+            snapshot.deliveries.insert(client_id, held);
         }
         Ok(snapshot)
+    }
+
+    fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {
+        self.settle_state()?;
+        let mut cache = HashMap::new();
+        let mut found = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if let Some(row) = self.state.copy(client_id, seq)? {
+                let message = self.message_at(row.pos, &mut cache)?;
+                found.push(row.delivery(seq, message));
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -372,7 +484,11 @@ impl Checkpointer {
                     applied = Some(end);
                     false
                 }
-                Err(RecvTimeoutError::Timeout) => false,
+                // Space freed by others is noticed within an interval.
+                Err(RecvTimeoutError::Timeout) => {
+                    self.disk.measure_free();
+                    false
+                }
                 Err(RecvTimeoutError::Disconnected) => true,
             };
             if (stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)

@@ -59,24 +59,26 @@ struct Settled {
     /// Every record up to here has been dealt with: written and flushed,
     /// or failed.
     through: u64,
-    /// The ranges of tickets whose write or flush failed: what waits for
-    /// them must never be sent.
-    failed: VecDeque<(u64, u64)>,
+    /// The ranges of tickets whose write or flush failed, and whether for
+    /// lack of space: what waits for them must never be sent.
+    failed: VecDeque<(u64, u64, bool)>,
 }
 
 impl Settled {
-    fn failed(&self, ticket: u64) -> bool {
+    /// Whether `ticket` failed, and if so whether the disk was full.
+    fn failure(&self, ticket: u64) -> Option<bool> {
         self.failed
             .iter()
-            .any(|&(first, last)| (first..=last).contains(&ticket))
+            .find(|&&(first, last, _)| (first..=last).contains(&ticket))
+            .map(|&(_, _, full)| full)
     }
 
-    fn record(&mut self, first: u64, last: u64, failed: bool) {
-        if failed {
+    fn record(&mut self, first: u64, last: u64, failure: Option<bool>) {
+        if let Some(full) = failure {
             if self.failed.len() == FAILED_RANGES_KEPT {
                 self.failed.pop_front();
             }
-            self.failed.push_back((first, last));
+            self.failed.push_back((first, last, full));
         }
         self.through = self.through.max(last);
     }
@@ -189,6 +191,11 @@ impl Journal {
         }
     }
 
+    /// The store the writer writes to (none for manual journals).
+    pub fn store(&self) -> Option<Arc<dyn Store>> {
+        self.store.clone()
+    }
+
     /// Whether new durable messages may be accepted: not while the store
     /// reports it is full or over its disk limit (the publisher gets quota
     /// exceeded).
@@ -284,14 +291,12 @@ impl Journal {
             return Some(Ok(()));
         }
         let settled = self.shared.settled.borrow();
-        (settled.through >= ticket.0).then(|| {
-            if settled.failed(ticket.0) {
-                Err(StoreError::Backend(
-                    "writing to the store failed; see the log".into(),
-                ))
-            } else {
-                Ok(())
-            }
+        (settled.through >= ticket.0).then(|| match settled.failure(ticket.0) {
+            None => Ok(()),
+            Some(true) => Err(StoreError::Full("the disk is full".into())),
+            Some(false) => Err(StoreError::Backend(
+                "writing to the store failed; see the log".into(),
+            )),
         })
     }
 
@@ -309,13 +314,13 @@ impl Journal {
 
     /// Marks everything up to `ticket` durable (manual journals).
     pub fn settle(&self, ticket: Ticket) {
-        self.shared.settle(ticket.0, ticket.0, false);
+        self.shared.settle(ticket.0, ticket.0, None);
     }
 
     /// Marks `ticket` failed, and everything before it settled (manual
     /// journals).
     pub fn fail(&self, ticket: Ticket) {
-        self.shared.settle(ticket.0, ticket.0, true);
+        self.shared.settle(ticket.0, ticket.0, Some(false));
     }
 
     /// Reports the store full or no longer full (manual journals).
@@ -353,9 +358,10 @@ impl Shared {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records how tickets `first..=last` ended and wakes whoever waits.
-    fn settle(&self, first: u64, last: u64, failed: bool) {
-        self.settled.send_modify(|s| s.record(first, last, failed));
+    /// Records how tickets `first..=last` ended (`failure`: none, or
+    /// whether the disk was full) and wakes whoever waits.
+    fn settle(&self, first: u64, last: u64, failure: Option<bool>) {
+        self.settled.send_modify(|s| s.record(first, last, failure));
         let wakers = {
             let mut waiters = self.lock_waiters();
             waiters.epoch += 1;
@@ -389,22 +395,20 @@ impl Shared {
             }
             if !batch.is_empty() {
                 let first = last + 1 - batch.len() as u64;
-                let mut failed = false;
+                let mut failure = None;
                 for record in batch {
                     if let Err(error) = store.write(record) {
-                        failed = true;
-                        self.report(&error);
+                        failure = Some(self.report(&error));
                     }
                 }
                 if flush == Flush::EveryBatch || stop {
                     if let Err(error) = store.flush() {
-                        self.report(&error);
-                        failed = true;
+                        failure = Some(self.report(&error));
                     }
                 } else {
                     unflushed_since.get_or_insert_with(Instant::now);
                 }
-                self.settle(first, last, failed);
+                self.settle(first, last, failure);
             }
             if flush_due.is_some_and(|due| Instant::now() >= due) {
                 unflushed_since = None;
@@ -449,14 +453,17 @@ impl Shared {
         )
     }
 
-    fn report(&self, error: &StoreError) {
-        if matches!(error, StoreError::Full(_)) {
+    /// Logs a failed write or flush; returns whether the disk was full.
+    fn report(&self, error: &StoreError) -> bool {
+        let full = matches!(error, StoreError::Full(_));
+        if full {
             if !self.full.swap(true, Ordering::AcqRel) {
                 tracing::error!(%error, "the store is full: durable publishes are refused until space returns");
             }
         } else {
             tracing::error!(%error, "cannot write to the store: acknowledgements are held back");
         }
+        full
     }
 
     fn space_is_back(&self) {

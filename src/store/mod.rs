@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Message, Will};
-use crate::session::{Delivery, Sent, SubscriptionEntry};
+use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 
 pub use disk::{DiskOptions, DiskStore};
 pub use journal::{Flush, Journal, Ticket};
@@ -94,8 +94,11 @@ pub struct Snapshot {
     /// Per client id, by filter as sent.
     pub subscriptions: HashMap<String, Vec<(String, SubscriptionEntry)>>,
     pub retained: Vec<Arc<Message>>,
-    /// Per client id, in the order they were queued.
+    /// Per client id, in the order they were queued: those sent and the
+    /// first unsent ones, with their messages.
     pub deliveries: HashMap<String, Vec<StoredDelivery>>,
+    /// Per client id, the unsent ones after those, left in the store.
+    pub spilled: HashMap<String, Vec<Spilled>>,
     /// Per client id: inbound QoS 2 packet ids awaiting PUBREL.
     pub inbound_qos2: HashMap<String, Vec<u16>>,
 }
@@ -103,12 +106,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// The highest delivery key in use, so new keys continue after it.
     pub fn last_seq(&self) -> u64 {
-        self.deliveries
-            .values()
-            .flatten()
-            .map(|stored| stored.seq)
-            .max()
-            .unwrap_or(0)
+        let held = self.deliveries.values().flatten().map(|stored| stored.seq);
+        let spilled = self.spilled.values().flatten().map(|spilled| spilled.seq);
+        held.chain(spilled).max().unwrap_or(0)
     }
 }
 
@@ -128,6 +128,12 @@ pub trait Store: Send + Sync + 'static {
     /// After writes failed for lack of space: whether a write succeeds now.
     fn has_space(&self) -> bool;
     fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Reads back the stored copies `seqs` of `client_id` that are still
+    /// there, once every record written before the call is in place.
+    fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {
+        let _ = (client_id, seqs);
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::log::LogPos;
 use super::{Record, SessionRecord, StoreError};
 use crate::protocol::{Message, QoS};
-use crate::session::{Sent, SubscriptionEntry};
+use crate::session::{Delivery, Sent, SubscriptionEntry};
 
 /// Bumped whenever the stored layout changes incompatibly.
 const FORMAT: u8 = 2;
@@ -43,9 +44,25 @@ const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CopyRow {
     pub pos: LogPos,
+    /// The message's size, counted against the session's queue limits
+    /// while the message itself stays in the log.
+    pub size: u32,
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+}
+
+impl CopyRow {
+    /// The delivery this row describes, with its message read back.
+    pub fn delivery(self, seq: u64, message: Arc<Message>) -> Delivery {
+        Delivery {
+            message,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+            seq: Some(seq),
+        }
+    }
 }
 
 /// Live copies per log segment: a segment no copy points into may go.
@@ -263,11 +280,13 @@ impl StateDb {
                 copies,
                 inbound_qos2,
             } => {
-                if message.is_some() && !copies.is_empty() {
+                if let Some(message) = message.as_ref().filter(|_| !copies.is_empty()) {
+                    let size = u32::try_from(message.size()).unwrap_or(u32::MAX);
                     let mut batch = sled::Batch::default();
                     for copy in copies {
                         let row = CopyRow {
                             pos,
+                            size,
                             qos: copy.qos,
                             retain: copy.retain,
                             subscription_ids: copy.subscription_ids.clone(),
@@ -337,6 +356,15 @@ impl StateDb {
             tree.apply_batch(batch).map_err(backend)?;
         }
         Ok(())
+    }
+
+    /// One stored copy, if it is still there.
+    pub fn copy(&self, client_id: &str, seq: u64) -> Result<Option<CopyRow>, StoreError> {
+        let key = delivery_key(client_id, seq);
+        match self.deliveries.get(&key).map_err(backend)? {
+            Some(value) => Ok(Some(decode("deliveries", &key, &value)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -432,8 +460,6 @@ pub fn refs_of(rows: &Rows) -> SegmentRefs {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::protocol::{MessageProperties, QoS};
     use crate::session::AwaitedAck;

@@ -35,7 +35,7 @@ use crate::protocol::{
     Codec, ConnAck, Connect, DecodeError, Disconnect, EncodeError, Packet, ReasonCode, Version,
 };
 use crate::session::{ConnectionSignal, Stop};
-use crate::store::Ticket;
+use crate::store::{StoreError, Ticket};
 use crate::timer::{TimerId, now_ms};
 
 /// Room reserved for one read once the socket is readable. Buffers are
@@ -487,7 +487,10 @@ impl Conn {
                 Poll::Ready(Err(error)) => {
                     tracing::error!(client_id = %self.client.client_id(), %error, "closing: acknowledgements cannot be made durable");
                     self.held.clear();
-                    return Err(Close::ByServer(ReasonCode::UNSPECIFIED_ERROR));
+                    return Err(Close::ByServer(match error {
+                        StoreError::Full(_) => ReasonCode::QUOTA_EXCEEDED,
+                        _ => ReasonCode::UNSPECIFIED_ERROR,
+                    }));
                 }
                 Poll::Pending => break,
             }

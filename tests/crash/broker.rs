@@ -1,16 +1,18 @@
 //! The real `petrel` binary as a child process that a test can SIGKILL and
-//! start again on the same data directory and port.
+//! start again on the same data directory and port. Shared by the test
+//! binaries that crash a broker; each uses a part, hence `allow(dead_code)`.
+#![allow(dead_code)]
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::XorShift;
+use crate::rng::XorShift;
 
 const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
 
@@ -32,6 +34,16 @@ impl BrokerProcess {
     /// Starts a broker with `durability = "sync"` in a fresh directory and
     /// waits until it accepts connections.
     pub async fn start(name: &str) -> BrokerProcess {
+        BrokerProcess::start_with(name, "", |_| {}).await
+    }
+
+    /// `start`, with `settings` (top-level TOML lines) added to the config,
+    /// and `prepare` run on the scratch directory before the first start.
+    pub async fn start_with(
+        name: &str,
+        settings: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> BrokerProcess {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -41,10 +53,13 @@ impl BrokerProcess {
         ));
         std::fs::create_dir_all(&dir).expect("create the scratch directory");
         let port = free_port();
+        // Small log segments, so that kills land during segment rolls too.
         // A deep queue, so that no acknowledged message is ever dropped for
         // want of room (the queue policy) and mistaken for a lost one.
         let config = format!(
             "durability = \"sync\"\n\
+             log_segment_bytes = 65536\n\
+             {settings}\n\
              [[listeners]]\n\
              bind = \"127.0.0.1:{port}\"\n\
              [limits]\n\
@@ -53,6 +68,7 @@ impl BrokerProcess {
              level = \"warn\"\n"
         );
         std::fs::write(dir.join("petrel.toml"), config).expect("write the config file");
+        prepare(&dir);
         let mut broker = BrokerProcess {
             dir,
             port,
@@ -76,18 +92,56 @@ impl BrokerProcess {
         started.elapsed()
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// SIGKILL, and nothing else until `restart` or `start_fails`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A new process on the same directory and port, once it accepts
+    /// connections.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    /// Starts a process that is expected to refuse to start: waits for it
+    /// to exit and returns what it wrote.
+    pub fn start_fails(&mut self) -> String {
+        self.starts += 1;
+        let output = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run petrel");
+        assert!(!output.status.success(), "petrel started on a damaged log");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout)
+    }
+
+    /// SIGTERM, and the exit status once the process is gone.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running broker");
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill(1)");
+        child.wait().expect("wait for petrel")
+    }
+
     /// Everything the broker processes wrote (warnings and errors only).
     pub fn log(&self) -> String {
         (1..=self.starts)
             .filter_map(|n| std::fs::read_to_string(self.log_path(n)).ok())
             .collect()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 
     fn log_path(&self, start: u32) -> PathBuf {
@@ -98,22 +152,29 @@ impl BrokerProcess {
         self.starts += 1;
         let log = File::create(self.log_path(self.starts)).expect("create the broker log");
         let log_too = log.try_clone().expect("share the broker log");
-        // Every PETREL_* variable is a setting to petrel: the harness's own
-        // must not reach it.
-        let child = Command::new(PETREL)
-            .env_remove("PETREL_TEST_BROKER")
-            .arg("serve")
-            .arg("-c")
-            .arg(self.dir.join("petrel.toml"))
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .stdin(Stdio::null())
+        let child = self
+            .command()
             .stdout(log)
             .stderr(log_too)
             .spawn()
             .expect("spawn petrel");
         self.child = Some(child);
         self.wait_until_listening().await;
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(PETREL);
+        // Every PETREL_* variable is a setting to petrel: the harness's own
+        // must not reach it.
+        command
+            .env_remove("PETREL_TEST_BROKER")
+            .arg("serve")
+            .arg("-c")
+            .arg(self.dir.join("petrel.toml"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null());
+        command
     }
 
     async fn wait_until_listening(&mut self) {
