@@ -187,14 +187,21 @@ ensure_alive() { # target
     fi
 }
 
-# bench TARGET -> one JSON line on stdout (or an error object)
+# Bytes the process has caused to be written to storage (Linux
+# /proc/PID/io write_bytes; Mosquitto's autosave writes nothing mid-run).
+written() { awk '/^write_bytes:/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+
+# bench TARGET -> one JSON line on stdout (or an error object), with the
+# bytes written to disk per message published added
 bench() {
-    local t=$1 out err
+    local t=$1 out err before
+    before=$(written "${PID[$t]}")
     if out=$("$BENCH_BIN" bench --host 127.0.0.1 --port "${PORT[$t]}" --broker-pid "${PID[$t]}" \
             --label "$t" --protocol "$PROTOCOL" --max-inflight "$INFLIGHT" \
             --timeout "$RUN_TIMEOUT" --json --scenario fan-in --qos 1 \
             --publishers "$PUBLISHERS" --messages "$MESSAGES" --persistent 2>"$WORK/bench.err"); then
-        echo "$out"
+        per_msg=$(( ($(written "${PID[$t]}") - before) / (PUBLISHERS * MESSAGES) ))
+        echo "${out%\}},\"disk_bytes_per_msg\":$per_msg}"
     else
         err=$(tr '\n"' ' ' < "$WORK/bench.err")
         echo "{\"label\":\"$t\",\"bench_error\":\"$err\"}"
@@ -260,12 +267,12 @@ for t in "${TARGETS[@]}"; do
     if [ -n "$dup" ] && [ "$dup" != 0 ]; then NOTES+=("$t delivered $dup duplicate(s)"); fi
 done
 
-TABLE="| target | acked msg/s | delivered msg/s | p50 ms | p99 ms | ack p50 ms | ack p99 ms | lost | dup | data dir kB |
-|---|---|---|---|---|---|---|---|---|---|"
+TABLE="| target | acked msg/s | delivered msg/s | p50 ms | p99 ms | ack p50 ms | ack p99 ms | lost | dup | written B/msg | data dir kB |
+|---|---|---|---|---|---|---|---|---|---|---|"
 for t in "${TARGETS[@]}"; do
     kb=$(du -sk "$(data_dir "$t")" 2>/dev/null | cut -f1)
     TABLE+="
-| $t | $(int "$(med "$t" ack_rate)") | $(int "$(med "$t" delivered_rate)") | $(ms "$(med "$t" p50_us)") | $(ms "$(med "$t" p99_us)") | $(ms "$(med "$t" ack_p50_us)") | $(ms "$(med "$t" ack_p99_us)") | $(int "$(tot "$t" lost)") | $(int "$(tot "$t" duplicated)") | ${kb:--} |"
+| $t | $(int "$(med "$t" ack_rate)") | $(int "$(med "$t" delivered_rate)") | $(ms "$(med "$t" p50_us)") | $(ms "$(med "$t" p99_us)") | $(ms "$(med "$t" ack_p50_us)") | $(ms "$(med "$t" ack_p99_us)") | $(int "$(tot "$t" lost)") | $(int "$(tot "$t" duplicated)") | $(int "$(med "$t" disk_bytes_per_msg)") | ${kb:--} |"
 done
 
 ratio_row() { # name A B
@@ -288,7 +295,7 @@ REPORT="## Durable QoS 1 fan-in ($MODE run, MQTT protocol level $PROTOCOL, $(npr
 
 $PUBLISHERS publishers x $MESSAGES messages at QoS 1, unlimited offered load, 64-byte payloads, publisher window $INFLIGHT -> 1 subscriber on a \`+\` wildcard with a persistent session (\`petrel bench --scenario fan-in --qos 1 --publishers $PUBLISHERS --messages $MESSAGES --persistent\`).
 Every broker: $INFLIGHT messages in flight and $QUEUE_LIMIT queued per session. petrel: \`durability = \"sync\"\` / \`\"async\"\` / \`\"memory\"\` via PETREL_DURABILITY; Mosquitto: \`persistence true\` / \`false\` (with persistence it writes to disk only every autosave_interval, 1800 s by default, and at exit).
-Each target ran $REPEAT time(s), the first target rotating between repetitions; rates and latencies are medians, lost and dup are totals over the repetitions. Latency is publish to delivery; ack latency is PUBLISH to PUBACK at the publisher. Data dir is its size after the runs.
+Each target ran $REPEAT time(s), the first target rotating between repetitions; rates and latencies are medians, lost and dup are totals over the repetitions. Latency is publish to delivery; ack latency is PUBLISH to PUBACK at the publisher. Written B/msg is what the broker process wrote to storage during a run (/proc/PID/io write_bytes) per message published; data dir is its size after the runs.
 
 ### Results
 $TABLE

@@ -6,13 +6,15 @@
 //! task reads them on a blocking thread (never a runtime worker, never under
 //! the session lock) and hands them back to the session.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 
 use super::BrokerState;
-use crate::session::{Session, SessionState};
+use crate::session::{Delivery, Session, SessionState};
+use crate::store::{Store, StoreError};
 
 /// One session's request: the keys of its spilled messages to read.
 pub(super) struct Refill {
@@ -71,29 +73,55 @@ pub async fn serve_refills(broker: Arc<BrokerState>, mut shutdown: watch::Receiv
             },
             _ = shutdown.changed() => return,
         };
-        // The spilled copies' records, and the removals of copies already
-        // delivered, are all in the journal before the request was made.
-        broker.journal.drained().await;
-        let client_id = session.client_id().clone();
-        let read = {
-            let (store, seqs) = (store.clone(), seqs.clone());
-            tokio::task::spawn_blocking(move || store.read_copies(&client_id, &seqs)).await
-        };
+        let read = read_back(&store, &broker, session.client_id(), &seqs).await;
         let mut state = session.lock();
         match read {
-            Ok(Ok(found)) => {
+            Ok(found) => {
                 state.outbound.refill(&seqs, found);
                 broker.journal_changes(session.client_id(), &mut state);
             }
-            Ok(Err(error)) => {
-                tracing::error!(client_id = %session.client_id(), %error, "cannot read queued messages back from the store");
-                state.outbound.refill_failed();
-            }
             Err(error) => {
-                tracing::error!(client_id = %session.client_id(), %error, "reading queued messages back failed");
+                tracing::error!(client_id = %session.client_id(), %error, "cannot read queued messages back from the store");
                 state.outbound.refill_failed();
             }
         }
         Session::wake(&state);
     }
+}
+
+/// Reads the copies `seqs` of `client_id` back, on the blocking pool. A
+/// copy spilled a moment ago may not be in the state database yet: only
+/// then does it wait for the journal and the checkpoint to catch up, and
+/// look again.
+async fn read_back(
+    store: &Arc<dyn Store>,
+    broker: &BrokerState,
+    client_id: &Arc<str>,
+    seqs: &[u64],
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut found = blocking(store, client_id, seqs.to_vec(), false).await?;
+    if found.len() < seqs.len() {
+        let have: HashSet<u64> = found.iter().filter_map(|d| d.seq).collect();
+        let missing: Vec<u64> = seqs.iter().copied().filter(|s| !have.contains(s)).collect();
+        broker.journal.drained().await;
+        found.extend(blocking(store, client_id, missing, true).await?);
+    }
+    Ok(found)
+}
+
+async fn blocking(
+    store: &Arc<dyn Store>,
+    client_id: &Arc<str>,
+    seqs: Vec<u64>,
+    settle_first: bool,
+) -> Result<Vec<Delivery>, StoreError> {
+    let (store, client_id) = (store.clone(), client_id.clone());
+    tokio::task::spawn_blocking(move || {
+        if settle_first {
+            store.settle()?;
+        }
+        store.read_copies(&client_id, &seqs)
+    })
+    .await
+    .map_err(|error| StoreError::Backend(error.to_string()))?
 }

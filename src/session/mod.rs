@@ -394,6 +394,7 @@ impl Session {
         state.generation += 1;
         state.disconnected_at_ms = None;
         session.online.store(true, Ordering::Release);
+        state.outbound.set_connected(true);
         let replaced = state.connection.replace(link);
         state.draining = replaced.as_ref().and_then(|old| NonZeroU64::new(old.id));
         replaced
@@ -408,6 +409,7 @@ impl Session {
         if state.connection.as_ref().is_some_and(|link| link.id == id) {
             state.connection = None;
             session.online.store(false, Ordering::Release);
+            state.outbound.set_connected(false);
             return true;
         }
         false

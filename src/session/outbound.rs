@@ -122,10 +122,17 @@ impl QueueLimits {
     }
 }
 
-/// Stored messages held in memory per session before further ones are left
-/// in the store and read back as the queue drains: an offline backlog costs
-/// disk, not memory.
+/// Stored messages held in memory per offline session before further ones
+/// are left in the store and read back as the queue drains: an offline
+/// backlog costs disk, not memory.
 pub const HELD_IN_MEMORY: usize = 256;
+
+/// The same for a connected session, which is about to send them: enough
+/// that a subscriber a little behind its publishers never waits for reads.
+pub const HELD_WHILE_CONNECTED: usize = 65_536;
+
+/// Spilled messages read back at once.
+const REFILL_BATCH: usize = 1024;
 
 /// A stored message left in the store: its key and its size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +167,8 @@ pub struct Outbound {
     limits: QueueLimits,
     /// Messages this session lost to a full queue.
     dropped: u64,
+    /// Stored messages held in memory before further ones are spilled.
+    hold: usize,
     /// Changes to stored deliveries not yet taken by `take_changes`.
     changes: Vec<Change>,
 }
@@ -176,6 +185,7 @@ impl Outbound {
             window: window.max(1),
             limits,
             dropped: 0,
+            hold: HELD_IN_MEMORY,
             changes: Vec::new(),
         }
     }
@@ -234,6 +244,16 @@ impl Outbound {
         self.queue.iter()
     }
 
+    /// Whether a connection is serving the session: it then holds more
+    /// messages in memory before spilling.
+    pub fn set_connected(&mut self, connected: bool) {
+        self.hold = if connected {
+            HELD_WHILE_CONNECTED
+        } else {
+            HELD_IN_MEMORY
+        };
+    }
+
     /// Messages waiting (held and spilled), not counting the inflight ones.
     pub fn queued(&self) -> usize {
         self.queue.len() + self.spilled.len()
@@ -270,7 +290,7 @@ impl Outbound {
             outcome = Enqueued::QueuedDroppingOlder;
         }
         match delivery.seq {
-            Some(seq) if !self.spilled.is_empty() || self.queue.len() >= HELD_IN_MEMORY => {
+            Some(seq) if !self.spilled.is_empty() || self.queue.len() >= self.hold => {
                 self.spilled.push_back(Spilled {
                     seq,
                     size: u32::try_from(size).unwrap_or(u32::MAX),
@@ -321,11 +341,11 @@ impl Outbound {
     /// The keys of spilled messages to read back now that the held queue
     /// runs low, once per read: `refill` must follow.
     pub fn wants_refill(&mut self) -> Option<Vec<u64>> {
-        if self.fetching || self.spilled.is_empty() || self.queue.len() >= HELD_IN_MEMORY / 2 {
+        if self.fetching || self.spilled.is_empty() || self.queue.len() >= self.hold / 2 {
             return None;
         }
         self.fetching = true;
-        let room = HELD_IN_MEMORY - self.queue.len();
+        let room = (self.hold - self.queue.len()).min(REFILL_BATCH);
         Some(self.spilled.iter().take(room).map(|s| s.seq).collect())
     }
 

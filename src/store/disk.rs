@@ -11,7 +11,7 @@
 //! At start the log is replayed from the checkpoint, so a crash loses
 //! nothing that was flushed to the log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -428,8 +428,11 @@ impl Store for DiskStore {
         Ok(snapshot)
     }
 
+    fn settle(&self) -> Result<(), StoreError> {
+        self.settle_state()
+    }
+
     fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {
-        self.settle_state()?;
         let mut cache = HashMap::new();
         let mut found = Vec::with_capacity(seqs.len());
         for &seq in seqs {
@@ -454,6 +457,27 @@ fn probe_write(dir: &Path) -> std::io::Result<()> {
     result
 }
 
+/// Durable records not yet applied to the state database, at most this
+/// heavy (messages included) before they are.
+const MAX_WAITING_WEIGHT: usize = 32 * 1024 * 1024;
+
+/// Durable records waiting to be applied together.
+#[derive(Default)]
+struct Waiting {
+    records: Vec<(LogPos, Record)>,
+    weight: usize,
+    /// The log position they reach.
+    end: Option<LogPos>,
+}
+
+impl Waiting {
+    fn add(&mut self, records: Vec<(LogPos, Record)>, end: LogPos) {
+        self.weight += records.iter().map(|(_, r)| r.weight()).sum::<usize>();
+        self.records.extend(records);
+        self.end = Some(end);
+    }
+}
+
 /// The thread that folds durable log records into the state database.
 struct Checkpointer {
     state: Arc<StateDb>,
@@ -464,6 +488,7 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn run(mut self, from_log: Receiver<ToState>) {
+        let mut waiting = Waiting::default();
         let mut applied: Option<LogPos> = None;
         let mut last_checkpoint = Instant::now();
         loop {
@@ -474,14 +499,15 @@ impl Checkpointer {
                     false
                 }
                 Ok(ToState::Barrier(done)) => {
+                    applied = self.apply_waiting(&mut waiting).or(applied);
                     let _ = done.send(());
                     false
                 }
                 Ok(ToState::Records(records, end)) => {
-                    for (pos, record) in &records {
-                        self.apply(*pos, record);
+                    waiting.add(records, end);
+                    if waiting.weight > MAX_WAITING_WEIGHT {
+                        applied = self.apply_waiting(&mut waiting).or(applied);
                     }
-                    applied = Some(end);
                     false
                 }
                 // Space freed by others is noticed within an interval.
@@ -491,16 +517,56 @@ impl Checkpointer {
                 }
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            if (stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
-                && let Some(end) = applied.take()
-            {
-                last_checkpoint = Instant::now();
-                self.checkpoint(end);
+            if stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                applied = self.apply_waiting(&mut waiting).or(applied);
+                if let Some(end) = applied.take() {
+                    last_checkpoint = Instant::now();
+                    self.checkpoint(end);
+                }
             }
             if stopping {
                 return;
             }
         }
+    }
+
+    /// Applies the waiting records, leaving out the copies that were both
+    /// stored and done within them: a subscriber that keeps up costs the
+    /// database nothing. Returns the log position applied up to.
+    fn apply_waiting(&mut self, waiting: &mut Waiting) -> Option<LogPos> {
+        let records = std::mem::take(&mut waiting.records);
+        waiting.weight = 0;
+        let end = waiting.end.take()?;
+        let mut stored = HashSet::new();
+        for (_, record) in &records {
+            if let Record::PutCopies { copies, .. } = record {
+                stored.extend(copies.iter().map(|c| (c.client_id.clone(), c.seq)));
+            }
+        }
+        let mut done_within = HashSet::new();
+        for (_, record) in &records {
+            if let Record::DeleteDelivery { client_id, seq } = record
+                && stored.contains(&(client_id.clone(), *seq))
+            {
+                done_within.insert((client_id.clone(), *seq));
+            }
+        }
+        for (pos, mut record) in records {
+            match &mut record {
+                Record::PutCopies { copies, .. } => {
+                    copies.retain(|c| !done_within.contains(&(c.client_id.clone(), c.seq)));
+                }
+                Record::MarkSent { client_id, seq, .. }
+                | Record::DeleteDelivery { client_id, seq }
+                    if done_within.contains(&(client_id.clone(), *seq)) =>
+                {
+                    continue;
+                }
+                _ => {}
+            }
+            self.apply(pos, &record);
+        }
+        Some(end)
     }
 
     /// Applies one record, retrying while the database refuses (a full

@@ -128,11 +128,16 @@ pub trait Store: Send + Sync + 'static {
     /// After writes failed for lack of space: whether a write succeeds now.
     fn has_space(&self) -> bool;
     fn load(&self) -> Result<Snapshot, StoreError>;
-    /// Reads back the stored copies `seqs` of `client_id` that are still
-    /// there, once every record written before the call is in place.
+    /// Reads back the stored copies `seqs` of `client_id` that are in
+    /// place (see `settle`).
     fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {
         let _ = (client_id, seqs);
         Ok(Vec::new())
+    }
+    /// Waits until every record written so far can be read back by
+    /// `read_copies`.
+    fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
