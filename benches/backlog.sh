@@ -7,9 +7,11 @@
 #    a fresh data directory.
 # 2. mosquitto_sub subscribes a persistent session (clean session 0, QoS 1)
 #    to `#` and leaves.
-# 3. `petrel bench --scenario fan-in --qos 1` publishes N messages of 64
-#    bytes (its own subscriber receives them live); every one is also
-#    queued for the offline session.
+# 3. `petrel bench --scenario fan-in --qos 1 --e2e-window 1000` publishes N
+#    messages of 64 bytes; its own subscriber receives them live (the
+#    window keeps that subscriber's queue short, so what grows is the
+#    offline session's), and every one is also queued for the offline
+#    session.
 # 4. Reported: broker RSS before and after, the data directory's size.
 # 5. petrel is stopped (SIGTERM) and started again on the same directory:
 #    the time until it accepts connections, and its RSS then.
@@ -83,7 +85,7 @@ RSS_BEFORE=$(rss_kb)
 log "publishing $MESSAGES messages for the offline session"
 T0=$(now_ms)
 "$BENCH_BIN" bench --port "$PORT" --scenario fan-in --qos 1 --publishers "$PUBLISHERS" \
-    --messages $(( MESSAGES / PUBLISHERS )) --json >"$OUT/publish.json"
+    --messages $(( MESSAGES / PUBLISHERS )) --e2e-window 1000 --json >"$OUT/publish.json"
 PUBLISH_S=$(awk -v ms=$(( $(now_ms) - T0 )) 'BEGIN { printf "%.1f", ms / 1000 }')
 RSS_AFTER=$(rss_kb)
 DISK_KB=$(du -sk "$DATA" | cut -f1)
@@ -98,14 +100,14 @@ RSS_RESTARTED=$(rss_kb)
 
 log "draining"
 T0=$(now_ms)
-RECEIVED=$(timeout 600 mosquitto_sub -p "$PORT" -i backlog-sub -c -q 1 -t '#' -C "$MESSAGES" | wc -l)
+RECEIVED=$(timeout 600 mosquitto_sub -p "$PORT" -i backlog-sub -c -q 1 -t '#' -C "$MESSAGES" -F x | wc -l)
 DRAIN_MS=$(( $(now_ms) - T0 ))
 RSS_DRAINED=$(rss_kb)
 
 mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 REPORT="## Offline backlog ($(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ))
 
-$MESSAGES QoS 1 messages of 64 bytes published (\`petrel bench --scenario fan-in --qos 1 --publishers $PUBLISHERS\`, ${PUBLISH_S} s) while a persistent session subscribed to \`#\` was offline; petrel \`durability = \"sync\"\`, embedded defaults.
+$MESSAGES QoS 1 messages of 64 bytes published (\`petrel bench --scenario fan-in --qos 1 --publishers $PUBLISHERS --e2e-window 1000\`, ${PUBLISH_S} s) while a persistent session subscribed to \`#\` was offline; petrel \`durability = \"sync\"\`, embedded defaults.
 
 | measure | value |
 |---|---|

@@ -11,7 +11,7 @@
 //! At start the log is replayed from the checkpoint, so a crash loses
 //! nothing that was flushed to the log.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -20,10 +20,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::log::{CommitLog, LogPos, LogReader};
-use super::state::{SegmentRefs, StateDb, refs_of};
+use super::state::{Folded, SegmentRefs, StateDb};
 use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
 use crate::protocol::Message;
-use crate::session::{Delivery, HELD_IN_MEMORY, Spilled};
+use crate::session::{Delivery, HELD_IN_MEMORY};
 
 /// How often the state database is flushed with a new checkpoint, and the
 /// log segments behind it are reclaimed.
@@ -45,7 +45,8 @@ pub struct DiskOptions {
 /// written since its last sync.
 struct Writer {
     log: CommitLog,
-    unsynced: Vec<(LogPos, Record)>,
+    /// As the state database will need them: without message bodies.
+    unsynced: Vec<(LogPos, Folded)>,
     buffer: Vec<u8>,
     /// A sync made for a reader failed, taking back records the journal
     /// has not flushed yet: its next flush must fail too.
@@ -54,7 +55,7 @@ struct Writer {
 
 /// Durable records on their way into the state database.
 enum ToState {
-    Records(Vec<(LogPos, Record)>, LogPos),
+    Records(Vec<(LogPos, Folded)>, LogPos),
     /// The live copies per segment, counted at start.
     Refs(SegmentRefs),
     /// Answered once everything sent before it is applied.
@@ -72,6 +73,9 @@ pub struct DiskStore {
     /// Whether the log has been replayed into the state database (the
     /// first `load`).
     recovered: AtomicBool,
+    /// Live copies per log segment, as found at open and kept up to date
+    /// through the replay; then the checkpoint thread's.
+    refs: Mutex<SegmentRefs>,
 }
 
 /// Bytes on disk, kept where every publish can read them.
@@ -155,7 +159,8 @@ impl DiskStore {
     /// first, whose lock keeps a second petrel away from both, then the log,
     /// recovering its tail.
     pub fn open(data_dir: &Path, options: DiskOptions) -> Result<DiskStore, StoreError> {
-        let state = Arc::new(StateDb::open(data_dir)?);
+        let (state, refs) = StateDb::open(data_dir)?;
+        let state = Arc::new(state);
         let log_dir = data_dir.join("log");
         let log = CommitLog::open(&log_dir, options.segment_bytes)?;
         let reader = log.reader();
@@ -191,6 +196,7 @@ impl DiskStore {
             disk,
             log_dir,
             recovered: AtomicBool::new(false),
+            refs: Mutex::new(refs),
         })
     }
 
@@ -213,17 +219,16 @@ impl DiskStore {
     /// database, so its rows are complete.
     fn replay(&self) -> Result<(), StoreError> {
         let from = self.state.checkpoint()?;
-        let mut scratch = SegmentRefs::new();
+        let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut replayed = 0u64;
         self.reader.scan(from, |found| {
             let record = Record::decode(&found.body, self.place(found.pos))?;
-            self.state.apply(found.pos, &record, &mut scratch)?;
+            self.state.apply(found.pos, &record.into(), &mut refs)?;
             replayed += 1;
             Ok(())
         })?;
         let end = self.writer().log.end();
-        self.state.set_checkpoint(end)?;
-        self.state.flush()?;
+        self.state.make_checkpoint(end)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -350,7 +355,7 @@ impl Store for DiskStore {
         record.encode_into(buffer)?;
         match log.append(crate::timer::now_ms(), buffer) {
             Ok(pos) => {
-                unsynced.push((pos, record));
+                unsynced.push((pos, record.into()));
                 Ok(())
             }
             Err(error) => {
@@ -386,42 +391,30 @@ impl Store for DiskStore {
         } else {
             self.settle_state()?;
         }
-        let rows = self.state.load()?;
+        let rows = self.state.load(HELD_IN_MEMORY)?;
         if first {
-            self.send(ToState::Refs(refs_of(&rows)));
+            let refs =
+                std::mem::take(&mut *self.refs.lock().unwrap_or_else(PoisonError::into_inner));
+            self.send(ToState::Refs(refs));
         }
         let mut snapshot = Snapshot {
             sessions: rows.sessions,
             subscriptions: rows.subscriptions,
             retained: rows.retained.into_iter().map(Arc::new).collect(),
             inbound_qos2: rows.inbound_qos2,
+            spilled: rows.spilled,
             ..Snapshot::default()
         };
         let mut cache = HashMap::new();
         for (client_id, copies) in rows.copies {
-            let mut held = Vec::new();
-            let mut spilled = Vec::new();
-            let mut unsent = 0;
+            let mut held = Vec::with_capacity(copies.len());
             for (seq, row, sent) in copies {
-                if sent.is_none() {
-                    unsent += 1;
-                    if unsent > HELD_IN_MEMORY {
-                        spilled.push(Spilled {
-                            seq,
-                            size: row.size,
-                        });
-                        continue;
-                    }
-                }
                 let message = self.message_at(row.pos, &mut cache)?;
                 held.push(StoredDelivery {
                     seq,
                     delivery: row.delivery(seq, message),
                     sent,
                 });
-            }
-            if !spilled.is_empty() {
-                snapshot.spilled.insert(client_id.clone(), spilled);
             }
             snapshot.deliveries.insert(client_id, held);
         }
@@ -435,11 +428,9 @@ impl Store for DiskStore {
     fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {
         let mut cache = HashMap::new();
         let mut found = Vec::with_capacity(seqs.len());
-        for &seq in seqs {
-            if let Some(row) = self.state.copy(client_id, seq)? {
-                let message = self.message_at(row.pos, &mut cache)?;
-                found.push(row.delivery(seq, message));
-            }
+        for entry in self.state.copies(client_id, seqs)? {
+            let message = self.message_at(entry.row.pos, &mut cache)?;
+            found.push(entry.row.delivery(entry.seq, message));
         }
         Ok(found)
     }
@@ -457,27 +448,6 @@ fn probe_write(dir: &Path) -> std::io::Result<()> {
     result
 }
 
-/// Durable records not yet applied to the state database, at most this
-/// heavy (messages included) before they are.
-const MAX_WAITING_WEIGHT: usize = 32 * 1024 * 1024;
-
-/// Durable records waiting to be applied together.
-#[derive(Default)]
-struct Waiting {
-    records: Vec<(LogPos, Record)>,
-    weight: usize,
-    /// The log position they reach.
-    end: Option<LogPos>,
-}
-
-impl Waiting {
-    fn add(&mut self, records: Vec<(LogPos, Record)>, end: LogPos) {
-        self.weight += records.iter().map(|(_, r)| r.weight()).sum::<usize>();
-        self.records.extend(records);
-        self.end = Some(end);
-    }
-}
-
 /// The thread that folds durable log records into the state database.
 struct Checkpointer {
     state: Arc<StateDb>,
@@ -488,7 +458,6 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn run(mut self, from_log: Receiver<ToState>) {
-        let mut waiting = Waiting::default();
         let mut applied: Option<LogPos> = None;
         let mut last_checkpoint = Instant::now();
         loop {
@@ -499,15 +468,12 @@ impl Checkpointer {
                     false
                 }
                 Ok(ToState::Barrier(done)) => {
-                    applied = self.apply_waiting(&mut waiting).or(applied);
                     let _ = done.send(());
                     false
                 }
                 Ok(ToState::Records(records, end)) => {
-                    waiting.add(records, end);
-                    if waiting.weight > MAX_WAITING_WEIGHT {
-                        applied = self.apply_waiting(&mut waiting).or(applied);
-                    }
+                    self.apply(&records);
+                    applied = Some(end);
                     false
                 }
                 // Space freed by others is noticed within an interval.
@@ -517,12 +483,11 @@ impl Checkpointer {
                 }
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            if stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                applied = self.apply_waiting(&mut waiting).or(applied);
-                if let Some(end) = applied.take() {
-                    last_checkpoint = Instant::now();
-                    self.checkpoint(end);
-                }
+            if (stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+                && let Some(end) = applied.take()
+            {
+                last_checkpoint = Instant::now();
+                self.checkpoint(end);
             }
             if stopping {
                 return;
@@ -530,50 +495,11 @@ impl Checkpointer {
         }
     }
 
-    /// Applies the waiting records, leaving out the copies that were both
-    /// stored and done within them: a subscriber that keeps up costs the
-    /// database nothing. Returns the log position applied up to.
-    fn apply_waiting(&mut self, waiting: &mut Waiting) -> Option<LogPos> {
-        let records = std::mem::take(&mut waiting.records);
-        waiting.weight = 0;
-        let end = waiting.end.take()?;
-        let mut stored = HashSet::new();
-        for (_, record) in &records {
-            if let Record::PutCopies { copies, .. } = record {
-                stored.extend(copies.iter().map(|c| (c.client_id.clone(), c.seq)));
-            }
-        }
-        let mut done_within = HashSet::new();
-        for (_, record) in &records {
-            if let Record::DeleteDelivery { client_id, seq } = record
-                && stored.contains(&(client_id.clone(), *seq))
-            {
-                done_within.insert((client_id.clone(), *seq));
-            }
-        }
-        for (pos, mut record) in records {
-            match &mut record {
-                Record::PutCopies { copies, .. } => {
-                    copies.retain(|c| !done_within.contains(&(c.client_id.clone(), c.seq)));
-                }
-                Record::MarkSent { client_id, seq, .. }
-                | Record::DeleteDelivery { client_id, seq }
-                    if done_within.contains(&(client_id.clone(), *seq)) =>
-                {
-                    continue;
-                }
-                _ => {}
-            }
-            self.apply(pos, &record);
-        }
-        Some(end)
-    }
-
-    /// Applies one record, retrying while the database refuses (a full
-    /// disk): skipping it would leave the rows behind the checkpoint.
-    fn apply(&mut self, pos: LogPos, record: &Record) {
+    /// Applies a run of changes, retrying while the database refuses (a
+    /// full disk): skipping them would leave the rows behind the checkpoint.
+    fn apply(&mut self, changes: &[(LogPos, Folded)]) {
         let mut reported = false;
-        while let Err(error) = self.state.apply(pos, record, &mut self.refs) {
+        while let Err(error) = self.state.apply_all(changes, &mut self.refs) {
             if !reported {
                 tracing::error!(%error, "cannot update the state database; retrying");
                 reported = true;
@@ -585,11 +511,7 @@ impl Checkpointer {
     /// Makes the rows durable up to `end` and deletes the log segments that
     /// are both behind the checkpoint and pointed at by no stored copy.
     fn checkpoint(&mut self, end: LogPos) {
-        let flushed = self
-            .state
-            .set_checkpoint(end)
-            .and_then(|()| self.state.flush());
-        if let Err(error) = flushed {
+        if let Err(error) = self.state.make_checkpoint(end) {
             tracing::error!(%error, "cannot checkpoint the state database; the log is kept");
             return;
         }

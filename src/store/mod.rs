@@ -15,6 +15,7 @@ mod disk;
 mod journal;
 pub mod log;
 mod memory;
+mod queues;
 mod record;
 mod state;
 

@@ -2,19 +2,20 @@
 //! rows the commit log is folded into behind its writer.
 //!
 //! Trees: `sessions` (client id -> the session's own fields),
-//! `subscriptions` (client id, filter -> options), `deliveries` (client id,
-//! seq -> where the message of a QoS 1/2 copy is in the log and how it is
-//! delivered), `sent` (client id, seq -> packet id and awaited ack of a copy
-//! already sent), `inbound_qos2` (client id, packet id -> awaiting PUBREL),
-//! `retained` (topic -> message) and `meta` (format, and the log position
-//! the rows are complete up to). Keys owned by a session start with its
-//! client id and a NUL byte, which no MQTT string may contain, so a prefix
-//! scan finds exactly one session's rows. Values are postcard.
+//! `subscriptions` (client id, filter -> options), `queues` (client id,
+//! chunk -> up to 1024 stored QoS 1/2 copies: where each message is in the
+//! log, how it is delivered, how far it was sent; see `queues`),
+//! `inbound_qos2` (client id, packet id -> awaiting PUBREL), `retained`
+//! (topic -> message) and `meta` (format, and the log position the rows are
+//! complete up to). Keys owned by a session start with its client id and a
+//! NUL byte, which no MQTT string may contain, so a prefix scan finds
+//! exactly one session's rows. Values are postcard.
 //!
-//! Every write is a blind put or delete of one key (or one session's
-//! prefix), so applying a run of records a second time leaves the rows as
-//! applying it once did: replaying the log from the checkpoint after a
-//! crash is safe even where sled had already kept later writes.
+//! Every change is a blind put or delete of one key (or one session's
+//! prefix), or a copy stored or removed by its key, so applying a run of
+//! records a second time leaves the rows as applying it once did:
+//! replaying the log from the checkpoint after a crash is safe even where
+//! sled had already kept later writes.
 //!
 //! Retained messages are kept whole here rather than as log positions: they
 //! are replaced by topic, few, and read in full at every start, and keeping
@@ -23,22 +24,23 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::log::LogPos;
-use super::{Record, SessionRecord, StoreError};
+use super::queues::{Entry, QueueIndex};
+use super::{Copy, Record, SessionRecord, StoreError};
 use crate::protocol::{Message, QoS};
-use crate::session::{Delivery, Sent, SubscriptionEntry};
+use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 
 /// Bumped whenever the stored layout changes incompatibly.
 const FORMAT: u8 = 2;
 
 /// How much of the database sled keeps cached in memory: enough for the
 /// rows being worked on, and small next to an offline backlog on disk.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A stored copy: where its message is in the log and how it is delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,14 +67,51 @@ impl CopyRow {
     }
 }
 
+/// A durable record as the state database needs it: the copies of a
+/// message keep only the message's size, so records waiting to be applied
+/// hold no message bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folded {
+    Copies {
+        copies: Vec<Copy>,
+        size: u32,
+        inbound_qos2: Option<(Arc<str>, u16)>,
+    },
+    Other(Record),
+}
+
+impl From<Record> for Folded {
+    fn from(record: Record) -> Folded {
+        match record {
+            Record::PutCopies {
+                message,
+                copies,
+                inbound_qos2,
+            } => Folded::Copies {
+                size: message
+                    .as_ref()
+                    .map_or(0, |m| u32::try_from(m.size()).unwrap_or(u32::MAX)),
+                // Without its message a copy has nothing to point at.
+                copies: if message.is_some() {
+                    copies
+                } else {
+                    Vec::new()
+                },
+                inbound_qos2,
+            },
+            other => Folded::Other(other),
+        }
+    }
+}
+
 /// Live copies per log segment: a segment no copy points into may go.
 pub type SegmentRefs = BTreeMap<u32, u64>;
 
-fn add_ref(refs: &mut SegmentRefs, pos: LogPos, count: u64) {
+pub(super) fn add_ref(refs: &mut SegmentRefs, pos: LogPos, count: u64) {
     *refs.entry(pos.segment()).or_default() += count;
 }
 
-fn drop_ref(refs: &mut SegmentRefs, pos: LogPos) {
+pub(super) fn drop_ref(refs: &mut SegmentRefs, pos: LogPos) {
     if let Some(count) = refs.get_mut(&pos.segment()) {
         *count = count.saturating_sub(1);
         if *count == 0 {
@@ -87,8 +126,11 @@ pub struct Rows {
     pub sessions: Vec<SessionRecord>,
     pub subscriptions: HashMap<String, Vec<(String, SubscriptionEntry)>>,
     pub retained: Vec<Message>,
-    /// Per client id, by seq.
+    /// Per client id, in the order they were stored: the copies that come
+    /// back whole.
     pub copies: HashMap<String, Vec<(u64, CopyRow, Option<Sent>)>>,
+    /// Per client id, the copies after those, as keys and sizes.
+    pub spilled: HashMap<String, Vec<Spilled>>,
     pub inbound_qos2: HashMap<String, Vec<u16>>,
 }
 
@@ -97,8 +139,8 @@ pub struct StateDb {
     meta: sled::Tree,
     sessions: sled::Tree,
     subscriptions: sled::Tree,
-    deliveries: sled::Tree,
-    sent: sled::Tree,
+    /// Written by the checkpoint thread, read by refills.
+    queues: Mutex<QueueIndex>,
     inbound_qos2: sled::Tree,
     retained: sled::Tree,
 }
@@ -106,7 +148,8 @@ pub struct StateDb {
 impl StateDb {
     /// Opens (or creates) the database under `data_dir`. Only `flush` makes
     /// writes durable: the log holds everything newer.
-    pub fn open(data_dir: &Path) -> Result<StateDb, StoreError> {
+    /// Returns the live copies per log segment as well.
+    pub fn open(data_dir: &Path) -> Result<(StateDb, SegmentRefs), StoreError> {
         let dir = data_dir.join("db");
         let open_error = |reason: String| StoreError::Open {
             dir: dir.display().to_string(),
@@ -151,20 +194,26 @@ impl StateDb {
                 db.flush().map_err(backend)?;
             }
         }
-        Ok(StateDb {
+        let (mut queues, mut refs) = QueueIndex::open(tree("queues")?)?;
+        let sessions = tree("sessions")?;
+        queues.remove_orphans(
+            |client_id| sessions.contains_key(client_id).unwrap_or(true),
+            &mut refs,
+        )?;
+        let state = StateDb {
             meta,
-            sessions: tree("sessions")?,
+            sessions,
             subscriptions: tree("subscriptions")?,
-            deliveries: tree("deliveries")?,
-            sent: tree("sent")?,
+            queues: Mutex::new(queues),
             inbound_qos2: tree("inbound_qos2")?,
             retained: tree("retained")?,
             db,
-        })
+        };
+        Ok((state, refs))
     }
 }
 
-fn backend(error: sled::Error) -> StoreError {
+pub(super) fn backend(error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(io) => StoreError::io(&io),
         sled::Error::Corruption { .. } => StoreError::Corrupt(error.to_string()),
@@ -172,11 +221,15 @@ fn backend(error: sled::Error) -> StoreError {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| {
         StoreError::Corrupt(format!(
             "{tree} entry {}: {e}",
@@ -198,10 +251,6 @@ fn owned_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
     key
 }
 
-fn delivery_key(client_id: &str, seq: u64) -> Vec<u8> {
-    owned_key(client_id, &seq.to_be_bytes())
-}
-
 fn inbound_key(client_id: &str, packet_id: u16) -> Vec<u8> {
     owned_key(client_id, &packet_id.to_be_bytes())
 }
@@ -211,10 +260,6 @@ fn split_key(key: &[u8]) -> Option<(String, &[u8])> {
     let nul = key.iter().position(|&b| b == 0)?;
     let client_id = std::str::from_utf8(&key[..nul]).ok()?.to_string();
     Some((client_id, &key[nul + 1..]))
-}
-
-fn sent_key(client_id: &str, seq: u64) -> Vec<u8> {
-    delivery_key(client_id, seq)
 }
 
 impl StateDb {
@@ -231,7 +276,7 @@ impl StateDb {
 
     /// Records that the rows hold everything before `pos`; durable with the
     /// next `flush`, together with the rows written before it.
-    pub fn set_checkpoint(&self, pos: LogPos) -> Result<(), StoreError> {
+    fn set_checkpoint(&self, pos: LogPos) -> Result<(), StoreError> {
         self.meta
             .insert("checkpoint", &pos.0.to_be_bytes())
             .map_err(backend)?;
@@ -243,128 +288,134 @@ impl StateDb {
     pub fn apply(
         &self,
         pos: LogPos,
-        record: &Record,
+        change: &Folded,
         refs: &mut SegmentRefs,
     ) -> Result<(), StoreError> {
-        match record {
-            Record::PutSession(session) => {
-                self.sessions
-                    .insert(session.client_id.as_bytes(), encode(&**session)?)
-                    .map_err(backend)?;
-            }
-            Record::DeleteSession(client_id) => self.delete_session(client_id, refs)?,
-            Record::PutSubscription {
-                client_id,
-                filter,
-                entry,
-            } => {
-                self.subscriptions
-                    .insert(owned_key(client_id, filter.as_bytes()), encode(entry)?)
-                    .map_err(backend)?;
-            }
-            Record::DeleteSubscription { client_id, filter } => {
-                self.subscriptions
-                    .remove(owned_key(client_id, filter.as_bytes()))
-                    .map_err(backend)?;
-            }
-            Record::PutRetained(message) => {
-                self.retained
-                    .insert(message.topic.as_bytes(), encode(&**message)?)
-                    .map_err(backend)?;
-            }
-            Record::DeleteRetained(topic) => {
-                self.retained.remove(topic.as_bytes()).map_err(backend)?;
-            }
-            Record::PutCopies {
-                message,
-                copies,
-                inbound_qos2,
-            } => {
-                if let Some(message) = message.as_ref().filter(|_| !copies.is_empty()) {
-                    let size = u32::try_from(message.size()).unwrap_or(u32::MAX);
-                    let mut batch = sled::Batch::default();
+        self.apply_all(std::slice::from_ref(&(pos, change.clone())), refs)
+    }
+
+    /// Applies a run of changes. Copies go to the queue index; inbound QoS
+    /// 2 ids, one per message, are gathered into one batch; the rare other
+    /// changes (sessions, subscriptions, retained) are applied in place.
+    pub fn apply_all(
+        &self,
+        changes: &[(LogPos, Folded)],
+        refs: &mut SegmentRefs,
+    ) -> Result<(), StoreError> {
+        let mut inbound = sled::Batch::default();
+        for (pos, change) in changes {
+            let record = match change {
+                Folded::Copies {
+                    copies,
+                    size,
+                    inbound_qos2,
+                } => {
+                    let mut queues = self.queues();
                     for copy in copies {
-                        let row = CopyRow {
-                            pos,
-                            size,
-                            qos: copy.qos,
-                            retain: copy.retain,
-                            subscription_ids: copy.subscription_ids.clone(),
+                        let entry = Entry {
+                            seq: copy.seq,
+                            row: CopyRow {
+                                pos: *pos,
+                                size: *size,
+                                qos: copy.qos,
+                                retain: copy.retain,
+                                subscription_ids: copy.subscription_ids.clone(),
+                            },
+                            sent: None,
                         };
-                        batch.insert(delivery_key(&copy.client_id, copy.seq), encode(&row)?);
+                        queues.put(&copy.client_id, entry, refs)?;
                     }
-                    self.deliveries.apply_batch(batch).map_err(backend)?;
-                    add_ref(refs, pos, copies.len() as u64);
+                    if let Some((client_id, packet_id)) = inbound_qos2 {
+                        inbound.insert(inbound_key(client_id, *packet_id), &[]);
+                    }
+                    continue;
                 }
-                if let Some((client_id, packet_id)) = inbound_qos2 {
-                    self.inbound_qos2
-                        .insert(inbound_key(client_id, *packet_id), &[])
+                Folded::Other(record) => record,
+            };
+            match record {
+                Record::PutSession(session) => {
+                    self.sessions
+                        .insert(session.client_id.as_bytes(), encode(&**session)?)
                         .map_err(backend)?;
                 }
-            }
-            Record::MarkSent {
-                client_id,
-                seq,
-                sent,
-            } => {
-                self.sent
-                    .insert(sent_key(client_id, *seq), encode(sent)?)
-                    .map_err(backend)?;
-            }
-            Record::DeleteDelivery { client_id, seq } => {
-                // The copy goes first: a `sent` row left behind by a crash
-                // between the two is an orphan that `load` discards.
-                let key = delivery_key(client_id, *seq);
-                if let Some(row) = self.deliveries.remove(&key).map_err(backend)? {
-                    let row: CopyRow = decode("deliveries", &key, &row)?;
-                    drop_ref(refs, row.pos);
+                Record::DeleteSession(client_id) => {
+                    self.inbound_qos2
+                        .apply_batch(std::mem::take(&mut inbound))
+                        .map_err(backend)?;
+                    self.delete_session(client_id, refs)?;
                 }
-                self.sent.remove(&key).map_err(backend)?;
-            }
-            Record::DeleteInboundQos2 {
-                client_id,
-                packet_id,
-            } => {
-                self.inbound_qos2
-                    .remove(inbound_key(client_id, *packet_id))
-                    .map_err(backend)?;
+                Record::PutSubscription {
+                    client_id,
+                    filter,
+                    entry,
+                } => {
+                    self.subscriptions
+                        .insert(owned_key(client_id, filter.as_bytes()), encode(entry)?)
+                        .map_err(backend)?;
+                }
+                Record::DeleteSubscription { client_id, filter } => {
+                    self.subscriptions
+                        .remove(owned_key(client_id, filter.as_bytes()))
+                        .map_err(backend)?;
+                }
+                Record::PutRetained(message) => {
+                    self.retained
+                        .insert(message.topic.as_bytes(), encode(&**message)?)
+                        .map_err(backend)?;
+                }
+                Record::DeleteRetained(topic) => {
+                    self.retained.remove(topic.as_bytes()).map_err(backend)?;
+                }
+                Record::PutCopies { .. } => unreachable!("folded into Folded::Copies"),
+                Record::MarkSent {
+                    client_id,
+                    seq,
+                    sent,
+                } => self.queues().mark_sent(client_id, *seq, *sent)?,
+                Record::DeleteDelivery { client_id, seq } => {
+                    self.queues().remove(client_id, *seq, refs)?;
+                }
+                Record::DeleteInboundQos2 {
+                    client_id,
+                    packet_id,
+                } => inbound.remove(inbound_key(client_id, *packet_id)),
             }
         }
+        self.inbound_qos2.apply_batch(inbound).map_err(backend)?;
         Ok(())
+    }
+
+    fn queues(&self) -> MutexGuard<'_, QueueIndex> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn delete_session(&self, client_id: &str, refs: &mut SegmentRefs) -> Result<(), StoreError> {
         self.sessions
             .remove(client_id.as_bytes())
             .map_err(backend)?;
+        self.queues().remove_session(client_id, refs)?;
         let prefix = owner_prefix(client_id);
-        for (tree, holds_copies) in [
-            (&self.subscriptions, false),
-            (&self.deliveries, true),
-            (&self.sent, false),
-            (&self.inbound_qos2, false),
-        ] {
+        for tree in [&self.subscriptions, &self.inbound_qos2] {
             let mut batch = sled::Batch::default();
-            for entry in tree.scan_prefix(&prefix) {
-                let (key, value) = entry.map_err(backend)?;
-                if holds_copies {
-                    let row: CopyRow = decode("deliveries", &key, &value)?;
-                    drop_ref(refs, row.pos);
-                }
-                batch.remove(key);
+            for key in tree.scan_prefix(&prefix).keys() {
+                batch.remove(key.map_err(backend)?);
             }
             tree.apply_batch(batch).map_err(backend)?;
         }
         Ok(())
     }
 
-    /// One stored copy, if it is still there.
-    pub fn copy(&self, client_id: &str, seq: u64) -> Result<Option<CopyRow>, StoreError> {
-        let key = delivery_key(client_id, seq);
-        match self.deliveries.get(&key).map_err(backend)? {
-            Some(value) => Ok(Some(decode("deliveries", &key, &value)?)),
-            None => Ok(None),
-        }
+    /// The stored copies `seqs` of `client_id` that are there.
+    pub fn copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Entry>, StoreError> {
+        self.queues().find(client_id, seqs)
+    }
+
+    /// Writes what changed in the queue index, records that the rows hold
+    /// everything before `pos`, and makes it all durable.
+    pub fn make_checkpoint(&self, pos: LogPos) -> Result<(), StoreError> {
+        self.queues().write_changed()?;
+        self.set_checkpoint(pos)?;
+        self.flush()
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -376,8 +427,10 @@ impl StateDb {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Reads every row back, dropping rows whose session is gone.
-    pub fn load(&self) -> Result<Rows, StoreError> {
+    /// Reads every row back, dropping rows whose session is gone. Of each
+    /// session's copies, those sent and the first `hold` unsent ones come
+    /// back whole, the rest as keys and sizes only.
+    pub fn load(&self, hold: usize) -> Result<Rows, StoreError> {
         let mut rows = Rows::default();
         let mut owners = HashSet::new();
         for entry in self.sessions.iter() {
@@ -407,29 +460,33 @@ impl StateDb {
                 None => orphans.push((&self.subscriptions, key)),
             }
         }
-        let mut sent = HashMap::new();
-        for entry in self.sent.iter() {
-            let (key, value) = entry.map_err(backend)?;
-            let state: Sent = decode("sent", &key, &value)?;
-            sent.insert(key, state);
+        {
+            let mut queues = self.queues();
+            let mut unsent: HashMap<String, usize> = HashMap::new();
+            queues.visit(|client_id, entry| {
+                if !owners.contains(client_id) {
+                    return;
+                }
+                let unsent = unsent.entry(client_id.to_string()).or_default();
+                if entry.sent.is_none() {
+                    *unsent += 1;
+                    if *unsent > hold {
+                        rows.spilled
+                            .entry(client_id.to_string())
+                            .or_default()
+                            .push(Spilled {
+                                seq: entry.seq,
+                                size: entry.row.size,
+                            });
+                        return;
+                    }
+                }
+                rows.copies
+                    .entry(client_id.to_string())
+                    .or_default()
+                    .push((entry.seq, entry.row, entry.sent));
+            })?;
         }
-        for entry in self.deliveries.iter() {
-            let (key, value) = entry.map_err(backend)?;
-            let owned = split_key(&key).filter(|(owner, _)| owners.contains(owner));
-            let Some((client_id, seq)) = owned
-                .and_then(|(owner, rest)| Some((owner, u64::from_be_bytes(rest.try_into().ok()?))))
-            else {
-                orphans.push((&self.deliveries, key));
-                continue;
-            };
-            let row: CopyRow = decode("deliveries", &key, &value)?;
-            let state = sent.remove(&key);
-            rows.copies
-                .entry(client_id)
-                .or_default()
-                .push((seq, row, state));
-        }
-        orphans.extend(sent.into_keys().map(|key| (&self.sent, key)));
         for entry in self.inbound_qos2.iter() {
             let (key, _) = entry.map_err(backend)?;
             let owned = split_key(&key).filter(|(owner, _)| owners.contains(owner));
@@ -449,21 +506,11 @@ impl StateDb {
     }
 }
 
-/// Live copies per segment, counted from the rows read at start.
-pub fn refs_of(rows: &Rows) -> SegmentRefs {
-    let mut refs = SegmentRefs::new();
-    for (_, row, _) in rows.copies.values().flatten() {
-        add_ref(&mut refs, row.pos, 1);
-    }
-    refs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::{MessageProperties, QoS};
     use crate::session::AwaitedAck;
-    use crate::store::Copy;
 
     fn copies(message_for: &[(&str, u64)]) -> Record {
         Record::PutCopies {
@@ -507,13 +554,17 @@ mod tests {
     #[test]
     fn rows_keep_positions_state_and_counts_and_drop_orphans() {
         let dir = temp_dir("rows");
-        let db = StateDb::open(&dir).unwrap();
+        let (db, _) = StateDb::open(&dir).unwrap();
         let mut refs = SegmentRefs::new();
         let at = |segment, offset| LogPos::new(segment, offset);
-        db.apply(at(0, 0), &session("a"), &mut refs).unwrap();
-        db.apply(at(0, 10), &copies(&[("a", 2), ("gone", 5)]), &mut refs)
-            .unwrap();
-        db.apply(at(1, 0), &copies(&[("a", 10)]), &mut refs)
+        db.apply(at(0, 0), &session("a").into(), &mut refs).unwrap();
+        db.apply(
+            at(0, 10),
+            &copies(&[("a", 2), ("gone", 5)]).into(),
+            &mut refs,
+        )
+        .unwrap();
+        db.apply(at(1, 0), &copies(&[("a", 10)]).into(), &mut refs)
             .unwrap();
         let sent = Sent {
             packet_id: 4,
@@ -524,30 +575,38 @@ mod tests {
             seq: 2,
             sent,
         };
-        db.apply(at(1, 20), &mark, &mut refs).unwrap();
+        db.apply(at(1, 20), &mark.into(), &mut refs).unwrap();
         assert_eq!(refs, SegmentRefs::from([(0, 2), (1, 1)]));
+        db.make_checkpoint(at(1, 30)).unwrap();
+        drop(db);
 
-        let rows = db.load().unwrap();
+        let (db, mut refs) = StateDb::open(&dir).unwrap();
+        assert_eq!(refs, SegmentRefs::from([(0, 1), (1, 1)]), "orphan dropped");
+        assert_eq!(db.checkpoint().unwrap(), at(1, 30));
+        let rows = db.load(1).unwrap();
         let kept = &rows.copies["a"];
         assert_eq!(kept.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 10]);
         assert_eq!(kept[0].1.pos, at(0, 10));
         assert_eq!(kept[0].2, Some(sent));
         assert_eq!(kept[1].2, None);
+        assert!(rows.spilled.is_empty(), "sent copies are always held");
         assert_eq!(rows.inbound_qos2["a"], [9]);
-        assert!(!rows.copies.contains_key("gone"), "orphan dropped");
-        assert_eq!(refs_of(&rows), SegmentRefs::from([(0, 1), (1, 1)]));
+        assert!(!rows.copies.contains_key("gone"));
 
-        let mut refs = refs_of(&rows);
         let done = Record::DeleteDelivery {
             client_id: "a".into(),
             seq: 2,
         };
-        db.apply(at(1, 30), &done, &mut refs).unwrap();
+        db.apply(at(1, 30), &done.into(), &mut refs).unwrap();
         assert_eq!(refs, SegmentRefs::from([(1, 1)]));
-        db.apply(at(1, 40), &Record::DeleteSession("a".into()), &mut refs)
-            .unwrap();
+        db.apply(
+            at(1, 40),
+            &Record::DeleteSession("a".into()).into(),
+            &mut refs,
+        )
+        .unwrap();
         assert!(refs.is_empty());
-        let empty = db.load().unwrap();
+        let empty = db.load(1).unwrap();
         assert!(empty.sessions.is_empty() && empty.copies.is_empty());
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
@@ -556,7 +615,7 @@ mod tests {
     #[test]
     fn applying_a_run_of_records_twice_leaves_the_rows_as_once() {
         let dir = temp_dir("replay");
-        let db = StateDb::open(&dir).unwrap();
+        let (db, _) = StateDb::open(&dir).unwrap();
         let run = [
             session("a"),
             Record::PutSubscription {
@@ -576,18 +635,26 @@ mod tests {
         ];
         let mut refs = SegmentRefs::new();
         for (offset, record) in run.iter().enumerate() {
-            db.apply(LogPos::new(0, offset as u32), record, &mut refs)
-                .unwrap();
+            db.apply(
+                LogPos::new(0, offset as u32),
+                &record.clone().into(),
+                &mut refs,
+            )
+            .unwrap();
         }
-        let once = db.load().unwrap();
+        let once = db.load(0).unwrap();
         for (offset, record) in run.iter().enumerate() {
-            db.apply(LogPos::new(0, offset as u32), record, &mut refs)
-                .unwrap();
+            db.apply(
+                LogPos::new(0, offset as u32),
+                &record.clone().into(),
+                &mut refs,
+            )
+            .unwrap();
         }
-        let twice = db.load().unwrap();
-        assert_eq!(once.copies, twice.copies);
+        let twice = db.load(0).unwrap();
+        assert_eq!(once.spilled, twice.spilled);
         assert_eq!(once.subscriptions, twice.subscriptions);
-        assert_eq!(once.copies["a"].len(), 1);
+        assert_eq!(once.spilled["a"].len(), 1);
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
     }
