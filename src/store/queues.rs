@@ -22,10 +22,11 @@ use crate::session::Sent;
 /// Copies per chunk.
 const CHUNK: usize = 1024;
 
-/// Changes after which the changed chunks are written (and let go of)
-/// without waiting for the next checkpoint, so that a burst never holds
-/// more than this many entries' worth of chunks in memory.
-const WRITE_AFTER_CHANGES: usize = 64 * CHUNK;
+/// Changed chunks other than sessions' newest, past which they are written
+/// (and let go of) without waiting for the next checkpoint: a burst never
+/// holds more than this many chunks in memory, and a subscriber that keeps
+/// up drains most chunks before they are ever written.
+const WRITE_AFTER_SEALED: usize = 64;
 
 /// One stored copy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +68,8 @@ struct SessionQueue {
 pub struct QueueIndex {
     tree: sled::Tree,
     queues: HashMap<String, SessionQueue>,
-    /// Changes since the changed chunks were last written.
-    changes: usize,
+    /// Changed chunks, other than sessions' newest, not yet written.
+    sealed_changed: usize,
 }
 
 fn chunk_key(client_id: &str, id: u32) -> Vec<u8> {
@@ -117,7 +118,7 @@ impl QueueIndex {
         let index = QueueIndex {
             tree,
             queues,
-            changes: 0,
+            sealed_changed: 0,
         };
         Ok((index, refs))
     }
@@ -157,6 +158,9 @@ impl QueueIndex {
             .and_then(|c| c.entries.as_ref())
             .is_some_and(|e| e.len() < CHUNK);
         if !open {
+            if queue.chunks.last().is_some_and(|newest| newest.dirty) {
+                self.sealed_changed += 1;
+            }
             queue.chunks.push(Chunk {
                 id: queue.next_id,
                 first: entry.seq,
@@ -175,24 +179,33 @@ impl QueueIndex {
             .as_mut()
             .expect("the newest chunk is loaded")
             .push(entry);
-        self.changed()
+        self.write_if_many_changed()
     }
 
-    fn changed(&mut self) -> Result<(), StoreError> {
-        self.changes += 1;
-        if self.changes >= WRITE_AFTER_CHANGES {
+    fn write_if_many_changed(&mut self) -> Result<(), StoreError> {
+        if self.sealed_changed >= WRITE_AFTER_SEALED {
             self.write_changed()?;
         }
         Ok(())
+    }
+
+    /// Marks chunk `index` of `queue` changed, counting it if it is not the
+    /// newest.
+    fn touch(sealed_changed: &mut usize, queue: &mut SessionQueue, index: usize) {
+        let newest = index + 1 == queue.chunks.len();
+        let chunk = &mut queue.chunks[index];
+        if !chunk.dirty && !newest {
+            *sealed_changed += 1;
+        }
+        chunk.dirty = true;
     }
 
     pub fn mark_sent(&mut self, client_id: &str, seq: u64, sent: Sent) -> Result<(), StoreError> {
         if let Some(queue) = self.queues.get_mut(client_id)
             && let Some((chunk, at)) = find(&self.tree, client_id, queue, seq)?
         {
-            let chunk = &mut queue.chunks[chunk];
-            chunk.entries.as_mut().expect("found in it")[at].sent = Some(sent);
-            chunk.dirty = true;
+            QueueIndex::touch(&mut self.sealed_changed, queue, chunk);
+            queue.chunks[chunk].entries.as_mut().expect("found in it")[at].sent = Some(sent);
         }
         Ok(())
     }
@@ -207,11 +220,14 @@ impl QueueIndex {
         if let Some(queue) = self.queues.get_mut(client_id)
             && let Some((chunk, at)) = find(&self.tree, client_id, queue, seq)?
         {
-            let chunk = &mut queue.chunks[chunk];
-            let gone = chunk.entries.as_mut().expect("found in it").remove(at);
-            chunk.dirty = true;
+            QueueIndex::touch(&mut self.sealed_changed, queue, chunk);
+            let gone = queue.chunks[chunk]
+                .entries
+                .as_mut()
+                .expect("found in it")
+                .remove(at);
             drop_ref(refs, gone.row.pos);
-            self.changed()?;
+            self.write_if_many_changed()?;
         }
         Ok(())
     }
@@ -271,7 +287,7 @@ impl QueueIndex {
             }
         }
         self.tree.apply_batch(batch).map_err(backend)?;
-        self.changes = 0;
+        self.sealed_changed = 0;
         self.unload_sealed();
         Ok(())
     }
