@@ -56,22 +56,28 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the store the durability mode asks for (sled under `data_dir`,
-    /// or memory), rebuilds what it holds, binds every listener and starts
-    /// serving.
+    /// Opens the store the durability mode asks for (the commit log and
+    /// the state database under `data_dir`, or memory), rebuilds what it
+    /// holds, binds every listener and starts serving.
     pub async fn start(settings: Settings) -> Result<Broker, BrokerError> {
         let store: Arc<dyn Store> = match settings.durability {
             Durability::Memory => Arc::new(MemoryStore::new()),
-            Durability::Sync | Durability::Async => Arc::new(DiskStore::open(
-                &settings.data_dir,
-                DiskOptions {
+            Durability::Sync | Durability::Async => {
+                let dir = settings.data_dir.clone();
+                let options = DiskOptions {
                     segment_bytes: settings.log_segment_bytes,
                     max_disk_bytes: match settings.max_disk_bytes {
                         0 => u64::MAX,
                         bytes => bytes,
                     },
-                },
-            )?),
+                };
+                // Opening recovers the log's tail: disk work, kept off the
+                // runtime's threads.
+                let opened = tokio::task::spawn_blocking(move || DiskStore::open(&dir, options))
+                    .await
+                    .map_err(|error| StoreError::Backend(error.to_string()))??;
+                Arc::new(opened)
+            }
         };
         Broker::start_with_store(settings, store).await
     }

@@ -60,6 +60,8 @@ enum ToState {
     Refs(SegmentRefs),
     /// Answered once everything sent before it is applied.
     Barrier(Sender<()>),
+    /// Answered once everything sent before it is checkpointed.
+    Checkpoint(Sender<()>),
 }
 
 pub struct DiskStore {
@@ -308,9 +310,11 @@ impl DiskStore {
             pos.offset()
         )
     }
+}
 
+impl Drop for DiskStore {
     /// Stops the checkpoint thread after a final checkpoint.
-    fn close(&self) {
+    fn drop(&mut self) {
         drop(
             self.to_state
                 .lock()
@@ -325,12 +329,6 @@ impl DiskStore {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
-    }
-}
-
-impl Drop for DiskStore {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 
@@ -425,6 +423,13 @@ impl Store for DiskStore {
         self.settle_state()
     }
 
+    /// Checkpoints now, so that a restart has nothing to replay.
+    fn close(&self) {
+        let (done, checkpointed) = mpsc::channel();
+        self.send(ToState::Checkpoint(done));
+        let _ = checkpointed.recv();
+    }
+
     fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {
         let mut cache = HashMap::new();
         let mut found = Vec::with_capacity(seqs.len());
@@ -471,6 +476,14 @@ impl Checkpointer {
                     let _ = done.send(());
                     false
                 }
+                Ok(ToState::Checkpoint(done)) => {
+                    if let Some(end) = applied.take() {
+                        last_checkpoint = Instant::now();
+                        self.checkpoint(end);
+                    }
+                    let _ = done.send(());
+                    false
+                }
                 Ok(ToState::Records(records, end)) => {
                     self.apply(&records);
                     applied = Some(end);
@@ -483,11 +496,13 @@ impl Checkpointer {
                 }
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            if (stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
-                && let Some(end) = applied.take()
-            {
+            if stopping || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                // The next interval starts now whether or not there was
+                // anything to checkpoint.
                 last_checkpoint = Instant::now();
-                self.checkpoint(end);
+                if let Some(end) = applied.take() {
+                    self.checkpoint(end);
+                }
             }
             if stopping {
                 return;

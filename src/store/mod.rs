@@ -140,6 +140,8 @@ pub trait Store: Send + Sync + 'static {
     fn settle(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Finishes background work (after the last `flush`); blocks.
+    fn close(&self) {}
 }
 
 #[cfg(test)]
