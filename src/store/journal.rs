@@ -48,6 +48,10 @@ const CONGESTED_BYTES: usize = 64 * 1024 * 1024;
 /// has space again, so publishes are accepted again without a restart.
 const FULL_RETRY: Duration = Duration::from_millis(500);
 
+/// How long the writer lets records gather after a batch when nothing waits
+/// for them to be durable (`async`, `memory`).
+const BACKGROUND_PAUSE: Duration = Duration::from_millis(2);
+
 /// How long the writer sleeps when nothing happens.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
@@ -409,6 +413,12 @@ impl Shared {
                     unflushed_since.get_or_insert_with(Instant::now);
                 }
                 self.settle(first, last, failure);
+                if flush != Flush::EveryBatch && !stop {
+                    // Nothing waits for these writes: letting records pile
+                    // up a little makes batches larger and wake-ups (each a
+                    // context switch on a busy machine) rarer.
+                    std::thread::sleep(BACKGROUND_PAUSE);
+                }
             }
             if flush_due.is_some_and(|due| Instant::now() >= due) {
                 unflushed_since = None;

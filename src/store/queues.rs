@@ -35,6 +35,10 @@ pub struct Entry {
     pub row: CopyRow,
     /// Set once it was sent: re-sent with DUP and this packet id.
     pub sent: Option<Sent>,
+    /// Done, left in place until its chunk is written: removing from the
+    /// front of a chunk would move every entry behind it.
+    #[serde(skip)]
+    pub removed: bool,
 }
 
 #[derive(Debug)]
@@ -46,6 +50,8 @@ struct Chunk {
     last: u64,
     /// None while only its row holds the entries.
     entries: Option<Vec<Entry>>,
+    /// Entries not removed.
+    alive: usize,
     /// Changed since its row was written.
     dirty: bool,
 }
@@ -129,7 +135,10 @@ impl QueueIndex {
         for (client_id, queue) in &mut self.queues {
             for chunk in &mut queue.chunks {
                 match &chunk.entries {
-                    Some(entries) => entries.iter().for_each(|e| visit(client_id, e.clone())),
+                    Some(entries) => entries
+                        .iter()
+                        .filter(|e| !e.removed)
+                        .for_each(|e| visit(client_id, e.clone())),
                     None => read(&self.tree, client_id, chunk.id)?
                         .into_iter()
                         .for_each(|e| visit(client_id, e)),
@@ -166,6 +175,7 @@ impl QueueIndex {
                 first: entry.seq,
                 last: entry.seq,
                 entries: Some(Vec::with_capacity(16)),
+                alive: 0,
                 dirty: true,
             });
             queue.next_id += 1;
@@ -174,6 +184,7 @@ impl QueueIndex {
         chunk.first = chunk.first.min(entry.seq);
         chunk.last = chunk.last.max(entry.seq);
         chunk.dirty = true;
+        chunk.alive += 1;
         chunk
             .entries
             .as_mut()
@@ -221,11 +232,10 @@ impl QueueIndex {
             && let Some((chunk, at)) = find(&self.tree, client_id, queue, seq)?
         {
             QueueIndex::touch(&mut self.sealed_changed, queue, chunk);
-            let gone = queue.chunks[chunk]
-                .entries
-                .as_mut()
-                .expect("found in it")
-                .remove(at);
+            let chunk = &mut queue.chunks[chunk];
+            let gone = &mut chunk.entries.as_mut().expect("found in it")[at];
+            gone.removed = true;
+            chunk.alive -= 1;
             drop_ref(refs, gone.row.pos);
             self.write_if_many_changed()?;
         }
@@ -243,7 +253,9 @@ impl QueueIndex {
         };
         for chunk in &mut queue.chunks {
             for entry in load(&self.tree, client_id, chunk)? {
-                drop_ref(refs, entry.row.pos);
+                if !entry.removed {
+                    drop_ref(refs, entry.row.pos);
+                }
             }
             self.tree
                 .remove(chunk_key(client_id, chunk.id))
@@ -276,7 +288,8 @@ impl QueueIndex {
                 if !chunk.dirty {
                     continue;
                 }
-                let entries = chunk.entries.as_ref().expect("a changed chunk is loaded");
+                let entries = chunk.entries.as_mut().expect("a changed chunk is loaded");
+                entries.retain(|e| !e.removed);
                 let key = chunk_key(client_id, chunk.id);
                 if entries.is_empty() {
                     batch.remove(key);
@@ -296,9 +309,7 @@ impl QueueIndex {
     /// forgetting empty chunks and sessions; their rows hold them.
     pub fn unload_sealed(&mut self) {
         self.queues.retain(|_, queue| {
-            queue.chunks.retain(|chunk| {
-                chunk.dirty || chunk.entries.as_ref().is_none_or(|e| !e.is_empty())
-            });
+            queue.chunks.retain(|chunk| chunk.dirty || chunk.alive > 0);
             let newest = queue.chunks.len().saturating_sub(1);
             for chunk in &mut queue.chunks[..newest] {
                 if !chunk.dirty {
@@ -331,6 +342,7 @@ impl Chunk {
             id,
             first,
             last,
+            alive: entries.len(),
             entries: Some(entries),
             dirty: false,
         })
@@ -369,10 +381,16 @@ fn find(
         if !chunk.holds(seq) {
             continue;
         }
-        if let Some(at) = load(tree, client_id, chunk)?
-            .iter()
-            .position(|e| e.seq == seq)
-        {
+        let entries = load(tree, client_id, chunk)?;
+        // Keys arrive in order but for publishers racing each other: a
+        // binary search finds almost every one, a scan the rest.
+        let live = |e: &Entry| e.seq == seq && !e.removed;
+        let at = match entries.binary_search_by_key(&seq, |e| e.seq) {
+            Ok(at) if !entries[at].removed => Some(at),
+            // A key stored again after it was removed sits further on.
+            _ => entries.iter().position(live),
+        };
+        if let Some(at) = at {
             return Ok(Some((index, at)));
         }
     }
@@ -397,6 +415,7 @@ mod tests {
                 subscription_ids: Vec::new(),
             },
             sent: None,
+            removed: false,
         }
     }
 

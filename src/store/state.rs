@@ -322,6 +322,7 @@ impl StateDb {
                                 subscription_ids: copy.subscription_ids.clone(),
                             },
                             sent: None,
+                            removed: false,
                         };
                         queues.put(&copy.client_id, entry, refs)?;
                     }
