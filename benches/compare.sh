@@ -131,7 +131,9 @@ start_a() {
         mosquitto -c "$WORK/a.conf" >>"$WORK/a.log" 2>&1 &
     else
         mkdir -p "$WORK/petrel-data"
-        "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "$A_PORT" \
+        # The queue limit Mosquitto gets (petrel's default is far deeper).
+        env PETREL_LIMITS__MAX_QUEUED_MESSAGES=1000 \
+            "$PETREL_BIN" serve -c "$ROOT/config/petrel.toml" -p "$A_PORT" \
             --data-dir "$WORK/petrel-data" >>"$WORK/a.log" 2>&1 &
     fi
     A_PID=$!

@@ -81,7 +81,7 @@ impl Metrics {
     }
     /// A message a session's full queue did not keep; `session_total`
     /// counts that session's, logged at each power of two as well.
-    pub(crate) fn queue_full_drop(&self, client_id: &str, session_total: u64) {
+    pub(crate) fn queue_full_drop(&self, client_id: &str, session_total: u32) {
         let total = count_and_maybe_log(&self.messages_dropped);
         if total.is_some() || session_total.is_power_of_two() {
             tracing::warn!(

@@ -154,38 +154,49 @@ pub enum AckOutcome {
 pub struct Outbound {
     /// The oldest waiting messages, held in memory.
     queue: VecDeque<Delivery>,
-    /// Stored messages waiting behind `queue`, left in the store.
-    spilled: VecDeque<Spilled>,
-    /// Whether the first of `spilled` are being read back.
-    fetching: bool,
-    /// Sizes of the messages in `queue` and `spilled`.
-    queued_bytes: usize,
+    /// Stored messages waiting behind `queue`, left in the store; boxed,
+    /// as most sessions never have any.
+    spill: Option<Box<Spill>>,
+    /// Sizes of the messages in `queue` and spilled.
+    queued_bytes: u64,
     inflight: VecDeque<Inflight>,
     next_packet_id: u16,
     /// min(client Receive Maximum, configured max_inflight).
     window: u16,
-    limits: QueueLimits,
+    /// The limits (`QueueLimits`), kept small: every session has them.
+    max_messages: u32,
+    max_bytes: u64,
+    when_full: QueueFull,
     /// Messages this session lost to a full queue.
-    dropped: u64,
-    /// Stored messages held in memory before further ones are spilled.
-    hold: usize,
+    dropped: u32,
+    /// Whether a connection serves the session: it holds more in memory.
+    connected: bool,
     /// Changes to stored deliveries not yet taken by `take_changes`.
     changes: Vec<Change>,
+}
+
+/// Stored messages left in the store, oldest first.
+#[derive(Debug, Default)]
+struct Spill {
+    keys: VecDeque<Spilled>,
+    /// Whether the first of them are being read back.
+    fetching: bool,
 }
 
 impl Outbound {
     pub fn new(window: u16, limits: QueueLimits) -> Outbound {
         Outbound {
             queue: VecDeque::new(),
-            spilled: VecDeque::new(),
-            fetching: false,
+            spill: None,
             queued_bytes: 0,
             inflight: VecDeque::new(),
             next_packet_id: 1,
             window: window.max(1),
-            limits,
+            max_messages: u32::try_from(limits.max_messages).unwrap_or(u32::MAX),
+            max_bytes: u64::try_from(limits.max_bytes).unwrap_or(u64::MAX),
+            when_full: limits.when_full,
             dropped: 0,
-            hold: HELD_IN_MEMORY,
+            connected: false,
             changes: Vec::new(),
         }
     }
@@ -205,7 +216,7 @@ impl Outbound {
                     });
                 }
                 None => {
-                    self.queued_bytes += delivery.message.size();
+                    self.queued_bytes += size_of(&delivery);
                     self.queue.push_back(delivery);
                 }
             }
@@ -216,8 +227,8 @@ impl Outbound {
     /// queue.
     pub fn restore_spilled(&mut self, spilled: impl IntoIterator<Item = Spilled>) {
         for entry in spilled {
-            self.queued_bytes += entry.size as usize;
-            self.spilled.push_back(entry);
+            self.queued_bytes += u64::from(entry.size);
+            self.spill.get_or_insert_default().keys.push_back(entry);
         }
     }
 
@@ -247,27 +258,36 @@ impl Outbound {
     /// Whether a connection is serving the session: it then holds more
     /// messages in memory before spilling.
     pub fn set_connected(&mut self, connected: bool) {
-        self.hold = if connected {
+        self.connected = connected;
+    }
+
+    /// Stored messages held in memory before further ones are spilled.
+    fn hold(&self) -> usize {
+        if self.connected {
             HELD_WHILE_CONNECTED
         } else {
             HELD_IN_MEMORY
-        };
+        }
+    }
+
+    fn spilled(&self) -> usize {
+        self.spill.as_ref().map_or(0, |spill| spill.keys.len())
     }
 
     /// Messages waiting (held and spilled), not counting the inflight ones.
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.spilled.len()
+        self.queue.len() + self.spilled()
     }
 
     /// Messages this session lost to a full queue.
-    pub fn dropped(&self) -> u64 {
+    pub fn dropped(&self) -> u32 {
         self.dropped
     }
 
     /// Whether a message of `size` bytes finds the queue full.
     pub fn is_full(&self, size: usize) -> bool {
-        self.queued() >= self.limits.max_messages
-            || self.queued_bytes.saturating_add(size) > self.limits.max_bytes
+        self.queued() >= self.max_messages as usize
+            || self.queued_bytes.saturating_add(size as u64) > self.max_bytes
     }
 
     /// Adds a message behind the ones already waiting. When the queue is full
@@ -283,15 +303,15 @@ impl Outbound {
             }
             if let Some(oldest_qos0) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
                 self.remove_queued(oldest_qos0);
-            } else if self.limits.when_full != QueueFull::DropOldest || !self.drop_oldest() {
+            } else if self.when_full != QueueFull::DropOldest || !self.drop_oldest() {
                 return self.drop_new(&delivery);
             }
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
             outcome = Enqueued::QueuedDroppingOlder;
         }
         match delivery.seq {
-            Some(seq) if !self.spilled.is_empty() || self.queue.len() >= self.hold => {
-                self.spilled.push_back(Spilled {
+            Some(seq) if self.spilled() > 0 || self.queue.len() >= self.hold() => {
+                self.spill.get_or_insert_default().keys.push_back(Spilled {
                     seq,
                     size: u32::try_from(size).unwrap_or(u32::MAX),
                 });
@@ -299,17 +319,17 @@ impl Outbound {
             // Behind messages left in the store, a QoS 0 message would
             // overtake them; it is the one that gives way. (Unstored QoS 1/2
             // messages, retained ones sent on subscribe, go ahead.)
-            None if !self.spilled.is_empty() && delivery.qos == QoS::AtMostOnce => {
+            None if self.spilled() > 0 && delivery.qos == QoS::AtMostOnce => {
                 return self.drop_new(&delivery);
             }
             _ => self.queue.push_back(delivery),
         }
-        self.queued_bytes += size;
+        self.queued_bytes += size as u64;
         outcome
     }
 
     fn drop_new(&mut self, delivery: &Delivery) -> Enqueued {
-        self.dropped += 1;
+        self.dropped = self.dropped.saturating_add(1);
         self.record(delivery, |seq| Change::Removed { seq });
         Enqueued::Dropped
     }
@@ -321,9 +341,9 @@ impl Outbound {
             return true;
         }
         // One being read back is skipped when it arrives (`refill`).
-        match self.spilled.pop_front() {
+        match self.spill.as_mut().and_then(|spill| spill.keys.pop_front()) {
             Some(entry) => {
-                self.queued_bytes -= entry.size as usize;
+                self.queued_bytes -= u64::from(entry.size);
                 self.changes.push(Change::Removed { seq: entry.seq });
                 true
             }
@@ -333,7 +353,7 @@ impl Outbound {
 
     fn remove_queued(&mut self, at: usize) {
         if let Some(gone) = self.queue.remove(at) {
-            self.queued_bytes -= gone.message.size();
+            self.queued_bytes -= size_of(&gone);
             self.record(&gone, |seq| Change::Removed { seq });
         }
     }
@@ -341,44 +361,55 @@ impl Outbound {
     /// The keys of spilled messages to read back now that the held queue
     /// runs low, once per read: `refill` must follow.
     pub fn wants_refill(&mut self) -> Option<Vec<u64>> {
-        if self.fetching || self.spilled.is_empty() || self.queue.len() >= self.hold / 2 {
+        let hold = self.hold();
+        let held = self.queue.len();
+        let spill = self.spill.as_mut()?;
+        if spill.fetching || spill.keys.is_empty() || held >= hold / 2 {
             return None;
         }
-        self.fetching = true;
-        let room = (self.hold - self.queue.len()).min(REFILL_BATCH);
-        Some(self.spilled.iter().take(room).map(|s| s.seq).collect())
+        spill.fetching = true;
+        let room = (hold - held).min(REFILL_BATCH);
+        Some(spill.keys.iter().take(room).map(|s| s.seq).collect())
     }
 
     /// The read asked for by `wants_refill` failed: it is asked again later.
     pub fn refill_failed(&mut self) {
-        self.fetching = false;
+        if let Some(spill) = self.spill.as_mut() {
+            spill.fetching = false;
+        }
     }
 
     /// Takes back the messages read for `asked`, in order. An asked key the
     /// store no longer had is counted as dropped.
     pub fn refill(&mut self, asked: &[u64], found: Vec<Delivery>) {
-        self.fetching = false;
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        spill.fetching = false;
         let mut found: HashMap<u64, Delivery> = found
             .into_iter()
             .filter_map(|d| Some((d.seq?, d)))
             .collect();
         for &seq in asked {
             // Keys dropped while they were read are no longer in front.
-            let Some(at) = self.spilled.iter().position(|s| s.seq == seq) else {
+            let Some(at) = spill.keys.iter().position(|s| s.seq == seq) else {
                 continue;
             };
-            let entry = self.spilled.remove(at).expect("found above");
-            self.queued_bytes -= entry.size as usize;
+            let entry = spill.keys.remove(at).expect("found above");
+            self.queued_bytes -= u64::from(entry.size);
             match found.remove(&seq) {
                 Some(delivery) => {
-                    self.queued_bytes += delivery.message.size();
+                    self.queued_bytes += size_of(&delivery);
                     self.queue.push_back(delivery);
                 }
                 None => {
-                    self.dropped += 1;
+                    self.dropped = self.dropped.saturating_add(1);
                     self.changes.push(Change::Removed { seq });
                 }
             }
+        }
+        if spill.keys.is_empty() {
+            self.spill = None;
         }
     }
 
@@ -391,7 +422,7 @@ impl Outbound {
                 return None;
             }
             let delivery = self.queue.pop_front()?;
-            self.queued_bytes -= delivery.message.size();
+            self.queued_bytes -= size_of(&delivery);
             if delivery.message.is_expired(now_ms) {
                 *expired += 1;
                 self.record(&delivery, |seq| Change::Removed { seq });
@@ -509,6 +540,11 @@ impl Outbound {
             })
             .collect()
     }
+}
+
+/// What a waiting message counts against `max_queued_bytes`.
+fn size_of(delivery: &Delivery) -> u64 {
+    delivery.message.size() as u64
 }
 
 fn to_deliver(delivery: &Delivery, packet_id: u16, dup: bool, now_ms: u64) -> Deliver {
