@@ -70,10 +70,25 @@ async fn publish_acknowledged(addr: SocketAddr, topic: &str, first: u32, last: u
 async fn drain(addr: SocketAddr, id: &str, count: usize) -> Vec<u32> {
     let (mut subscriber, present) = connect_accepted(addr, &persistent_v311(id)).await;
     assert!(present, "the persistent session is there");
+    let numbers = receive(&mut subscriber, count, false).await;
+    subscriber.send(&[0xe0, 0x00]).await;
+    subscriber.expect_closed().await;
+    numbers
+}
+
+/// `drain` for a v5 session.
+async fn drain_v5(addr: SocketAddr, id: &str, count: usize) -> Vec<u32> {
+    let (mut subscriber, connack) = connect_v5_with(addr, &persistent_v5(id)).await;
+    assert!(connack.session_present, "the persistent session is there");
+    receive(&mut subscriber, count, true).await
+}
+
+/// Receives `count` QoS 1 messages numbered `m{n}`, acknowledging each.
+async fn receive(subscriber: &mut RawClient, count: usize, v5: bool) -> Vec<u32> {
     let mut numbers = Vec::with_capacity(count);
     while numbers.len() < count {
         let packet = subscriber.expect_kind(PUBLISH).await;
-        let publish = Publish::parse(&packet, false);
+        let publish = Publish::parse(&packet, v5);
         let text = String::from_utf8_lossy(&publish.payload);
         numbers.push(
             text[1..9]
@@ -84,8 +99,6 @@ async fn drain(addr: SocketAddr, id: &str, count: usize) -> Vec<u32> {
             .send(&ack(0x40, publish.packet_id.expect("QoS 1")))
             .await;
     }
-    subscriber.send(&[0xe0, 0x00]).await;
-    subscriber.expect_closed().await;
     numbers
 }
 
@@ -273,26 +286,6 @@ async fn max_disk_bytes_refuses_with_0x97_and_accepts_again_once_drained() {
         "publishes accepted again once the backlog was delivered"
     );
     assert!(broker.terminate().success());
-}
-
-async fn drain_v5(addr: SocketAddr, id: &str, count: usize) -> Vec<u32> {
-    let (mut subscriber, connack) = connect_v5_with(addr, &persistent_v5(id)).await;
-    assert!(connack.session_present, "the persistent session is there");
-    let mut numbers = Vec::with_capacity(count);
-    while numbers.len() < count {
-        let packet = subscriber.expect_kind(PUBLISH).await;
-        let publish = Publish::parse(&packet, true);
-        let text = String::from_utf8_lossy(&publish.payload);
-        numbers.push(
-            text[1..9]
-                .parse()
-                .expect("payload starts with m and a number"),
-        );
-        subscriber
-            .send(&ack(0x40, publish.packet_id.expect("QoS 1")))
-            .await;
-    }
-    numbers
 }
 
 /// A tmpfs of `bytes` mounted on `dir`, unmounted on drop.

@@ -546,6 +546,20 @@ mod tests {
         }))
     }
 
+    /// Opens a database this process just closed: sled's I/O threads may
+    /// hold its lock for a moment after the last handle is dropped.
+    fn reopen(dir: &Path) -> (StateDb, SegmentRefs) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match StateDb::open(dir) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::yield_now();
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+    }
+
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("petrel-state-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -581,7 +595,7 @@ mod tests {
         db.make_checkpoint(at(1, 30)).unwrap();
         drop(db);
 
-        let (db, mut refs) = StateDb::open(&dir).unwrap();
+        let (db, mut refs) = reopen(&dir);
         assert_eq!(refs, SegmentRefs::from([(0, 1), (1, 1)]), "orphan dropped");
         assert_eq!(db.checkpoint().unwrap(), at(1, 30));
         let rows = db.load(1).unwrap();
@@ -635,24 +649,15 @@ mod tests {
             copies(&[("a", 2)]),
         ];
         let mut refs = SegmentRefs::new();
-        for (offset, record) in run.iter().enumerate() {
-            db.apply(
-                LogPos::new(0, offset as u32),
-                &record.clone().into(),
-                &mut refs,
-            )
-            .unwrap();
-        }
-        let once = db.load(0).unwrap();
-        for (offset, record) in run.iter().enumerate() {
-            db.apply(
-                LogPos::new(0, offset as u32),
-                &record.clone().into(),
-                &mut refs,
-            )
-            .unwrap();
-        }
-        let twice = db.load(0).unwrap();
+        let mut apply_run = || {
+            for (offset, record) in run.iter().enumerate() {
+                let at = LogPos::new(0, offset as u32);
+                db.apply(at, &record.clone().into(), &mut refs).unwrap();
+            }
+            db.load(0).unwrap()
+        };
+        let once = apply_run();
+        let twice = apply_run();
         assert_eq!(once.spilled, twice.spilled);
         assert_eq!(once.subscriptions, twice.subscriptions);
         assert_eq!(once.spilled["a"].len(), 1);
