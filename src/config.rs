@@ -26,6 +26,12 @@ pub enum ConfigError {
     Invalid(config::ConfigError),
     #[error("invalid config: `{key}` {problem}")]
     OutOfRange { key: &'static str, problem: String },
+    #[error("invalid config: stream `{stream}`: `{key}` {problem}")]
+    Stream {
+        stream: String,
+        key: &'static str,
+        problem: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +62,9 @@ pub struct Settings {
     pub allow_anonymous: bool,
     #[serde(default)]
     pub limits: Limits,
+    /// Streams fed by topic filters (DESIGN §5).
+    #[serde(default)]
+    pub streams: Vec<crate::stream::StreamConfig>,
     #[serde(default)]
     pub log: Log,
 }
@@ -287,6 +296,7 @@ impl Default for Settings {
             max_disk_bytes: 0,
             allow_anonymous: true,
             limits: Limits::default(),
+            streams: Vec::new(),
             log: Log::default(),
         }
     }
@@ -363,6 +373,17 @@ impl Settings {
         if self.listeners.is_empty() {
             return out_of_range("listeners", "must name at least one listener");
         }
+        let topic_limits = crate::topic::TopicLimits {
+            max_length: limits.max_topic_length,
+            max_levels: limits.max_topic_levels,
+        };
+        crate::stream::spec::check_all(&self.streams, topic_limits).map_err(|error| {
+            ConfigError::Stream {
+                stream: error.stream,
+                key: error.key,
+                problem: error.problem,
+            }
+        })?;
         if limits.max_packet_size < 64 || limits.max_packet_size > 268_435_455 {
             return out_of_range("limits.max_packet_size", "must be 64 ..= 268435455");
         }
@@ -493,6 +514,20 @@ mod tests {
         assert!(err.to_string().contains("limits.max_inflight"), "{err}");
         let err = load_str("[limits]\nmax_topic_length = 70000\n").unwrap_err();
         assert!(err.to_string().contains("limits.max_topic_length"), "{err}");
+    }
+
+    #[test]
+    fn streams_are_read_and_a_bad_one_is_refused_with_its_name_and_key() {
+        let text = "[[streams]]\nname = \"orders\"\nfilters = [\"orders/#\"]\npartitions = 8\nkey = \"topic:1\"\n";
+        let settings = load_str(text).unwrap();
+        assert_eq!(settings.streams[0].partitions, 8);
+        let err = load_str(&text.replace("partitions = 8", "partitions = 0")).unwrap_err();
+        assert!(
+            err.to_string().contains("stream `orders`: `partitions`"),
+            "{err}"
+        );
+        let err = load_str(&format!("{text}retention = \"3 days\"\n")).unwrap_err();
+        assert!(err.to_string().contains("`retention`"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod stream;
 pub mod timer;
 pub mod topic;
 pub mod transport;

@@ -1,0 +1,10 @@
+//! Streams: MQTT topic filters feeding partitioned, append-only logs that
+//! consumer groups read over MQTT with committed offsets (DESIGN §5).
+
+pub mod assign;
+pub mod key;
+pub mod spec;
+
+pub use assign::assign;
+pub use key::{KeySpec, partition_of};
+pub use spec::{StreamConfig, StreamSpec};
