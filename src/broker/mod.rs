@@ -35,6 +35,7 @@ use crate::session::{
     Change, ConnectionSignal, Delivery, Enqueued, QueueLimits, Session, SessionConfig, SessionState,
 };
 use crate::store::{Copy, Journal, Record, SessionRecord, Snapshot, Ticket};
+use crate::stream::Streams;
 use crate::timer::{TimerId, TimerWheel};
 use crate::topic::TopicLimits;
 
@@ -160,6 +161,8 @@ pub struct BrokerState {
     next_seq: AtomicU64,
     /// Sessions' requests to read their spilled messages back.
     refills: refill::Refills,
+    /// The streams publishes are appended to.
+    streams: Streams,
     shutting_down: AtomicBool,
 }
 
@@ -175,6 +178,17 @@ impl BrokerState {
         snapshot: Snapshot,
         now: u64,
     ) -> Arc<BrokerState> {
+        // Loading the settings checked the streams; settings made in code
+        // are checked here.
+        let topic_limits = TopicLimits {
+            max_length: settings.limits.max_topic_length,
+            max_levels: settings.limits.max_topic_levels,
+        };
+        let stream_specs = crate::stream::spec::check_all(&settings.streams, topic_limits)
+            .unwrap_or_else(|error| {
+                tracing::error!(stream = %error.stream, key = error.key, problem = %error.problem, "stream not configured");
+                Vec::new()
+            });
         let state = Arc::new(BrokerState {
             settings,
             sessions: DashMap::new(),
@@ -187,6 +201,7 @@ impl BrokerState {
             timers: Timers::new(now),
             next_seq: AtomicU64::new(snapshot.last_seq() + 1),
             refills: refill::Refills::new(),
+            streams: Streams::new(stream_specs, &snapshot.stream_offsets),
             shutting_down: AtomicBool::new(false),
         });
         restore::restore(&state, snapshot, now);
@@ -199,6 +214,11 @@ impl BrokerState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The configured streams and their partitions' next offsets.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     pub fn journal(&self) -> &Journal {
@@ -294,14 +314,17 @@ impl BrokerState {
             .iter()
             .filter_map(|(session, delivery)| Copy::of(session.client_id(), delivery))
             .collect();
-        let mut ticket = Ticket::NONE;
-        if !copies.is_empty() || inbound_qos2.is_some() {
-            ticket = self.journal.append(Record::PutCopies {
-                message: (!copies.is_empty()).then(|| message.clone()),
+        let ticket = self.streams.append(message, |appends| {
+            if copies.is_empty() && appends.is_empty() && inbound_qos2.is_none() {
+                return Ticket::NONE;
+            }
+            self.journal.append(Record::PutCopies {
+                message: (!copies.is_empty() || !appends.is_empty()).then(|| message.clone()),
                 copies,
                 inbound_qos2: inbound_qos2.map(|(client_id, id)| (client_id.clone(), id)),
-            });
-        }
+                appends,
+            })
+        });
         let receivers = deliveries.len();
         for (session, delivery) in deliveries {
             self.deliver(&session, delivery);

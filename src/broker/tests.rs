@@ -701,3 +701,64 @@ fn connect_user_properties_are_kept_with_the_connection() {
     let (other, _) = connect(&broker, connect_packet(Version::V5, "d", true, 0), T0);
     assert!(other.connect_user_properties().is_empty());
 }
+
+#[test]
+fn a_publish_feeding_a_stream_is_appended_once_at_its_keys_next_offset_whatever_its_qos() {
+    let broker = broker_with(|settings| {
+        settings.streams = vec![crate::stream::StreamConfig {
+            name: "orders".into(),
+            filters: vec!["orders/#".into()],
+            partitions: 8,
+            key: "topic:1".into(),
+            retention: None,
+            max_bytes: None,
+            start: "latest".into(),
+            max_attempts: 16,
+            retry_backoff: vec!["1s".into()],
+            max_inflight_per_partition: 1,
+            ack_timeout: "30s".into(),
+        }];
+    });
+    let mut publisher = v5(&broker, "pub", true, 0);
+    publisher.take_output();
+    for (packet_id, qos) in [
+        (0, QoS::AtMostOnce),
+        (1, QoS::AtLeastOnce),
+        (2, QoS::ExactlyOnce),
+    ] {
+        publisher
+            .handle(
+                publish("orders/device-1/new", qos, packet_id, "o", false),
+                T0,
+            )
+            .unwrap();
+    }
+    publisher
+        .handle(
+            publish("telemetry/device-1", QoS::AtLeastOnce, 3, "t", false),
+            T0,
+        )
+        .unwrap();
+    let appends: Vec<(u32, u64, bool)> = broker
+        .journal
+        .take()
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::PutCopies {
+                message, appends, ..
+            } => Some(
+                appends
+                    .into_iter()
+                    .map(move |a| (a.partition, a.offset, message.is_some())),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // "device-1" is in partition 1 of 8 (FNV-1a 64, pinned in stream::key).
+    assert_eq!(
+        appends,
+        [(1, 0, true), (1, 1, true), (1, 2, true)],
+        "each QoS appended once, in order, with its message; other topics not at all"
+    );
+}

@@ -401,6 +401,12 @@ impl Store for DiskStore {
             retained: rows.retained.into_iter().map(Arc::new).collect(),
             inbound_qos2: rows.inbound_qos2,
             spilled: rows.spilled,
+            stream_offsets: self
+                .state
+                .partition_bounds()
+                .into_iter()
+                .map(|(partition, _, last)| (partition, last))
+                .collect(),
             ..Snapshot::default()
         };
         let mut cache = HashMap::new();

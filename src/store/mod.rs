@@ -30,7 +30,7 @@ use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 pub use disk::{DiskOptions, DiskStore};
 pub use journal::{Flush, Journal, Ticket};
 pub use memory::MemoryStore;
-pub use record::{Copy, Record};
+pub use record::{Append, Copy, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub spilled: HashMap<String, Vec<Spilled>>,
     /// Per client id: inbound QoS 2 packet ids awaiting PUBREL.
     pub inbound_qos2: HashMap<String, Vec<u16>>,
+    /// Per stream partition (`stream/partition`): the last offset stored.
+    pub stream_offsets: HashMap<String, u64>,
 }
 
 impl Snapshot {

@@ -320,6 +320,18 @@ impl QueueIndex {
         });
     }
 
+    /// Each owner's lowest and highest stored key.
+    pub fn bounds(&self) -> Vec<(String, u64, u64)> {
+        self.queues
+            .iter()
+            .filter_map(|(owner, queue)| {
+                let first = queue.chunks.iter().map(|c| c.first).min()?;
+                let last = queue.chunks.iter().map(|c| c.last).max()?;
+                Some((owner.clone(), first, last))
+            })
+            .collect()
+    }
+
     /// Forgets the queues of sessions not in `keep` and removes their rows.
     pub fn remove_orphans(
         &mut self,

@@ -43,6 +43,8 @@ pub enum Record {
         message: Option<Arc<Message>>,
         copies: Vec<Copy>,
         inbound_qos2: Option<(Arc<str>, u16)>,
+        /// The stream partitions it is appended to, with its offsets.
+        appends: Vec<Append>,
     },
     MarkSent {
         client_id: Arc<str>,
@@ -57,6 +59,22 @@ pub enum Record {
         client_id: Arc<str>,
         packet_id: u16,
     },
+}
+
+/// One message appended to one stream partition, at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Append {
+    pub stream: Arc<str>,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl Append {
+    /// The partition's name in the partition index: stream names have no
+    /// '/', so this is unique.
+    pub fn partition_name(&self) -> String {
+        format!("{}/{}", self.stream, self.partition)
+    }
 }
 
 /// Where one copy of a message goes: a persistent session, under its key.
@@ -100,8 +118,11 @@ impl Record {
         BASE + match self {
             Record::PutRetained(message) => message.size(),
             Record::PutCopies {
-                message, copies, ..
-            } => message.as_ref().map_or(0, |m| m.size()) + BASE * copies.len(),
+                message,
+                copies,
+                appends,
+                ..
+            } => message.as_ref().map_or(0, |m| m.size()) + BASE * (copies.len() + appends.len()),
             _ => 0,
         }
     }
@@ -150,6 +171,11 @@ mod tests {
                     subscription_ids: vec![3],
                 }],
                 inbound_qos2: Some(("p".into(), 9)),
+                appends: vec![Append {
+                    stream: "orders".into(),
+                    partition: 3,
+                    offset: 41,
+                }],
             },
             Record::MarkSent {
                 client_id: "a".into(),

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::LogPos;
 use super::queues::{Entry, QueueIndex};
-use super::{Copy, Record, SessionRecord, StoreError};
+use super::{Append, Copy, Record, SessionRecord, StoreError};
 use crate::protocol::{Message, QoS};
 use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 
@@ -76,6 +76,7 @@ pub enum Folded {
         copies: Vec<Copy>,
         size: u32,
         inbound_qos2: Option<(Arc<str>, u16)>,
+        appends: Vec<Append>,
     },
     Other(Record),
 }
@@ -87,13 +88,20 @@ impl From<Record> for Folded {
                 message,
                 copies,
                 inbound_qos2,
+                appends,
             } => Folded::Copies {
                 size: message
                     .as_ref()
                     .map_or(0, |m| u32::try_from(m.size()).unwrap_or(u32::MAX)),
-                // Without its message a copy has nothing to point at.
+                // Without its message a copy or an append has nothing to
+                // point at.
                 copies: if message.is_some() {
                     copies
+                } else {
+                    Vec::new()
+                },
+                appends: if message.is_some() {
+                    appends
                 } else {
                     Vec::new()
                 },
@@ -141,6 +149,8 @@ pub struct StateDb {
     subscriptions: sled::Tree,
     /// Written by the checkpoint thread, read by refills.
     queues: Mutex<QueueIndex>,
+    /// Stream partitions, by `stream/partition`: offset -> log position.
+    partitions: Mutex<QueueIndex>,
     inbound_qos2: sled::Tree,
     retained: sled::Tree,
 }
@@ -195,6 +205,10 @@ impl StateDb {
             }
         }
         let (mut queues, mut refs) = QueueIndex::open(tree("queues")?)?;
+        let (partitions, partition_refs) = QueueIndex::open(tree("partitions")?)?;
+        for (segment, count) in partition_refs {
+            *refs.entry(segment).or_default() += count;
+        }
         let sessions = tree("sessions")?;
         queues.remove_orphans(
             |client_id| sessions.contains_key(client_id).unwrap_or(true),
@@ -205,6 +219,7 @@ impl StateDb {
             sessions,
             subscriptions: tree("subscriptions")?,
             queues: Mutex::new(queues),
+            partitions: Mutex::new(partitions),
             inbound_qos2: tree("inbound_qos2")?,
             retained: tree("retained")?,
             db,
@@ -309,7 +324,26 @@ impl StateDb {
                     copies,
                     size,
                     inbound_qos2,
+                    appends,
                 } => {
+                    if !appends.is_empty() {
+                        let mut partitions = self.partitions();
+                        for append in appends {
+                            let entry = Entry {
+                                seq: append.offset,
+                                row: CopyRow {
+                                    pos: *pos,
+                                    size: *size,
+                                    qos: QoS::AtMostOnce,
+                                    retain: false,
+                                    subscription_ids: Vec::new(),
+                                },
+                                sent: None,
+                                removed: false,
+                            };
+                            partitions.put(&append.partition_name(), entry, refs)?;
+                        }
+                    }
                     let mut queues = self.queues();
                     for copy in copies {
                         let entry = Entry {
@@ -390,6 +424,17 @@ impl StateDb {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn partitions(&self) -> MutexGuard<'_, QueueIndex> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Each stream partition's first and last offset, by `stream/partition`.
+    pub fn partition_bounds(&self) -> Vec<(String, u64, u64)> {
+        self.partitions().bounds()
+    }
+
     fn delete_session(&self, client_id: &str, refs: &mut SegmentRefs) -> Result<(), StoreError> {
         self.sessions
             .remove(client_id.as_bytes())
@@ -415,6 +460,7 @@ impl StateDb {
     /// everything before `pos`, and makes it all durable.
     pub fn make_checkpoint(&self, pos: LogPos) -> Result<(), StoreError> {
         self.queues().write_changed()?;
+        self.partitions().write_changed()?;
         self.set_checkpoint(pos)?;
         self.flush()
     }
@@ -535,6 +581,7 @@ mod tests {
                 })
                 .collect(),
             inbound_qos2: Some(("a".into(), 9)),
+            appends: Vec::new(),
         }
     }
 

@@ -3,8 +3,10 @@
 
 pub mod assign;
 pub mod key;
+pub mod registry;
 pub mod spec;
 
 pub use assign::assign;
 pub use key::{KeySpec, partition_of};
+pub use registry::Streams;
 pub use spec::{StreamConfig, StreamSpec};
