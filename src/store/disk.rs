@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::log::{CommitLog, LogPos, LogReader};
+use super::log::{CommitLog, LogPos, LogReader, segment_path};
 use super::state::{Folded, SegmentRefs, StateDb};
 use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
 use crate::protocol::Message;
@@ -300,15 +300,13 @@ impl DiskStore {
         }
     }
 
-    /// Names a log position for an error message.
-    fn place(&self, pos: LogPos) -> String {
-        format!(
-            "log segment {} offset {}",
-            self.log_dir
-                .join(format!("{:010}.log", pos.segment()))
-                .display(),
-            pos.offset()
-        )
+    /// Names a log position for an error message; formatted only if one
+    /// is made, not for every record read.
+    fn place(&self, pos: LogPos) -> Place<'_> {
+        Place {
+            dir: &self.log_dir,
+            pos,
+        }
     }
 }
 
@@ -438,6 +436,23 @@ impl Store for DiskStore {
             found.push(entry.row.delivery(entry.seq, message));
         }
         Ok(found)
+    }
+}
+
+/// A log position as an error message names it.
+struct Place<'a> {
+    dir: &'a Path,
+    pos: LogPos,
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "log segment {} offset {}",
+            segment_path(self.dir, self.pos.segment()).display(),
+            self.pos.offset()
+        )
     }
 }
 
