@@ -25,6 +25,9 @@ use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
 use crate::protocol::Message;
 use crate::session::{Delivery, HELD_IN_MEMORY};
 
+/// Records replayed into the state database at a time at start.
+const REPLAY_RUN: usize = 4096;
+
 /// How often the state database is flushed with a new checkpoint, and the
 /// log segments behind it are reclaimed.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
@@ -223,12 +226,24 @@ impl DiskStore {
         let from = self.state.checkpoint()?;
         let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut replayed = 0u64;
+        let mut run: Vec<(LogPos, Folded)> = Vec::with_capacity(REPLAY_RUN);
+        let mut apply = |run: &mut Vec<(LogPos, Folded)>| {
+            let applied = self
+                .state
+                .apply_all(run.iter().map(|(pos, change)| (*pos, change)), &mut refs);
+            run.clear();
+            applied
+        };
         self.reader.scan(from, |found| {
             let record = Record::decode(&found.body, self.place(found.pos))?;
-            self.state.apply(found.pos, &record.into(), &mut refs)?;
+            run.push((found.pos, record.into()));
             replayed += 1;
+            if run.len() == REPLAY_RUN {
+                apply(&mut run)?;
+            }
             Ok(())
         })?;
+        apply(&mut run)?;
         let end = self.writer().log.end();
         self.state.make_checkpoint(end)?;
         if replayed > 0 {
@@ -529,7 +544,10 @@ impl Checkpointer {
     /// full disk): skipping them would leave the rows behind the checkpoint.
     fn apply(&mut self, changes: &[(LogPos, Folded)]) {
         let mut reported = false;
-        while let Err(error) = self.state.apply_all(changes, &mut self.refs) {
+        while let Err(error) = self.state.apply_all(
+            changes.iter().map(|(pos, change)| (*pos, change)),
+            &mut self.refs,
+        ) {
             if !reported {
                 tracing::error!(%error, "cannot update the state database; retrying");
                 reported = true;

@@ -283,23 +283,14 @@ impl StateDb {
         Ok(())
     }
 
-    /// Folds the record found at `pos` in the log into the rows, keeping
-    /// `refs` (live copies per segment) up to date.
-    pub fn apply(
+    /// Folds a run of records, each with the position it was found at in
+    /// the log, into the rows, keeping `refs` (live copies per segment) up
+    /// to date. Copies go to the queue index; inbound QoS 2 ids, one per
+    /// message, are gathered into one batch; the rare other changes
+    /// (sessions, subscriptions, retained) are applied in place.
+    pub fn apply_all<'c>(
         &self,
-        pos: LogPos,
-        change: &Folded,
-        refs: &mut SegmentRefs,
-    ) -> Result<(), StoreError> {
-        self.apply_all(std::slice::from_ref(&(pos, change.clone())), refs)
-    }
-
-    /// Applies a run of changes. Copies go to the queue index; inbound QoS
-    /// 2 ids, one per message, are gathered into one batch; the rare other
-    /// changes (sessions, subscriptions, retained) are applied in place.
-    pub fn apply_all(
-        &self,
-        changes: &[(LogPos, Folded)],
+        changes: impl IntoIterator<Item = (LogPos, &'c Folded)>,
         refs: &mut SegmentRefs,
     ) -> Result<(), StoreError> {
         let mut inbound = sled::Batch::default();
@@ -315,7 +306,7 @@ impl StateDb {
                         let entry = Entry {
                             seq: copy.seq,
                             row: CopyRow {
-                                pos: *pos,
+                                pos,
                                 size: *size,
                                 qos: copy.qos,
                                 retain: copy.retain,
@@ -546,6 +537,15 @@ mod tests {
         }))
     }
 
+    fn apply(
+        db: &StateDb,
+        pos: LogPos,
+        change: &Folded,
+        refs: &mut SegmentRefs,
+    ) -> Result<(), StoreError> {
+        db.apply_all([(pos, change)], refs)
+    }
+
     /// Opens a database this process just closed: sled's I/O threads may
     /// hold its lock for a moment after the last handle is dropped.
     fn reopen(dir: &Path) -> (StateDb, SegmentRefs) {
@@ -572,15 +572,15 @@ mod tests {
         let (db, _) = StateDb::open(&dir).unwrap();
         let mut refs = SegmentRefs::new();
         let at = |segment, offset| LogPos::new(segment, offset);
-        db.apply(at(0, 0), &session("a").into(), &mut refs).unwrap();
-        db.apply(
+        apply(&db, at(0, 0), &session("a").into(), &mut refs).unwrap();
+        apply(
+            &db,
             at(0, 10),
             &copies(&[("a", 2), ("gone", 5)]).into(),
             &mut refs,
         )
         .unwrap();
-        db.apply(at(1, 0), &copies(&[("a", 10)]).into(), &mut refs)
-            .unwrap();
+        apply(&db, at(1, 0), &copies(&[("a", 10)]).into(), &mut refs).unwrap();
         let sent = Sent {
             packet_id: 4,
             awaiting: AwaitedAck::PubComp,
@@ -590,7 +590,7 @@ mod tests {
             seq: 2,
             sent,
         };
-        db.apply(at(1, 20), &mark.into(), &mut refs).unwrap();
+        apply(&db, at(1, 20), &mark.into(), &mut refs).unwrap();
         assert_eq!(refs, SegmentRefs::from([(0, 2), (1, 1)]));
         db.make_checkpoint(at(1, 30)).unwrap();
         drop(db);
@@ -612,9 +612,10 @@ mod tests {
             client_id: "a".into(),
             seq: 2,
         };
-        db.apply(at(1, 30), &done.into(), &mut refs).unwrap();
+        apply(&db, at(1, 30), &done.into(), &mut refs).unwrap();
         assert_eq!(refs, SegmentRefs::from([(1, 1)]));
-        db.apply(
+        apply(
+            &db,
             at(1, 40),
             &Record::DeleteSession("a".into()).into(),
             &mut refs,
@@ -652,7 +653,7 @@ mod tests {
         let mut apply_run = || {
             for (offset, record) in run.iter().enumerate() {
                 let at = LogPos::new(0, offset as u32);
-                db.apply(at, &record.clone().into(), &mut refs).unwrap();
+                apply(&db, at, &record.clone().into(), &mut refs).unwrap();
             }
             db.load(0).unwrap()
         };
