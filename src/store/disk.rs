@@ -419,12 +419,12 @@ impl Store for DiskStore {
         let mut cache = HashMap::new();
         for (client_id, copies) in rows.copies {
             let mut held = Vec::with_capacity(copies.len());
-            for (seq, row, sent) in copies {
-                let message = self.message_at(row.pos, &mut cache)?;
+            for entry in copies {
+                let message = self.message_at(entry.row.pos, &mut cache)?;
                 held.push(StoredDelivery {
-                    seq,
-                    delivery: row.delivery(seq, message),
-                    sent,
+                    seq: entry.seq,
+                    delivery: entry.row.delivery(entry.seq, message),
+                    sent: entry.sent,
                 });
             }
             snapshot.deliveries.insert(client_id, held);

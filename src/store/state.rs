@@ -33,7 +33,7 @@ use super::log::LogPos;
 use super::queues::{Entry, QueueIndex};
 use super::{Copy, Record, SessionRecord, StoreError};
 use crate::protocol::{Message, QoS};
-use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
+use crate::session::{Delivery, Spilled, SubscriptionEntry};
 
 /// Bumped whenever the stored layout changes incompatibly.
 const FORMAT: u8 = 2;
@@ -128,7 +128,7 @@ pub struct Rows {
     pub retained: Vec<Message>,
     /// Per client id, in the order they were stored: the copies that come
     /// back whole.
-    pub copies: HashMap<String, Vec<(u64, CopyRow, Option<Sent>)>>,
+    pub copies: HashMap<String, Vec<Entry>>,
     /// Per client id, the copies after those, as keys and sizes.
     pub spilled: HashMap<String, Vec<Spilled>>,
     pub inbound_qos2: HashMap<String, Vec<u16>>,
@@ -476,7 +476,7 @@ impl StateDb {
                 rows.copies
                     .entry(client_id.to_string())
                     .or_default()
-                    .push((entry.seq, entry.row, entry.sent));
+                    .push(entry);
             })?;
         }
         for entry in self.inbound_qos2.iter() {
@@ -502,7 +502,7 @@ impl StateDb {
 mod tests {
     use super::*;
     use crate::protocol::{MessageProperties, QoS};
-    use crate::session::AwaitedAck;
+    use crate::session::{AwaitedAck, Sent};
 
     fn copies(message_for: &[(&str, u64)]) -> Record {
         Record::PutCopies {
@@ -600,10 +600,10 @@ mod tests {
         assert_eq!(db.checkpoint().unwrap(), at(1, 30));
         let rows = db.load(1).unwrap();
         let kept = &rows.copies["a"];
-        assert_eq!(kept.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 10]);
-        assert_eq!(kept[0].1.pos, at(0, 10));
-        assert_eq!(kept[0].2, Some(sent));
-        assert_eq!(kept[1].2, None);
+        assert_eq!(kept.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 10]);
+        assert_eq!(kept[0].row.pos, at(0, 10));
+        assert_eq!(kept[0].sent, Some(sent));
+        assert_eq!(kept[1].sent, None);
         assert!(rows.spilled.is_empty(), "sent copies are always held");
         assert_eq!(rows.inbound_qos2["a"], [9]);
         assert!(!rows.copies.contains_key("gone"));
