@@ -33,6 +33,23 @@ impl Drop for Running {
     }
 }
 
+/// Starts `command` with its output discarded; stopped when dropped.
+fn running(mut command: Command) -> Running {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+/// Runs `command`, which must fail, and returns what it wrote to stderr.
+fn refused(mut command: Command) -> String {
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Connects with a 3.1.1 CONNECT, retrying while the broker starts, and
 /// returns the CONNACK return code.
 fn connack_code(port: u16) -> u8 {
@@ -61,25 +78,19 @@ fn serve_refuses_an_unknown_key_and_names_it() {
     let dir = scratch_dir("unknown");
     let config = dir.join("bad.toml");
     std::fs::write(&config, "[limits]\nmax_inflihgt = 3\n").unwrap();
-    let output = Command::new(PETREL)
-        .args(["serve", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = Command::new(PETREL);
+    command.args(["serve", "-c"]).arg(&config);
+    let stderr = refused(command);
     assert!(stderr.contains("max_inflihgt"), "{stderr}");
 }
 
 #[test]
 fn serve_refuses_a_bad_environment_value_and_names_the_key() {
-    let output = Command::new(PETREL)
+    let mut command = Command::new(PETREL);
+    command
         .args(["serve", "-c", "config/petrel.toml"])
-        .env("PETREL_LIMITS__MAX_INFLIGHT", "0")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .env("PETREL_LIMITS__MAX_INFLIGHT", "0");
+    let stderr = refused(command);
     assert!(stderr.contains("limits.max_inflight"), "{stderr}");
 }
 
@@ -87,16 +98,13 @@ fn serve_refuses_a_bad_environment_value_and_names_the_key() {
 fn serve_port_flag_and_environment_override_the_config() {
     let dir = scratch_dir("override");
     let port = free_port();
-    let child = Command::new(PETREL)
+    let mut command = Command::new(PETREL);
+    command
         .args(["serve", "-c", "config/petrel.toml", "-p", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .env("PETREL_ALLOW_ANONYMOUS", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _running = Running(child);
+        .env("PETREL_ALLOW_ANONYMOUS", "false");
+    let _running = running(command);
     // Anonymous clients are refused (3.1.1 code 0x05), so the environment
     // override took effect on the port given by the flag.
     assert_eq!(connack_code(port), 0x05);
@@ -107,14 +115,11 @@ fn serve_port_flag_and_environment_override_the_config() {
 fn serve_starts_from_any_directory_on_the_embedded_default() {
     let dir = scratch_dir("elsewhere");
     let port = free_port();
-    let child = Command::new(PETREL)
+    let mut command = Command::new(PETREL);
+    command
         .args(["serve", "-p", &port.to_string()])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _running = Running(child);
+        .current_dir(&dir);
+    let _running = running(command);
     assert_eq!(connack_code(port), 0x00);
     assert!(
         dir.join("data").is_dir(),
@@ -125,13 +130,11 @@ fn serve_starts_from_any_directory_on_the_embedded_default() {
 #[test]
 fn serve_refuses_a_named_config_file_that_does_not_exist() {
     let dir = scratch_dir("missing");
-    let output = Command::new(PETREL)
+    let mut command = Command::new(PETREL);
+    command
         .args(["serve", "-c", "nowhere.toml"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .current_dir(&dir);
+    let stderr = refused(command);
     assert!(stderr.contains("nowhere.toml"), "{stderr}");
 }
 
@@ -139,17 +142,14 @@ fn serve_refuses_a_named_config_file_that_does_not_exist() {
 fn serve_runs_on_the_default_config() {
     let dir = scratch_dir("default");
     let port = free_port();
-    let child = Command::new(PETREL)
+    let mut command = Command::new(PETREL);
+    command
         .args(["serve", "-p", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.join("data"))
         // The log filter override is not a setting and must not be refused
         // as one.
-        .env("PETREL_LOG", "petrel=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _running = Running(child);
+        .env("PETREL_LOG", "petrel=debug");
+    let _running = running(command);
     assert_eq!(connack_code(port), 0x00);
 }

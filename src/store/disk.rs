@@ -19,11 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::log::{CommitLog, LogPos, LogReader};
+use super::log::{CommitLog, LogPos, LogReader, segment_path};
 use super::state::{Folded, SegmentRefs, StateDb};
 use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
 use crate::protocol::Message;
 use crate::session::{Delivery, HELD_IN_MEMORY};
+
+/// Records replayed into the state database at a time at start.
+const REPLAY_RUN: usize = 4096;
 
 /// How often the state database is flushed with a new checkpoint, and the
 /// log segments behind it are reclaimed.
@@ -223,12 +226,24 @@ impl DiskStore {
         let from = self.state.checkpoint()?;
         let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut replayed = 0u64;
+        let mut run: Vec<(LogPos, Folded)> = Vec::with_capacity(REPLAY_RUN);
+        let mut apply = |run: &mut Vec<(LogPos, Folded)>| {
+            let applied = self
+                .state
+                .apply_all(run.iter().map(|(pos, change)| (*pos, change)), &mut refs);
+            run.clear();
+            applied
+        };
         self.reader.scan(from, |found| {
             let record = Record::decode(&found.body, self.place(found.pos))?;
-            self.state.apply(found.pos, &record.into(), &mut refs)?;
+            run.push((found.pos, record.into()));
             replayed += 1;
+            if run.len() == REPLAY_RUN {
+                apply(&mut run)?;
+            }
             Ok(())
         })?;
+        apply(&mut run)?;
         let end = self.writer().log.end();
         self.state.make_checkpoint(end)?;
         if replayed > 0 {
@@ -300,15 +315,13 @@ impl DiskStore {
         }
     }
 
-    /// Names a log position for an error message.
-    fn place(&self, pos: LogPos) -> String {
-        format!(
-            "log segment {} offset {}",
-            self.log_dir
-                .join(format!("{:010}.log", pos.segment()))
-                .display(),
-            pos.offset()
-        )
+    /// Names a log position for an error message; formatted only if one
+    /// is made, not for every record read.
+    fn place(&self, pos: LogPos) -> Place<'_> {
+        Place {
+            dir: &self.log_dir,
+            pos,
+        }
     }
 }
 
@@ -412,12 +425,12 @@ impl Store for DiskStore {
         let mut cache = HashMap::new();
         for (client_id, copies) in rows.copies {
             let mut held = Vec::with_capacity(copies.len());
-            for (seq, row, sent) in copies {
-                let message = self.message_at(row.pos, &mut cache)?;
+            for entry in copies {
+                let message = self.message_at(entry.row.pos, &mut cache)?;
                 held.push(StoredDelivery {
-                    seq,
-                    delivery: row.delivery(seq, message),
-                    sent,
+                    seq: entry.seq,
+                    delivery: entry.row.delivery(entry.seq, message),
+                    sent: entry.sent,
                 });
             }
             snapshot.deliveries.insert(client_id, held);
@@ -444,6 +457,23 @@ impl Store for DiskStore {
             found.push(entry.row.delivery(entry.seq, message));
         }
         Ok(found)
+    }
+}
+
+/// A log position as an error message names it.
+struct Place<'a> {
+    dir: &'a Path,
+    pos: LogPos,
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "log segment {} offset {}",
+            segment_path(self.dir, self.pos.segment()).display(),
+            self.pos.offset()
+        )
     }
 }
 
@@ -520,7 +550,10 @@ impl Checkpointer {
     /// full disk): skipping them would leave the rows behind the checkpoint.
     fn apply(&mut self, changes: &[(LogPos, Folded)]) {
         let mut reported = false;
-        while let Err(error) = self.state.apply_all(changes, &mut self.refs) {
+        while let Err(error) = self.state.apply_all(
+            changes.iter().map(|(pos, change)| (*pos, change)),
+            &mut self.refs,
+        ) {
             if !reported {
                 tracing::error!(%error, "cannot update the state database; retrying");
                 reported = true;

@@ -664,7 +664,7 @@ fn recover(path: &Path, file: &File) -> Result<u32, StoreError> {
     Ok(end)
 }
 
-fn segment_path(dir: &Path, segment: u32) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:010}.log"))
 }
 

@@ -33,7 +33,7 @@ use super::log::LogPos;
 use super::queues::{Entry, QueueIndex};
 use super::{Append, Copy, Record, SessionRecord, StoreError};
 use crate::protocol::{Message, QoS};
-use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
+use crate::session::{Delivery, Spilled, SubscriptionEntry};
 
 /// Bumped whenever the stored layout changes incompatibly.
 const FORMAT: u8 = 2;
@@ -136,7 +136,7 @@ pub struct Rows {
     pub retained: Vec<Message>,
     /// Per client id, in the order they were stored: the copies that come
     /// back whole.
-    pub copies: HashMap<String, Vec<(u64, CopyRow, Option<Sent>)>>,
+    pub copies: HashMap<String, Vec<Entry>>,
     /// Per client id, the copies after those, as keys and sizes.
     pub spilled: HashMap<String, Vec<Spilled>>,
     pub inbound_qos2: HashMap<String, Vec<u16>>,
@@ -298,23 +298,14 @@ impl StateDb {
         Ok(())
     }
 
-    /// Folds the record found at `pos` in the log into the rows, keeping
-    /// `refs` (live copies per segment) up to date.
-    pub fn apply(
+    /// Folds a run of records, each with the position it was found at in
+    /// the log, into the rows, keeping `refs` (live copies per segment) up
+    /// to date. Copies go to the queue index; inbound QoS 2 ids, one per
+    /// message, are gathered into one batch; the rare other changes
+    /// (sessions, subscriptions, retained) are applied in place.
+    pub fn apply_all<'c>(
         &self,
-        pos: LogPos,
-        change: &Folded,
-        refs: &mut SegmentRefs,
-    ) -> Result<(), StoreError> {
-        self.apply_all(std::slice::from_ref(&(pos, change.clone())), refs)
-    }
-
-    /// Applies a run of changes. Copies go to the queue index; inbound QoS
-    /// 2 ids, one per message, are gathered into one batch; the rare other
-    /// changes (sessions, subscriptions, retained) are applied in place.
-    pub fn apply_all(
-        &self,
-        changes: &[(LogPos, Folded)],
+        changes: impl IntoIterator<Item = (LogPos, &'c Folded)>,
         refs: &mut SegmentRefs,
     ) -> Result<(), StoreError> {
         let mut inbound = sled::Batch::default();
@@ -349,7 +340,7 @@ impl StateDb {
                         let entry = Entry {
                             seq: copy.seq,
                             row: CopyRow {
-                                pos: *pos,
+                                pos,
                                 size: *size,
                                 qos: copy.qos,
                                 retain: copy.retain,
@@ -531,7 +522,7 @@ impl StateDb {
                 rows.copies
                     .entry(client_id.to_string())
                     .or_default()
-                    .push((entry.seq, entry.row, entry.sent));
+                    .push(entry);
             })?;
         }
         for entry in self.inbound_qos2.iter() {
@@ -557,7 +548,7 @@ impl StateDb {
 mod tests {
     use super::*;
     use crate::protocol::{MessageProperties, QoS};
-    use crate::session::AwaitedAck;
+    use crate::session::{AwaitedAck, Sent};
 
     fn copies(message_for: &[(&str, u64)]) -> Record {
         Record::PutCopies {
@@ -593,6 +584,15 @@ mod tests {
         }))
     }
 
+    fn apply(
+        db: &StateDb,
+        pos: LogPos,
+        change: &Folded,
+        refs: &mut SegmentRefs,
+    ) -> Result<(), StoreError> {
+        db.apply_all([(pos, change)], refs)
+    }
+
     /// Opens a database this process just closed: sled's I/O threads may
     /// hold its lock for a moment after the last handle is dropped.
     fn reopen(dir: &Path) -> (StateDb, SegmentRefs) {
@@ -619,15 +619,15 @@ mod tests {
         let (db, _) = StateDb::open(&dir).unwrap();
         let mut refs = SegmentRefs::new();
         let at = |segment, offset| LogPos::new(segment, offset);
-        db.apply(at(0, 0), &session("a").into(), &mut refs).unwrap();
-        db.apply(
+        apply(&db, at(0, 0), &session("a").into(), &mut refs).unwrap();
+        apply(
+            &db,
             at(0, 10),
             &copies(&[("a", 2), ("gone", 5)]).into(),
             &mut refs,
         )
         .unwrap();
-        db.apply(at(1, 0), &copies(&[("a", 10)]).into(), &mut refs)
-            .unwrap();
+        apply(&db, at(1, 0), &copies(&[("a", 10)]).into(), &mut refs).unwrap();
         let sent = Sent {
             packet_id: 4,
             awaiting: AwaitedAck::PubComp,
@@ -637,7 +637,7 @@ mod tests {
             seq: 2,
             sent,
         };
-        db.apply(at(1, 20), &mark.into(), &mut refs).unwrap();
+        apply(&db, at(1, 20), &mark.into(), &mut refs).unwrap();
         assert_eq!(refs, SegmentRefs::from([(0, 2), (1, 1)]));
         db.make_checkpoint(at(1, 30)).unwrap();
         drop(db);
@@ -647,10 +647,10 @@ mod tests {
         assert_eq!(db.checkpoint().unwrap(), at(1, 30));
         let rows = db.load(1).unwrap();
         let kept = &rows.copies["a"];
-        assert_eq!(kept.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 10]);
-        assert_eq!(kept[0].1.pos, at(0, 10));
-        assert_eq!(kept[0].2, Some(sent));
-        assert_eq!(kept[1].2, None);
+        assert_eq!(kept.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 10]);
+        assert_eq!(kept[0].row.pos, at(0, 10));
+        assert_eq!(kept[0].sent, Some(sent));
+        assert_eq!(kept[1].sent, None);
         assert!(rows.spilled.is_empty(), "sent copies are always held");
         assert_eq!(rows.inbound_qos2["a"], [9]);
         assert!(!rows.copies.contains_key("gone"));
@@ -659,9 +659,10 @@ mod tests {
             client_id: "a".into(),
             seq: 2,
         };
-        db.apply(at(1, 30), &done.into(), &mut refs).unwrap();
+        apply(&db, at(1, 30), &done.into(), &mut refs).unwrap();
         assert_eq!(refs, SegmentRefs::from([(1, 1)]));
-        db.apply(
+        apply(
+            &db,
             at(1, 40),
             &Record::DeleteSession("a".into()).into(),
             &mut refs,
@@ -699,7 +700,7 @@ mod tests {
         let mut apply_run = || {
             for (offset, record) in run.iter().enumerate() {
                 let at = LogPos::new(0, offset as u32);
-                db.apply(at, &record.clone().into(), &mut refs).unwrap();
+                apply(&db, at, &record.clone().into(), &mut refs).unwrap();
             }
             db.load(0).unwrap()
         };
