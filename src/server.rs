@@ -12,7 +12,9 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::broker::{BrokerState, Metrics};
 use crate::config::{Durability, Settings};
-use crate::store::{DiskOptions, DiskStore, Flush, Journal, MemoryStore, Store, StoreError};
+use crate::store::{
+    DiskOptions, DiskStore, Flush, Journal, MemoryStore, Snapshot, Store, StoreError,
+};
 use crate::timer::now_ms;
 use crate::transport;
 
@@ -31,6 +33,35 @@ pub enum BrokerError {
     Restore(#[from] StoreError),
     #[error("cannot start the journal writer: {0}")]
     Journal(std::io::Error),
+    #[error(
+        "stream `{stream}`: partitions = {configured}, but partition {stored} holds stored messages; partitions may grow, never shrink"
+    )]
+    PartitionsShrunk {
+        stream: String,
+        configured: u32,
+        stored: u32,
+    },
+}
+
+/// Refuses a configuration with fewer partitions than a stream has stored.
+fn check_partitions(settings: &Settings, snapshot: &Snapshot) -> Result<(), BrokerError> {
+    for stream in &settings.streams {
+        let stored = snapshot
+            .stream_offsets
+            .keys()
+            .filter_map(|name| name.rsplit_once('/'))
+            .filter(|(owner, _)| *owner == stream.name)
+            .filter_map(|(_, partition)| partition.parse::<u32>().ok())
+            .max();
+        if let Some(stored) = stored.filter(|&p| p >= stream.partitions) {
+            return Err(BrokerError::PartitionsShrunk {
+                stream: stream.name.clone(),
+                configured: stream.partitions,
+                stored,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The async runtime petrel serves on: every core, with the scheduler's
@@ -109,6 +140,7 @@ impl Broker {
                 .await
                 .map_err(|error| StoreError::Backend(error.to_string()))??
         };
+        check_partitions(&settings, &snapshot)?;
         let flush = match settings.durability {
             Durability::Sync => Flush::EveryBatch,
             Durability::Async | Durability::Memory => {
@@ -133,6 +165,10 @@ impl Broker {
             ));
         }
         tasks.spawn(crate::broker::serve_refills(
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(crate::broker::serve_stream_reads(
             state.clone(),
             shutdown_rx.clone(),
         ));

@@ -101,12 +101,16 @@ impl Client {
     pub fn handle(&mut self, packet: Packet, now_ms: u64) -> Result<(), Close> {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, now_ms),
-            Packet::PubAck(ack) => self.on_ack(|s| s.outbound.on_puback(ack.packet_id)),
-            Packet::PubRec(ack) => self.on_ack(|s| s.outbound.on_pubrec(ack.packet_id, ack.reason)),
+            Packet::PubAck(ack) => {
+                self.on_ack(now_ms, |s| s.outbound.on_puback(ack.packet_id, ack.reason))
+            }
+            Packet::PubRec(ack) => {
+                self.on_ack(now_ms, |s| s.outbound.on_pubrec(ack.packet_id, ack.reason))
+            }
             Packet::PubRel(ack) => self.on_pubrel(ack.packet_id),
-            Packet::PubComp(ack) => self.on_ack(|s| s.outbound.on_pubcomp(ack.packet_id)),
+            Packet::PubComp(ack) => self.on_ack(now_ms, |s| s.outbound.on_pubcomp(ack.packet_id)),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, now_ms),
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, now_ms),
             Packet::PingReq => {
                 self.outgoing.push(Packet::PingResp);
                 Ok(())
@@ -135,8 +139,12 @@ impl Client {
 
     /// PUBACK, PUBREC, PUBCOMP. A connection being taken over still applies
     /// the ones it had received, so the new one does not re-send those.
-    fn on_ack(&mut self, apply: impl FnOnce(&mut SessionState) -> AckOutcome) -> Result<(), Close> {
-        let (outcome, ticket) = {
+    fn on_ack(
+        &mut self,
+        now_ms: u64,
+        apply: impl FnOnce(&mut SessionState) -> AckOutcome,
+    ) -> Result<(), Close> {
+        let (outcome, ticket, settled) = {
             let mut state = self.session.lock();
             if !state.may_acknowledge(self.connection_id) {
                 return Err(Close::ByServer(ReasonCode::SESSION_TAKEN_OVER));
@@ -145,9 +153,12 @@ impl Client {
             let ticket = self
                 .broker
                 .journal_changes(self.session.client_id(), &mut state);
-            (outcome, ticket)
+            (outcome, ticket, state.outbound.take_settled())
         };
         self.wait_for(ticket);
+        if !settled.is_empty() {
+            self.broker.streams_settled(settled, now_ms);
+        }
         if let AckOutcome::PubRel(ack) = outcome {
             self.outgoing.push(Packet::PubRel(ack));
         }
@@ -223,6 +234,7 @@ impl Client {
         let mut expired = 0;
         let mut more = false;
         let mut ticket = Ticket::NONE;
+        let mut settled = Vec::new();
         let mut state = self.session.lock();
         if state.is_current(self.connection_id) {
             let mut bytes = 0;
@@ -240,9 +252,13 @@ impl Client {
             ticket = self
                 .broker
                 .journal_changes(self.session.client_id(), &mut state);
+            settled = state.outbound.take_settled();
         }
         drop(state);
         self.wait_for(ticket);
+        if !settled.is_empty() {
+            self.broker.streams_settled(settled, now_ms);
+        }
         if expired > 0 {
             self.broker.metrics.messages_expired_add(expired);
         }
@@ -253,13 +269,16 @@ impl Client {
     /// Packet Size is smaller: it is dropped for this client [MQTT-3.1.2-25].
     /// Its removal from the store need not be durable before what follows:
     /// found again after a crash, it is skipped again.
-    pub fn skip_oversized(&mut self, packet_id: u16) {
+    pub fn skip_oversized(&mut self, packet_id: u16, now_ms: u64) {
         if packet_id != 0
             && let Ok(mut state) = self.current()
         {
             state.outbound.abandon(packet_id);
             self.broker
                 .journal_changes(self.session.client_id(), &mut state);
+            let settled = state.outbound.take_settled();
+            drop(state);
+            self.broker.streams_settled(settled, now_ms);
         }
         self.broker.metrics.message_dropped(self.client_id());
     }

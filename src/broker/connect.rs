@@ -11,6 +11,7 @@ use super::client::{Client, ClientExtras};
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
 use crate::session::{ConnectionLink, ConnectionSignal, Session, SessionState};
 use crate::store::Record;
+use crate::stream::subscription::stream_subscription;
 use crate::topic;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -242,6 +243,10 @@ impl Client {
     /// (or stopped being waited for), so that acknowledgements it had
     /// already received count; from here on it may apply none.
     pub fn resume(&mut self, now_ms: u64) {
+        // Joined first: what the session still held for its groups is
+        // taken back and handed out again, not re-sent as it was.
+        self.broker
+            .join_streams_of(&self.session, self.connection_id, now_ms);
         let Ok(mut state) = self.current() else {
             return;
         };
@@ -345,10 +350,18 @@ impl BrokerState {
         for timer in state.take_timers() {
             self.timers.cancel(timer);
         }
+        let mut own_groups = Vec::new();
         for raw in state.take_subscriptions() {
-            if let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits()) {
-                self.index
-                    .unsubscribe(parsed.filter, parsed.share_group, session);
+            let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits()) else {
+                continue;
+            };
+            match stream_subscription(&parsed) {
+                Ok(Some(read)) if read.group.is_none() => own_groups.push(read.stream.to_string()),
+                Ok(Some(_)) => {}
+                _ => {
+                    self.index
+                        .unsubscribe(parsed.filter, parsed.share_group, session);
+                }
             }
         }
         if std::mem::take(&mut state.stored) {
@@ -359,6 +372,9 @@ impl BrokerState {
         }
         let will = state.will.take().map(|will| *will);
         drop(state);
+        for stream in own_groups {
+            self.forget_own_group(session.client_id(), &stream);
+        }
         let signal = link.map(|link| {
             link.signal.take_over();
             link.signal

@@ -24,6 +24,7 @@ impl Client {
         };
         tracing::info!(client_id = %self.client_id(), ?close, "client disconnected");
         let broker = &self.broker;
+        broker.leave_streams_of(&self.session, self.connection_id, now_ms);
         let client_id = self.session.client_id().clone();
         let mut wills = Vec::new();
         match broker.sessions.entry(client_id.clone()) {
@@ -114,7 +115,10 @@ impl BrokerState {
         let slot = match &event {
             TimerEvent::SessionExpiry { .. } => &mut state.expiry_timer,
             TimerEvent::WillDelay { .. } => &mut state.will_timer,
-            TimerEvent::RetainedExpiry { .. } | TimerEvent::ConnectionAlarm(_) => {
+            TimerEvent::RetainedExpiry { .. }
+            | TimerEvent::ConnectionAlarm(_)
+            | TimerEvent::StreamGroup { .. }
+            | TimerEvent::StreamRetention => {
                 unreachable!("not a session timer")
             }
         };
@@ -136,6 +140,8 @@ impl BrokerState {
                 generation,
             } => self.will_delay_passed(&client_id, generation, now_ms),
             TimerEvent::ConnectionAlarm(signal) => signal.alarm(),
+            TimerEvent::StreamGroup { group } => self.wake_group(group, now_ms),
+            TimerEvent::StreamRetention => self.apply_retention(now_ms),
             TimerEvent::RetainedExpiry { topic, expires_at } => {
                 let mut trie = self.retained.write();
                 let due = trie
@@ -200,14 +206,17 @@ impl BrokerState {
             .take()
             .map(|secs| now_ms + u64::from(secs) * 1000);
         tracing::debug!(client_id = %publisher, topic = %will.topic, "publishing will");
-        self.publish_internal(Message {
-            topic: will.topic.as_str().into(),
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties,
-            expires_at,
-            publisher: Some(publisher.clone()),
-        });
+        self.publish_internal(
+            Message {
+                topic: will.topic.as_str().into(),
+                payload: will.payload,
+                qos: will.qos,
+                retain: will.retain,
+                properties,
+                expires_at,
+                publisher: Some(publisher.clone()),
+            },
+            now_ms,
+        );
     }
 }

@@ -14,6 +14,9 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     slow_consumers_closed: AtomicU64,
     sessions_expired: AtomicU64,
+    stream_appends: AtomicU64,
+    stream_deliveries_failed: AtomicU64,
+    stream_messages_skipped: AtomicU64,
 }
 
 /// One log line per power of two keeps a flood of events from flooding the
@@ -61,6 +64,32 @@ impl Metrics {
     /// Sessions ended by their expiry.
     pub fn sessions_expired(&self) -> u64 {
         self.sessions_expired.load(Ordering::Relaxed)
+    }
+
+    /// Messages appended to stream partitions (one per partition).
+    pub fn stream_appends(&self) -> u64 {
+        self.stream_appends.load(Ordering::Relaxed)
+    }
+    /// Stream deliveries that failed: negatively acknowledged, left past
+    /// the ack timeout, or unacknowledged when their reader left.
+    pub fn stream_deliveries_failed(&self) -> u64 {
+        self.stream_deliveries_failed.load(Ordering::Relaxed)
+    }
+    /// Messages retention dropped before a group read them.
+    pub fn stream_messages_skipped(&self) -> u64 {
+        self.stream_messages_skipped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stream_appends_add(&self, count: u64) {
+        self.stream_appends.fetch_add(count, Ordering::Relaxed);
+    }
+    pub(crate) fn stream_delivery_failed(&self) {
+        self.stream_deliveries_failed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn stream_messages_skipped_add(&self, count: u64) {
+        self.stream_messages_skipped
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     pub(crate) fn message_received(&self) {

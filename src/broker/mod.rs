@@ -12,6 +12,7 @@
 
 mod client;
 mod connect;
+mod consume;
 mod lifecycle;
 mod metrics;
 mod publish;
@@ -41,6 +42,9 @@ use crate::topic::TopicLimits;
 
 pub use client::{Client, Close, Output};
 pub use connect::{Connected, Refusal};
+pub use consume::{
+    GroupPartitionReport, GroupReport, PartitionReport, StreamReport, serve_stream_reads,
+};
 pub use metrics::Metrics;
 pub use refill::serve_refills;
 
@@ -72,6 +76,10 @@ pub enum TimerEvent {
     /// A connection's alarm (keep alive, write deadline): its task is woken
     /// to look at its own deadlines.
     ConnectionAlarm(Arc<ConnectionSignal>),
+    /// A consumer group's ack timeouts or pauses may have passed.
+    StreamGroup { group: u32 },
+    /// Streams' retention is due.
+    StreamRetention,
 }
 
 /// The broker's timers: one wheel for all of them, and the wake-up of the
@@ -163,6 +171,8 @@ pub struct BrokerState {
     refills: refill::Refills,
     /// The streams publishes are appended to.
     streams: Streams,
+    /// The consumer groups reading them.
+    consumers: consume::Consumers,
     shutting_down: AtomicBool,
 }
 
@@ -175,7 +185,7 @@ impl BrokerState {
         settings: Settings,
         journal: Journal,
         keeps_messages: bool,
-        snapshot: Snapshot,
+        mut snapshot: Snapshot,
         now: u64,
     ) -> Arc<BrokerState> {
         // Loading the settings checked the streams; settings made in code
@@ -201,9 +211,12 @@ impl BrokerState {
             timers: Timers::new(now),
             next_seq: AtomicU64::new(snapshot.last_seq() + 1),
             refills: refill::Refills::new(),
-            streams: Streams::new(stream_specs, &snapshot.stream_offsets),
+            consumers: consume::Consumers::new(stream_specs.len()),
+            streams: Streams::new(stream_specs, &snapshot, !keeps_messages),
             shutting_down: AtomicBool::new(false),
         });
+        state.restore_groups(std::mem::take(&mut snapshot.committed));
+        state.arm_retention(now);
         restore::restore(&state, snapshot, now);
         state
     }
@@ -291,7 +304,12 @@ impl BrokerState {
     /// for persistent sessions, and the publisher's QoS 2 packet id when
     /// given, are journalled as one record before any copy is queued, so a
     /// copy's later changes always follow it in the journal.
-    fn route(&self, message: &Arc<Message>, inbound_qos2: Option<(&Arc<str>, u16)>) -> Routed {
+    fn route(
+        &self,
+        message: &Arc<Message>,
+        inbound_qos2: Option<(&Arc<str>, u16)>,
+        now: u64,
+    ) -> Routed {
         let matches = self
             .index
             .matches(&message.topic, message.publisher.as_deref());
@@ -306,6 +324,7 @@ impl BrokerState {
                     retain: message.retain && found.retain_as_published,
                     subscription_ids: found.subscription_ids,
                     seq: stored.then(|| self.next_seq.fetch_add(1, Ordering::Relaxed)),
+                    stream: None,
                 };
                 (found.session, delivery)
             })
@@ -314,7 +333,7 @@ impl BrokerState {
             .iter()
             .filter_map(|(session, delivery)| Copy::of(session.client_id(), delivery))
             .collect();
-        let ticket = self.streams.append(message, |appends| {
+        let (ticket, fed) = self.streams.append(message, now, |appends| {
             if copies.is_empty() && appends.is_empty() && inbound_qos2.is_none() {
                 return Ticket::NONE;
             }
@@ -329,7 +348,14 @@ impl BrokerState {
         for (session, delivery) in deliveries {
             self.deliver(&session, delivery);
         }
-        Routed { receivers, ticket }
+        if !fed.is_empty() {
+            self.metrics.stream_appends_add(fed.len() as u64);
+            self.appended(&fed, now);
+        }
+        Routed {
+            receivers: receivers + fed.len(),
+            ticket,
+        }
     }
 
     /// Queues one delivery for one session and wakes its connection.
@@ -469,7 +495,7 @@ impl BrokerState {
 
     /// Publishes a message on the broker's own account (a will): retained
     /// and routed like any publish, within the same limits.
-    fn publish_internal(&self, message: Message) {
+    fn publish_internal(&self, message: Message, now: u64) {
         let message = Arc::new(message);
         // As in `store_and_route`: a retained message is routed with the
         // retained store still write-locked (the guard lives to the end).
@@ -481,7 +507,7 @@ impl BrokerState {
                 self.metrics.retained_refusal();
             }
         }
-        self.route(&message, None);
+        self.route(&message, None, now);
     }
 
     /// Whether a QoS 1/2 copy of `message` would find a subscriber's queue

@@ -85,7 +85,7 @@ impl Client {
             properties: std::mem::take(&mut publish.properties),
             publisher: Some(self.session.client_id().clone()),
         });
-        match self.store_and_route(&message, publish.packet_id) {
+        match self.store_and_route(&message, publish.packet_id, now_ms) {
             Ok((receivers, ticket)) => {
                 if publish.qos == QoS::ExactlyOnce {
                     self.session
@@ -146,6 +146,7 @@ impl Client {
         &mut self,
         message: &Arc<Message>,
         packet_id: u16,
+        now_ms: u64,
     ) -> Result<(usize, Ticket), Refused> {
         let broker = &self.broker;
         if message.retain || message.qos != QoS::AtMostOnce {
@@ -166,7 +167,7 @@ impl Client {
         let inbound_qos2 = (message.qos == QoS::ExactlyOnce && broker.stores_for(&self.session))
             .then(|| (self.session.client_id(), packet_id));
         if !message.retain {
-            let routed = broker.route(message, inbound_qos2);
+            let routed = broker.route(message, inbound_qos2, now_ms);
             return Ok((routed.receivers, routed.ticket));
         }
         // The retained store stays write-locked while the message is routed:
@@ -179,7 +180,7 @@ impl Client {
             });
         }
         let retained = broker.retain(&mut trie, message);
-        let routed = broker.route(message, inbound_qos2);
+        let routed = broker.route(message, inbound_qos2, now_ms);
         drop(trie);
         Ok((routed.receivers, routed.ticket.max(retained)))
     }

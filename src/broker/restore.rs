@@ -7,6 +7,7 @@ use super::BrokerState;
 use crate::router::Subscriber;
 use crate::session::Session;
 use crate::store::{Record, Snapshot};
+use crate::stream::subscription::stream_subscription;
 use crate::topic;
 
 /// Restores persistent sessions (subscriptions, stored deliveries, inbound
@@ -60,6 +61,10 @@ pub(super) fn restore(broker: &Arc<BrokerState>, mut snapshot: Snapshot, now: u6
                 continue;
             };
             state.subscribe(raw, *entry);
+            if matches!(stream_subscription(&parsed), Ok(Some(_))) {
+                // Joins its group when a client resumes the session.
+                continue;
+            }
             broker.index.subscribe(
                 parsed.filter,
                 parsed.share_group,

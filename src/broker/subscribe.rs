@@ -7,6 +7,7 @@ use crate::protocol::{
 use crate::router::Subscriber;
 use crate::session::{Delivery, SubscriptionEntry};
 use crate::store::Ticket;
+use crate::stream::subscription::{OFFSET_PROPERTY, StreamOffset, stream_subscription};
 use crate::topic;
 
 impl Client {
@@ -17,12 +18,27 @@ impl Client {
     /// live, behind the snapshot), and a live publish that finds the new
     /// subscription queues behind the snapshot too.
     ///
-    /// The SUBSCRIBE's user properties are logged at debug; nothing reads
-    /// them yet (streams will: `stream-offset`).
+    /// A stream filter (`$stream/...`, `$share/{group}/$stream/...`) is
+    /// kept with the session but joins a consumer group instead of the
+    /// index, once the locks are released; the v5 user property
+    /// `stream-offset` moves the group first.
     pub(super) fn on_subscribe(&mut self, subscribe: Subscribe, now_ms: u64) -> Result<(), Close> {
-        if !subscribe.user_properties.is_empty() {
-            tracing::debug!(client_id = %self.client_id(), user_properties = ?subscribe.user_properties, "SUBSCRIBE user properties");
-        }
+        let reset = match subscribe
+            .user_properties
+            .iter()
+            .find(|(name, _)| name == OFFSET_PROPERTY)
+            .map(|(_, value)| StreamOffset::parse(value))
+            .transpose()
+        {
+            Ok(reset) => reset,
+            Err(problem) => {
+                return self.refuse_all(
+                    &subscribe,
+                    ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                    &problem,
+                );
+            }
+        };
         let broker = self.broker.clone();
         let limits = broker.topic_limits();
         let max_subscriptions = broker.settings.limits.max_subscriptions_per_client;
@@ -31,6 +47,7 @@ impl Client {
         let retained = broker.retained.read();
         let mut state = self.current()?;
         let mut ticket = Ticket::NONE;
+        let mut joins = Vec::new();
         for (raw, options) in &subscribe.filters {
             let parsed = match topic::parse_filter(raw, limits) {
                 Ok(parsed) => parsed,
@@ -45,6 +62,22 @@ impl Client {
                 // [MQTT-3.8.3-4]
                 return Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR));
             }
+            let reads_stream = match stream_subscription(&parsed) {
+                Ok(Some(read)) if broker.streams().find(read.stream).is_none() => {
+                    Err(format!("no stream is called `{}`", read.stream))
+                }
+                Ok(read) => Ok(read.is_some()),
+                Err(problem) => Err(problem),
+            };
+            let reads_stream = match reads_stream {
+                Ok(reads_stream) => reads_stream,
+                Err(problem) => {
+                    tracing::debug!(client_id = %self.client_id(), filter = %raw, %problem, "stream subscription refused");
+                    reason_string = self.reason_string(&problem);
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
             if state.subscription_count() >= max_subscriptions && !state.has_subscription(raw) {
                 tracing::warn!(client_id = %self.client_id(), "subscription limit reached");
                 reason_string = self.reason_string("too many subscriptions");
@@ -57,6 +90,11 @@ impl Client {
             };
             let existed = state.subscribe(raw, entry);
             ticket = broker.persist_subscription(&self.session, &state, raw);
+            reasons.push(ReasonCode(options.qos as u8));
+            if reads_stream {
+                joins.push((raw.as_str(), options.qos));
+                continue;
+            }
             broker.index.subscribe(
                 parsed.filter,
                 parsed.share_group,
@@ -66,7 +104,6 @@ impl Client {
                     id: subscribe.subscription_id,
                 },
             );
-            reasons.push(ReasonCode(options.qos as u8));
 
             // Shared subscriptions get no retained messages on subscribe.
             let send_retained = parsed.share_group.is_none()
@@ -85,6 +122,7 @@ impl Client {
                         // Not stored: a retained message is sent again on
                         // the next subscribe, not resumed.
                         seq: None,
+                        stream: None,
                     };
                     broker.enqueue(&self.session, &mut state, delivery);
                 }
@@ -98,15 +136,44 @@ impl Client {
             reasons,
             reason_string: reason_string.filter(|_| self.version == Version::V5),
         }));
+        for (raw, qos) in joins {
+            if let Ok(parsed) = topic::parse_filter(raw, limits)
+                && let Ok(Some(read)) = stream_subscription(&parsed)
+            {
+                broker.join_stream(&self.session, self.connection_id, &read, qos, reset, now_ms);
+            }
+        }
         Ok(())
     }
 
-    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Close> {
+    /// Answers a SUBSCRIBE with `reason` for every filter.
+    fn refuse_all(
+        &mut self,
+        subscribe: &Subscribe,
+        reason: ReasonCode,
+        problem: &str,
+    ) -> Result<(), Close> {
+        tracing::debug!(client_id = %self.client_id(), %problem, "SUBSCRIBE refused");
+        let reason_string = self.reason_string(problem);
+        self.outgoing.push(Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons: vec![reason; subscribe.filters.len()],
+            reason_string: reason_string.filter(|_| self.version == Version::V5),
+        }));
+        Ok(())
+    }
+
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        unsubscribe: Unsubscribe,
+        now_ms: u64,
+    ) -> Result<(), Close> {
         let broker = self.broker.clone();
         let limits = broker.topic_limits();
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         let mut state = self.current()?;
         let mut ticket = Ticket::NONE;
+        let mut leaves = Vec::new();
         for raw in &unsubscribe.filters {
             let Ok(parsed) = topic::parse_filter(raw, limits) else {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
@@ -114,9 +181,14 @@ impl Client {
             };
             if state.unsubscribe(raw) {
                 ticket = broker.persist_subscription(&self.session, &state, raw);
-                broker
-                    .index
-                    .unsubscribe(parsed.filter, parsed.share_group, &self.session);
+                match stream_subscription(&parsed) {
+                    Ok(Some(_)) => leaves.push(raw.as_str()),
+                    _ => {
+                        broker
+                            .index
+                            .unsubscribe(parsed.filter, parsed.share_group, &self.session);
+                    }
+                }
                 reasons.push(ReasonCode::SUCCESS);
             } else {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
@@ -128,6 +200,13 @@ impl Client {
             packet_id: unsubscribe.packet_id,
             reasons,
         }));
+        for raw in leaves {
+            if let Ok(parsed) = topic::parse_filter(raw, limits)
+                && let Ok(Some(read)) = stream_subscription(&parsed)
+            {
+                broker.leave_stream(&self.session, self.connection_id, &read, now_ms);
+            }
+        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use crate::timer::TimerId;
 
 pub use outbound::{
     AckOutcome, AwaitedAck, Change, Delivery, Enqueued, HELD_IN_MEMORY, Inflight, Outbound,
-    QueueFull, QueueLimits, Sent, Spilled,
+    QueueFull, QueueLimits, Sent, Spilled, StreamOrigin, StreamSettled,
 };
 
 #[derive(Debug, Clone, Copy)]

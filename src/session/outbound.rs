@@ -20,6 +20,31 @@ pub struct Delivery {
     /// session; every change to such a delivery is reported as a `Change`.
     #[serde(skip)]
     pub seq: Option<u64>,
+    /// Set for a message read from a stream for a consumer group: how it
+    /// ends (acknowledged, refused, sent at QoS 0) is reported back.
+    #[serde(skip)]
+    pub stream: Option<Box<StreamOrigin>>,
+}
+
+/// The stream position a delivery was read from, as the consumer group
+/// that read it knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOrigin {
+    pub group: u32,
+    pub partition: u32,
+    pub offset: u64,
+    /// The partition's hand-out the delivery belongs to: one that was
+    /// failed and handed out again makes late reports of older ones stale.
+    pub epoch: u32,
+}
+
+/// How a stream delivery ended for this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettled {
+    pub origin: StreamOrigin,
+    /// The v5 reason code of a negative acknowledgement; none when it was
+    /// acknowledged, sent at QoS 0, expired or could not be sent at all.
+    pub refused: Option<ReasonCode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +198,17 @@ pub struct Outbound {
     connected: bool,
     /// Changes to stored deliveries not yet taken by `take_changes`.
     changes: Vec<Change>,
+    /// Consumer groups' deliveries; boxed, as most sessions read no stream.
+    streamed: Option<Box<Streamed>>,
+}
+
+/// A group member's stream deliveries: outside the queue's limits (the
+/// group bounds them per partition) and never spilled or dropped.
+#[derive(Debug, Default)]
+struct Streamed {
+    waiting: VecDeque<Delivery>,
+    /// Ended deliveries not yet taken by `take_settled`.
+    settled: Vec<StreamSettled>,
 }
 
 /// Stored messages left in the store, oldest first.
@@ -198,6 +234,7 @@ impl Outbound {
             dropped: 0,
             connected: false,
             changes: Vec::new(),
+            streamed: None,
         }
     }
 
@@ -417,15 +454,30 @@ impl Outbound {
     /// are discarded on the way and counted in `expired`.
     pub fn next_publish(&mut self, now_ms: u64, expired: &mut u64) -> Option<Deliver> {
         loop {
-            let front = self.queue.front()?;
+            // Stream deliveries go first: a group is waiting on each.
+            let streamed = self
+                .streamed
+                .as_ref()
+                .is_some_and(|s| !s.waiting.is_empty());
+            let front = match &self.streamed {
+                Some(s) if streamed => s.waiting.front()?,
+                _ => self.queue.front()?,
+            };
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(self.window) {
                 return None;
             }
-            let delivery = self.queue.pop_front()?;
-            self.queued_bytes -= size_of(&delivery);
+            let delivery = match self.streamed.as_mut() {
+                Some(s) if streamed => s.waiting.pop_front()?,
+                _ => {
+                    let delivery = self.queue.pop_front()?;
+                    self.queued_bytes -= size_of(&delivery);
+                    delivery
+                }
+            };
             if delivery.message.is_expired(now_ms) {
                 *expired += 1;
                 self.record(&delivery, |seq| Change::Removed { seq });
+                self.settle(&delivery, None);
                 continue;
             }
             let packet_id = match delivery.qos {
@@ -433,7 +485,9 @@ impl Outbound {
                 QoS::AtLeastOnce | QoS::ExactlyOnce => self.allocate_packet_id(),
             };
             let publish = to_deliver(&delivery, packet_id, false, now_ms);
-            if delivery.qos != QoS::AtMostOnce {
+            if delivery.qos == QoS::AtMostOnce {
+                self.settle(&delivery, None);
+            } else {
                 let awaiting = match delivery.qos {
                     QoS::ExactlyOnce => AwaitedAck::PubRec,
                     _ => AwaitedAck::PubAck,
@@ -453,17 +507,63 @@ impl Outbound {
         }
     }
 
+    /// Adds a consumer group's delivery: sent before the queue, outside
+    /// its limits.
+    pub fn enqueue_streamed(&mut self, delivery: Delivery) {
+        self.streamed
+            .get_or_insert_default()
+            .waiting
+            .push_back(delivery);
+    }
+
+    /// Takes the stream deliveries that ended since the last call.
+    pub fn take_settled(&mut self) -> Vec<StreamSettled> {
+        match self.streamed.as_mut() {
+            Some(s) if !s.settled.is_empty() => std::mem::take(&mut s.settled),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes back the stream deliveries from `which` not yet acknowledged,
+    /// waiting or inflight (their partition went to another reader, or is
+    /// read again): their acknowledgements, if any still come, find
+    /// nothing.
+    pub fn withdraw_streamed(&mut self, which: impl Fn(&StreamOrigin) -> bool) -> usize {
+        let Some(streamed) = self.streamed.as_mut() else {
+            return 0;
+        };
+        let taken = |delivery: &Delivery| delivery.stream.as_deref().is_some_and(&which);
+        let before = streamed.waiting.len() + self.inflight.len();
+        streamed.waiting.retain(|d| !taken(d));
+        self.inflight.retain(|i| !taken(&i.delivery));
+        before - streamed.waiting.len() - self.inflight.len()
+    }
+
+    /// Reports a stream delivery's end.
+    fn settle(&mut self, delivery: &Delivery, refused: Option<ReasonCode>) {
+        if let Some(origin) = &delivery.stream {
+            self.streamed
+                .get_or_insert_default()
+                .settled
+                .push(StreamSettled {
+                    origin: **origin,
+                    refused,
+                });
+        }
+    }
+
     /// Forgets an inflight message that could not be sent at all (too large
     /// for the client's Maximum Packet Size).
     pub fn abandon(&mut self, packet_id: u16) {
         if let Some(at) = self.inflight.iter().position(|i| i.packet_id == packet_id) {
-            self.remove_inflight(at);
+            self.remove_inflight(at, None);
         }
     }
 
-    fn remove_inflight(&mut self, at: usize) {
+    fn remove_inflight(&mut self, at: usize, refused: Option<ReasonCode>) {
         if let Some(done) = self.inflight.remove(at) {
             self.record(&done.delivery, |seq| Change::Removed { seq });
+            self.settle(&done.delivery, refused);
         }
     }
 
@@ -483,9 +583,11 @@ impl Outbound {
             .position(|i| i.packet_id == packet_id && i.awaiting == awaiting)
     }
 
-    pub fn on_puback(&mut self, packet_id: u16) -> AckOutcome {
+    /// PUBACK; a v5 error reason is a negative acknowledgement, which
+    /// only a stream delivery's group takes note of.
+    pub fn on_puback(&mut self, packet_id: u16, reason: ReasonCode) -> AckOutcome {
         if let Some(at) = self.position(packet_id, AwaitedAck::PubAck) {
-            self.remove_inflight(at);
+            self.remove_inflight(at, reason.is_error().then_some(reason));
         }
         AckOutcome::Done
     }
@@ -495,7 +597,7 @@ impl Outbound {
     pub fn on_pubrec(&mut self, packet_id: u16, reason: ReasonCode) -> AckOutcome {
         match self.position(packet_id, AwaitedAck::PubRec) {
             Some(at) if reason.is_error() => {
-                self.remove_inflight(at);
+                self.remove_inflight(at, Some(reason));
                 AckOutcome::Done
             }
             Some(at) => {
@@ -521,7 +623,7 @@ impl Outbound {
 
     pub fn on_pubcomp(&mut self, packet_id: u16) -> AckOutcome {
         if let Some(at) = self.position(packet_id, AwaitedAck::PubComp) {
-            self.remove_inflight(at);
+            self.remove_inflight(at, None);
         }
         AckOutcome::Done
     }
@@ -584,6 +686,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             seq: None,
+            stream: None,
         }
     }
 
@@ -602,7 +705,7 @@ mod tests {
         assert_eq!(sent.len(), 2);
         assert_eq!((sent[0].packet_id, sent[1].packet_id), (1, 2));
         assert!(drain(&mut out, 0).is_empty());
-        assert_eq!(out.on_puback(1), AckOutcome::Done);
+        assert_eq!(out.on_puback(1, ReasonCode::SUCCESS), AckOutcome::Done);
         let sent = drain(&mut out, 0);
         assert_eq!(sent.len(), 1);
         assert_eq!(&sent[0].message.payload[..], b"3");
@@ -697,6 +800,71 @@ mod tests {
         assert_eq!(expired, 1);
     }
 
+    fn streamed(qos: QoS, offset: u64) -> Delivery {
+        Delivery {
+            stream: Some(Box::new(StreamOrigin {
+                group: 3,
+                partition: 1,
+                offset,
+                epoch: 0,
+            })),
+            ..delivery(qos, "s")
+        }
+    }
+
+    #[test]
+    fn stream_deliveries_go_first_and_report_how_each_ended() {
+        let mut out = Outbound::new(10, QueueLimits::messages(1));
+        out.enqueue(delivery(QoS::AtLeastOnce, "queued"));
+        out.enqueue_streamed(streamed(QoS::AtLeastOnce, 7));
+        out.enqueue_streamed(streamed(QoS::AtLeastOnce, 8));
+        out.enqueue_streamed(streamed(QoS::AtMostOnce, 9));
+        assert_eq!(out.queued(), 1, "outside the queue's limits");
+        let mut expired = 0;
+        let sent: Vec<Deliver> = std::iter::from_fn(|| out.next_publish(0, &mut expired)).collect();
+        assert_eq!(sent.len(), 4);
+        assert_eq!(&sent[3].message.payload[..], b"queued");
+        let offsets = |settled: Vec<StreamSettled>| -> Vec<(u64, Option<ReasonCode>)> {
+            settled
+                .into_iter()
+                .map(|s| (s.origin.offset, s.refused))
+                .collect()
+        };
+        assert_eq!(
+            offsets(out.take_settled()),
+            [(9, None)],
+            "QoS 0 ends when sent"
+        );
+        out.on_puback(sent[0].packet_id, ReasonCode::SUCCESS);
+        out.on_puback(sent[1].packet_id, ReasonCode::UNSPECIFIED_ERROR);
+        assert_eq!(
+            offsets(out.take_settled()),
+            [(7, None), (8, Some(ReasonCode::UNSPECIFIED_ERROR))]
+        );
+        assert!(out.take_settled().is_empty());
+    }
+
+    #[test]
+    fn withdrawn_stream_deliveries_leave_the_window_and_later_acks_find_nothing() {
+        let mut out = Outbound::new(1, QueueLimits::messages(10));
+        out.enqueue_streamed(streamed(QoS::AtLeastOnce, 1));
+        out.enqueue_streamed(streamed(QoS::AtLeastOnce, 2));
+        let mut expired = 0;
+        let first = out.next_publish(0, &mut expired).unwrap();
+        assert!(out.next_publish(0, &mut expired).is_none(), "window of 1");
+        out.enqueue(delivery(QoS::AtLeastOnce, "queued"));
+        assert_eq!(
+            out.withdraw_streamed(|o| o.group == 4),
+            0,
+            "another group's"
+        );
+        assert_eq!(out.withdraw_streamed(|o| o.group == 3), 2);
+        assert_eq!(out.queued(), 1, "the queue keeps its own");
+        assert_eq!(out.inflight().count(), 0);
+        out.on_puback(first.packet_id, ReasonCode::SUCCESS);
+        assert!(out.take_settled().is_empty());
+    }
+
     fn stored(qos: QoS, payload: &'static str, seq: u64) -> Delivery {
         Delivery {
             seq: Some(seq),
@@ -736,7 +904,7 @@ mod tests {
         );
         assert!(!changes[0].must_be_durable_before_sending());
         assert!(changes[1].must_be_durable_before_sending());
-        out.on_puback(1);
+        out.on_puback(1, ReasonCode::SUCCESS);
         out.on_pubrec(2, ReasonCode::SUCCESS);
         out.on_pubcomp(2);
         assert_eq!(

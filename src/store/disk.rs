@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use super::log::{CommitLog, LogPos, LogReader, segment_path};
 use super::state::{Folded, SegmentRefs, StateDb};
-use super::{Record, Snapshot, Store, StoreError, StoredDelivery};
+use super::{
+    Record, STREAM_BLOCK, Snapshot, Store, StoreError, StoredDelivery, StreamBlock, StreamEntry,
+};
 use crate::protocol::Message;
 use crate::session::{Delivery, HELD_IN_MEMORY};
 
@@ -315,6 +317,37 @@ impl DiskStore {
         }
     }
 
+    /// A partition's stored offsets in runs of `STREAM_BLOCK`, each dated
+    /// by its newest message's frame.
+    fn partition_blocks(&self, partition: &str) -> Result<Vec<StreamBlock>, StoreError> {
+        let mut runs: Vec<(StreamBlock, LogPos)> = Vec::new();
+        self.state.visit_partition(partition, |entry| {
+            let size = u64::from(entry.row.size);
+            match runs.last_mut() {
+                Some((block, newest)) if block.count < STREAM_BLOCK => {
+                    block.count += 1;
+                    block.bytes += size;
+                    *newest = entry.row.pos;
+                }
+                _ => runs.push((
+                    StreamBlock {
+                        first: entry.seq,
+                        count: 1,
+                        bytes: size,
+                        newest_ms: 0,
+                    },
+                    entry.row.pos,
+                )),
+            }
+        })?;
+        runs.into_iter()
+            .map(|(mut block, newest)| {
+                block.newest_ms = self.reader.read(newest)?.timestamp_ms;
+                Ok(block)
+            })
+            .collect()
+    }
+
     /// Names a log position for an error message; formatted only if one
     /// is made, not for every record read.
     fn place(&self, pos: LogPos) -> Place<'_> {
@@ -408,20 +441,22 @@ impl Store for DiskStore {
                 std::mem::take(&mut *self.refs.lock().unwrap_or_else(PoisonError::into_inner));
             self.send(ToState::Refs(refs));
         }
+        let (committed, stream_starts) = self.state.offsets()?;
         let mut snapshot = Snapshot {
+            committed,
+            stream_starts,
             sessions: rows.sessions,
             subscriptions: rows.subscriptions,
             retained: rows.retained.into_iter().map(Arc::new).collect(),
             inbound_qos2: rows.inbound_qos2,
             spilled: rows.spilled,
-            stream_offsets: self
-                .state
-                .partition_bounds()
-                .into_iter()
-                .map(|(partition, _, last)| (partition, last))
-                .collect(),
             ..Snapshot::default()
         };
+        for (partition, _, last) in self.state.partition_bounds() {
+            let blocks = self.partition_blocks(&partition)?;
+            snapshot.stream_blocks.insert(partition.clone(), blocks);
+            snapshot.stream_offsets.insert(partition, last);
+        }
         let mut cache = HashMap::new();
         for (client_id, copies) in rows.copies {
             let mut held = Vec::with_capacity(copies.len());
@@ -447,6 +482,35 @@ impl Store for DiskStore {
         let (done, checkpointed) = mpsc::channel();
         self.send(ToState::Checkpoint(done));
         let _ = checkpointed.recv();
+    }
+
+    fn read_partition(
+        &self,
+        partition: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.state.partition_entries(partition, from, max)? {
+            let record = self.reader.read(entry.row.pos)?;
+            match Record::decode(&record.body, self.place(entry.row.pos))? {
+                Record::PutCopies {
+                    message: Some(message),
+                    ..
+                } => found.push(StreamEntry {
+                    offset: entry.seq,
+                    appended_at: record.timestamp_ms,
+                    message,
+                }),
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: a stream offset points at a record that holds no message",
+                        self.place(entry.row.pos)
+                    )));
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {

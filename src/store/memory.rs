@@ -65,7 +65,10 @@ impl Store for MemoryStore {
             Record::PutCopies { .. }
             | Record::MarkSent { .. }
             | Record::DeleteDelivery { .. }
-            | Record::DeleteInboundQos2 { .. } => {}
+            | Record::DeleteInboundQos2 { .. }
+            | Record::CommitOffset { .. }
+            | Record::TrimPartition { .. }
+            | Record::DeleteGroup { .. } => {}
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 pub use disk::{DiskOptions, DiskStore};
 pub use journal::{Flush, Journal, Ticket};
 pub use memory::MemoryStore;
-pub use record::{Append, Copy, Record};
+pub use record::{Append, Copy, Record, partition_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,6 +104,47 @@ pub struct Snapshot {
     pub inbound_qos2: HashMap<String, Vec<u16>>,
     /// Per stream partition (`stream/partition`): the last offset stored.
     pub stream_offsets: HashMap<String, u64>,
+    /// Per stream partition: the first offset retention kept, where it
+    /// trimmed any.
+    pub stream_starts: HashMap<String, u64>,
+    /// Consumer groups' committed offsets.
+    pub committed: Vec<Committed>,
+    /// Per stream partition: its stored offsets in runs, oldest first.
+    pub stream_blocks: HashMap<String, Vec<StreamBlock>>,
+}
+
+/// How far a consumer group has read one partition: the next offset it
+/// reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub group: String,
+    pub stream: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Offsets per `StreamBlock`: retention drops whole blocks, so a partition
+/// keeps at most this many messages past its limits.
+pub const STREAM_BLOCK: u32 = 1024;
+
+/// A run of a stream partition's offsets, as retention sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamBlock {
+    pub first: u64,
+    pub count: u32,
+    /// The messages' sizes together.
+    pub bytes: u64,
+    /// When its newest message was appended (unix ms).
+    pub newest_ms: u64,
+}
+
+/// One message of a stream partition as read back.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub offset: u64,
+    /// When it was appended (unix ms).
+    pub appended_at: u64,
+    pub message: Arc<Message>,
 }
 
 impl Snapshot {
@@ -137,8 +178,19 @@ pub trait Store: Send + Sync + 'static {
         let _ = (client_id, seqs);
         Ok(Vec::new())
     }
+    /// Reads up to `max` messages of a stream partition (`stream/partition`)
+    /// from offset `from` on; offsets retention dropped are skipped.
+    fn read_partition(
+        &self,
+        partition: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let _ = (partition, from, max);
+        Ok(Vec::new())
+    }
     /// Waits until every record written so far can be read back by
-    /// `read_copies`.
+    /// `read_copies` and `read_partition`.
     fn settle(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -148,6 +148,27 @@ impl QueueIndex {
         Ok(())
     }
 
+    /// Calls `visit` with every entry of one owner, in the order stored,
+    /// reading one chunk at a time.
+    pub fn visit_owner(
+        &mut self,
+        owner: &str,
+        mut visit: impl FnMut(&Entry),
+    ) -> Result<(), StoreError> {
+        let Some(queue) = self.queues.get(owner) else {
+            return Ok(());
+        };
+        for chunk in &queue.chunks {
+            match &chunk.entries {
+                Some(entries) => entries.iter().filter(|e| !e.removed).for_each(&mut visit),
+                None => read(&self.tree, owner, chunk.id)?
+                    .iter()
+                    .for_each(&mut visit),
+            }
+        }
+        Ok(())
+    }
+
     /// Stores one copy for `client_id` (nothing if its key is there).
     pub fn put(
         &mut self,
@@ -239,6 +260,48 @@ impl QueueIndex {
             drop_ref(refs, gone.row.pos);
             self.write_if_many_changed()?;
         }
+        Ok(())
+    }
+
+    /// Removes every entry of `owner` below `start` (a trimmed partition):
+    /// whole chunks below it go with their rows, a chunk it falls in is
+    /// thinned in place.
+    pub fn remove_before(
+        &mut self,
+        owner: &str,
+        start: u64,
+        refs: &mut SegmentRefs,
+    ) -> Result<(), StoreError> {
+        let Some(queue) = self.queues.get_mut(owner) else {
+            return Ok(());
+        };
+        let mut kept = Vec::with_capacity(queue.chunks.len());
+        let newest = queue.chunks.len().saturating_sub(1);
+        for (index, mut chunk) in std::mem::take(&mut queue.chunks).into_iter().enumerate() {
+            if chunk.first >= start {
+                kept.push(chunk);
+                continue;
+            }
+            let below_all = chunk.last < start;
+            let entries = load(&self.tree, owner, &mut chunk)?;
+            for entry in entries.iter_mut().filter(|e| !e.removed && e.seq < start) {
+                entry.removed = true;
+                drop_ref(refs, entry.row.pos);
+            }
+            if below_all && index != newest {
+                self.tree
+                    .remove(chunk_key(owner, chunk.id))
+                    .map_err(backend)?;
+                continue;
+            }
+            chunk.alive = entries.iter().filter(|e| !e.removed).count();
+            if !chunk.dirty && index != newest {
+                self.sealed_changed += 1;
+            }
+            chunk.dirty = true;
+            kept.push(chunk);
+        }
+        queue.chunks = kept;
         Ok(())
     }
 
@@ -445,6 +508,39 @@ mod tests {
         let db = sled::Config::new().path(&dir).open().unwrap();
         let (index, _) = QueueIndex::open(db.open_tree("queues").unwrap()).unwrap();
         (index, db, dir)
+    }
+
+    #[test]
+    fn a_trimmed_partition_loses_the_rows_below_its_start_and_their_segment_refs() {
+        let (mut index, db, dir) = index("trim");
+        let mut refs = SegmentRefs::new();
+        let total = 3 * CHUNK as u64;
+        for offset in 0..total {
+            index
+                .put("orders/0", entry(offset, (offset / 1000) as u32), &mut refs)
+                .unwrap();
+        }
+        index.write_changed().unwrap();
+        let start = CHUNK as u64 + 5;
+        index.remove_before("orders/0", start, &mut refs).unwrap();
+        index.write_changed().unwrap();
+        assert_eq!(refs.values().sum::<u64>(), total - start);
+        assert!(
+            !refs.contains_key(&0),
+            "segment 0 held only trimmed offsets"
+        );
+        assert_eq!(
+            db.open_tree("queues").unwrap().len(),
+            2,
+            "the first chunk's row is gone"
+        );
+        let (mut reopened, counted) = QueueIndex::open(db.open_tree("queues").unwrap()).unwrap();
+        assert_eq!(counted, refs);
+        let kept = all(&mut reopened).remove("orders/0").unwrap();
+        assert_eq!(kept.first().map(|e| e.seq), Some(start));
+        assert_eq!(kept.len() as u64, total - start);
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

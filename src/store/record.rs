@@ -59,6 +59,26 @@ pub enum Record {
         client_id: Arc<str>,
         packet_id: u16,
     },
+    /// A consumer group has read `stream/partition` up to `offset`: the
+    /// next offset it reads.
+    CommitOffset {
+        group: Arc<str>,
+        stream: Arc<str>,
+        partition: u32,
+        offset: u64,
+    },
+    /// Retention dropped every offset of `stream/partition` below `start`.
+    TrimPartition {
+        stream: Arc<str>,
+        partition: u32,
+        start: u64,
+    },
+    /// A consumer group's offsets in `stream` are no longer kept (a reader
+    /// of its own whose session ended).
+    DeleteGroup {
+        group: Arc<str>,
+        stream: Arc<str>,
+    },
 }
 
 /// One message appended to one stream partition, at `offset`.
@@ -70,11 +90,16 @@ pub struct Append {
 }
 
 impl Append {
-    /// The partition's name in the partition index: stream names have no
-    /// '/', so this is unique.
+    /// The partition's name in the partition index.
     pub fn partition_name(&self) -> String {
-        format!("{}/{}", self.stream, self.partition)
+        partition_name(&self.stream, self.partition)
     }
+}
+
+/// A partition's name in the store: stream names have no '/', so
+/// `stream/partition` is unique.
+pub fn partition_name(stream: &str, partition: u32) -> String {
+    format!("{stream}/{partition}")
 }
 
 /// Where one copy of a message goes: a persistent session, under its key.
@@ -107,6 +132,7 @@ impl Copy {
             retain: self.retain,
             subscription_ids: self.subscription_ids.clone(),
             seq: Some(self.seq),
+            stream: None,
         }
     }
 }

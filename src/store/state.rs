@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::LogPos;
 use super::queues::{Entry, QueueIndex};
-use super::{Append, Copy, Record, SessionRecord, StoreError};
+use super::{Append, Committed, Copy, Record, SessionRecord, StoreError, partition_name};
 use crate::protocol::{Message, QoS};
 use crate::session::{Delivery, Spilled, SubscriptionEntry};
 
@@ -63,6 +63,7 @@ impl CopyRow {
             retain: self.retain,
             subscription_ids: self.subscription_ids,
             seq: Some(seq),
+            stream: None,
         }
     }
 }
@@ -153,6 +154,9 @@ pub struct StateDb {
     partitions: Mutex<QueueIndex>,
     inbound_qos2: sled::Tree,
     retained: sled::Tree,
+    /// Consumer groups' committed offsets (`c` group NUL partition) and
+    /// partitions' retention starts (`s` partition), 8 bytes each.
+    offsets: sled::Tree,
 }
 
 impl StateDb {
@@ -222,6 +226,7 @@ impl StateDb {
             partitions: Mutex::new(partitions),
             inbound_qos2: tree("inbound_qos2")?,
             retained: tree("retained")?,
+            offsets: tree("offsets")?,
             db,
         };
         Ok((state, refs))
@@ -263,6 +268,22 @@ fn owner_prefix(client_id: &str) -> Vec<u8> {
 fn owned_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
     let mut key = owner_prefix(client_id);
     key.extend_from_slice(suffix);
+    key
+}
+
+fn commit_key(group: &str, partition: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + partition.len() + 2);
+    key.push(b'c');
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key.extend_from_slice(partition.as_bytes());
+    key
+}
+
+fn start_key(partition: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(partition.len() + 1);
+    key.push(b's');
+    key.extend_from_slice(partition.as_bytes());
     key
 }
 
@@ -323,7 +344,7 @@ impl StateDb {
                             let entry = Entry {
                                 seq: append.offset,
                                 row: CopyRow {
-                                    pos: *pos,
+                                    pos,
                                     size: *size,
                                     qos: QoS::AtMostOnce,
                                     retain: false,
@@ -405,6 +426,37 @@ impl StateDb {
                     client_id,
                     packet_id,
                 } => inbound.remove(inbound_key(client_id, *packet_id)),
+                Record::CommitOffset {
+                    group,
+                    stream,
+                    partition,
+                    offset,
+                } => {
+                    let key = commit_key(group, &partition_name(stream, *partition));
+                    self.offsets
+                        .insert(key, &offset.to_be_bytes())
+                        .map_err(backend)?;
+                }
+                Record::TrimPartition {
+                    stream,
+                    partition,
+                    start,
+                } => {
+                    let name = partition_name(stream, *partition);
+                    self.partitions().remove_before(&name, *start, refs)?;
+                    self.offsets
+                        .insert(start_key(&name), &start.to_be_bytes())
+                        .map_err(backend)?;
+                }
+                Record::DeleteGroup { group, stream } => {
+                    let mut prefix = commit_key(group, stream);
+                    prefix.push(b'/');
+                    let mut batch = sled::Batch::default();
+                    for key in self.offsets.scan_prefix(&prefix).keys() {
+                        batch.remove(key.map_err(backend)?);
+                    }
+                    self.offsets.apply_batch(batch).map_err(backend)?;
+                }
             }
         }
         self.inbound_qos2.apply_batch(inbound).map_err(backend)?;
@@ -424,6 +476,68 @@ impl StateDb {
     /// Each stream partition's first and last offset, by `stream/partition`.
     pub fn partition_bounds(&self) -> Vec<(String, u64, u64)> {
         self.partitions().bounds()
+    }
+
+    /// The stored entries of a stream partition from offset `from` on, at
+    /// most `max`.
+    pub fn partition_entries(
+        &self,
+        partition: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let offsets: Vec<u64> = (from..from.saturating_add(max as u64)).collect();
+        self.partitions().find(partition, &offsets)
+    }
+
+    /// Calls `visit` with every stored entry of a stream partition, in
+    /// offset order.
+    pub fn visit_partition(
+        &self,
+        partition: &str,
+        visit: impl FnMut(&Entry),
+    ) -> Result<(), StoreError> {
+        self.partitions().visit_owner(partition, visit)
+    }
+
+    /// Committed offsets and retention starts, as stored.
+    pub fn offsets(&self) -> Result<(Vec<Committed>, HashMap<String, u64>), StoreError> {
+        let mut committed = Vec::new();
+        let mut starts = HashMap::new();
+        for row in self.offsets.iter() {
+            let (key, value) = row.map_err(backend)?;
+            let offset = <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes);
+            let text = std::str::from_utf8(&key[1..]).ok();
+            match (key.first(), text, offset) {
+                (Some(b's'), Some(partition), Ok(start)) => {
+                    starts.insert(partition.to_string(), start);
+                }
+                (Some(b'c'), Some(text), Ok(offset)) => {
+                    let parsed = text.split_once('\0').and_then(|(group, name)| {
+                        let (stream, partition) = name.rsplit_once('/')?;
+                        Some((group, stream, partition.parse().ok()?))
+                    });
+                    let Some((group, stream, partition)) = parsed else {
+                        return Err(StoreError::Corrupt(format!(
+                            "offsets: malformed key {text}"
+                        )));
+                    };
+                    committed.push(Committed {
+                        group: group.to_string(),
+                        stream: stream.to_string(),
+                        partition,
+                        offset,
+                    });
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "offsets: malformed row {}",
+                        String::from_utf8_lossy(&key)
+                    )));
+                }
+            }
+        }
+        Ok((committed, starts))
     }
 
     fn delete_session(&self, client_id: &str, refs: &mut SegmentRefs) -> Result<(), StoreError> {

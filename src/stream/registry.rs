@@ -1,17 +1,26 @@
 //! The configured streams as the broker appends to them: which streams a
-//! topic feeds, and the next offset of each partition.
+//! topic feeds, each partition's offsets, its newest messages held in
+//! memory, and its retention.
 //!
 //! Offsets are dense per partition. A partition's lock is held from the
 //! moment an offset is taken until the record carrying it is in the
 //! journal, so a partition's records reach the log in offset order.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use super::{StreamSpec, partition_of};
 use crate::protocol::Message;
-use crate::store::Append;
+use crate::store::{
+    Append, STREAM_BLOCK as BLOCK, Snapshot, StreamBlock as Block, StreamEntry, partition_name,
+};
 use crate::topic;
+
+/// The newest messages of a partition held in memory when the log holds
+/// them all: a group that keeps up reads only these.
+const TAIL_MESSAGES: usize = 16_384;
+const TAIL_BYTES: u64 = 8 << 20;
 
 pub struct Streams {
     streams: Vec<Stream>,
@@ -20,27 +29,85 @@ pub struct Streams {
 pub struct Stream {
     pub spec: StreamSpec,
     pub name: Arc<str>,
-    /// The next offset of each partition.
-    heads: Vec<Mutex<u64>>,
+    partitions: Vec<Mutex<Partition>>,
+}
+
+/// One partition: its offsets, the newest messages, the retention blocks.
+#[derive(Debug)]
+pub struct Partition {
+    /// The next offset appended.
+    pub end: u64,
+    /// The first offset retention kept.
+    pub start: u64,
+    /// The newest messages, the last at `end - 1`.
+    tail: VecDeque<StreamEntry>,
+    tail_bytes: u64,
+    /// Whether the tail is all there is (no log behind it, the `memory`
+    /// mode): it is then bounded by retention alone.
+    tail_is_everything: bool,
+    /// Offsets since `start` in runs of up to `BLOCK`, oldest first.
+    blocks: VecDeque<Block>,
+    bytes: u64,
+}
+
+/// Where a partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub start: u64,
+    /// The first offset held in memory.
+    pub memory_start: u64,
+    pub end: u64,
+}
+
+/// What retention dropped from one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    pub stream: Arc<str>,
+    pub partition: u32,
+    pub start: u64,
 }
 
 impl Streams {
-    /// The streams of `specs`, each partition continuing after the last
-    /// offset stored for it (`last_offsets`, by `stream/partition`).
-    pub fn new(specs: Vec<StreamSpec>, last_offsets: &HashMap<String, u64>) -> Streams {
+    /// The streams of `specs`, each partition continuing where the store
+    /// left it. `tail_is_everything`: no log holds the messages (the
+    /// `memory` mode).
+    pub fn new(specs: Vec<StreamSpec>, stored: &Snapshot, tail_is_everything: bool) -> Streams {
         let streams = specs
             .into_iter()
             .map(|spec| {
-                let heads = (0..spec.partitions)
+                let partitions = (0..spec.partitions)
                     .map(|partition| {
-                        let name = format!("{}/{partition}", spec.name);
-                        Mutex::new(last_offsets.get(&name).map_or(0, |last| last + 1))
+                        let name = partition_name(&spec.name, partition);
+                        let stored_end =
+                            stored.stream_offsets.get(&name).map_or(0, |last| last + 1);
+                        let start = stored.stream_starts.get(&name).copied().unwrap_or(0);
+                        let end = stored_end.max(start);
+                        let blocks: VecDeque<Block> = stored
+                            .stream_blocks
+                            .get(&name)
+                            .map(|blocks| {
+                                blocks
+                                    .iter()
+                                    .copied()
+                                    .filter(|b| b.first >= start)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Mutex::new(Partition {
+                            end,
+                            start,
+                            tail: VecDeque::new(),
+                            tail_bytes: 0,
+                            tail_is_everything,
+                            bytes: blocks.iter().map(|b| b.bytes).sum(),
+                            blocks,
+                        })
                     })
                     .collect();
                 Stream {
                     name: spec.name.as_str().into(),
                     spec,
-                    heads,
+                    partitions,
                 }
             })
             .collect();
@@ -55,13 +122,33 @@ impl Streams {
         self.streams.iter()
     }
 
-    /// Takes the next offset in each partition `message` is appended to
-    /// and calls `write` with them while those partitions stay locked.
-    pub fn append<R>(&self, message: &Message, write: impl FnOnce(Vec<Append>) -> R) -> R {
+    /// The stream called `name`, with its index.
+    pub fn find(&self, name: &str) -> Option<(usize, &Stream)> {
+        self.streams
+            .iter()
+            .enumerate()
+            .find(|(_, stream)| &*stream.name == name)
+    }
+
+    pub fn get(&self, index: usize) -> &Stream {
+        &self.streams[index]
+    }
+
+    /// Takes the next offset in each partition `message` is appended to,
+    /// keeps it among the partition's newest messages, and calls `write`
+    /// with the appends while those partitions stay locked. Returns what
+    /// `write` returned and the `(stream index, partition)` appended to.
+    pub fn append<R>(
+        &self,
+        message: &Arc<Message>,
+        now_ms: u64,
+        write: impl FnOnce(Vec<Append>) -> R,
+    ) -> (R, Vec<(usize, u32)>) {
         // Locks are taken in stream order, so two publishes feeding the
         // same streams never wait on each other in a cycle.
-        let mut held: Vec<(MutexGuard<'_, u64>, Append)> = Vec::new();
-        for stream in &self.streams {
+        let mut held: Vec<(MutexGuard<'_, Partition>, Append)> = Vec::new();
+        let mut fed = Vec::new();
+        for (index, stream) in self.streams.iter().enumerate() {
             let feeds = stream
                 .spec
                 .filters
@@ -71,29 +158,151 @@ impl Streams {
                 continue;
             }
             let partition = partition_of(stream.spec.key.key_of(message), stream.spec.partitions);
-            let mut head = stream.heads[partition as usize]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut state = stream.lock(partition);
             let append = Append {
                 stream: stream.name.clone(),
                 partition,
-                offset: *head,
+                offset: state.end,
             };
-            *head += 1;
-            held.push((head, append));
+            state.push(message.clone(), now_ms);
+            fed.push((index, partition));
+            held.push((state, append));
         }
         let appends = held.iter().map(|(_, append)| append.clone()).collect();
-        write(appends)
+        (write(appends), fed)
     }
 }
 
 impl Stream {
+    fn lock(&self, partition: u32) -> MutexGuard<'_, Partition> {
+        self.partitions[partition as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    pub fn bounds(&self, partition: u32) -> Bounds {
+        self.lock(partition).bounds()
+    }
+
     /// The next offset of each partition.
     pub fn ends(&self) -> Vec<u64> {
-        self.heads
-            .iter()
-            .map(|head| *head.lock().unwrap_or_else(PoisonError::into_inner))
+        (0..self.partition_count())
+            .map(|partition| self.lock(partition).end)
             .collect()
+    }
+
+    /// Up to `max` messages held in memory from `from` on.
+    pub fn read_memory(&self, partition: u32, from: u64, max: usize) -> Vec<StreamEntry> {
+        self.lock(partition).read_memory(from, max)
+    }
+
+    /// The first offset of `partition` appended at or after `time_ms`, as
+    /// far as the blocks tell: the first offset of the oldest block whose
+    /// newest message is that recent.
+    pub fn offset_at(&self, partition: u32, time_ms: u64) -> u64 {
+        let state = self.lock(partition);
+        state
+            .blocks
+            .iter()
+            .find(|block| block.newest_ms >= time_ms)
+            .map_or(state.end, |block| block.first)
+    }
+
+    /// Applies retention at `now_ms`: drops the oldest blocks that are
+    /// older than `retention` or that `max_bytes` has no room for.
+    pub fn trim(&self, now_ms: u64) -> Vec<Trimmed> {
+        let retention = self.spec.retention.map(duration_ms);
+        let mut trimmed = Vec::new();
+        for partition in 0..self.partition_count() {
+            let mut state = self.lock(partition);
+            let start = state.trim(now_ms, retention, self.spec.max_bytes);
+            if let Some(start) = start {
+                trimmed.push(Trimmed {
+                    stream: self.name.clone(),
+                    partition,
+                    start,
+                });
+            }
+        }
+        trimmed
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Partition {
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            start: self.start,
+            memory_start: self.end - self.tail.len() as u64,
+            end: self.end,
+        }
+    }
+
+    fn push(&mut self, message: Arc<Message>, now_ms: u64) {
+        let offset = self.end;
+        let size = message.size() as u64;
+        self.end += 1;
+        self.tail.push_back(StreamEntry {
+            offset,
+            appended_at: now_ms,
+            message,
+        });
+        self.tail_bytes += size;
+        if !self.tail_is_everything {
+            while self.tail.len() > TAIL_MESSAGES || self.tail_bytes > TAIL_BYTES {
+                let Some(gone) = self.tail.pop_front() else {
+                    break;
+                };
+                self.tail_bytes -= gone.message.size() as u64;
+            }
+        }
+        match self.blocks.back_mut() {
+            Some(block) if block.count < BLOCK => {
+                block.count += 1;
+                block.bytes += size;
+                block.newest_ms = now_ms;
+            }
+            _ => self.blocks.push_back(Block {
+                first: offset,
+                count: 1,
+                bytes: size,
+                newest_ms: now_ms,
+            }),
+        }
+        self.bytes += size;
+    }
+
+    fn read_memory(&self, from: u64, max: usize) -> Vec<StreamEntry> {
+        let memory_start = self.end - self.tail.len() as u64;
+        let skip = from.saturating_sub(memory_start) as usize;
+        self.tail.iter().skip(skip).take(max).cloned().collect()
+    }
+
+    /// Drops what retention no longer keeps; the new start if it moved.
+    fn trim(&mut self, now_ms: u64, retention: Option<u64>, max_bytes: Option<u64>) -> Option<u64> {
+        let before = self.start;
+        while let Some(oldest) = self.blocks.front() {
+            let too_old = retention.is_some_and(|r| oldest.newest_ms.saturating_add(r) <= now_ms);
+            let too_big = max_bytes.is_some_and(|max| self.bytes > max);
+            if !too_old && !too_big {
+                break;
+            }
+            self.bytes -= oldest.bytes;
+            self.start = oldest.first + u64::from(oldest.count);
+            self.blocks.pop_front();
+        }
+        while self.tail.front().is_some_and(|e| e.offset < self.start) {
+            let gone = self.tail.pop_front().expect("just looked");
+            self.tail_bytes -= gone.message.size() as u64;
+        }
+        (self.start != before).then_some(self.start)
     }
 }
 
@@ -103,6 +312,7 @@ mod tests {
     use crate::protocol::{MessageProperties, QoS};
     use crate::stream::spec::{StreamConfig, check_all};
     use crate::topic::TopicLimits;
+    use std::collections::HashMap;
 
     fn spec(name: &str, filter: &str, partitions: u32) -> StreamSpec {
         let config = StreamConfig {
@@ -139,12 +349,20 @@ mod tests {
 
     #[test]
     fn a_message_gets_the_next_offset_of_its_keys_partition_in_each_stream_it_feeds() {
-        let resumed = HashMap::from([("orders/1".to_string(), 41)]);
+        let stored = Snapshot {
+            stream_offsets: HashMap::from([("orders/1".to_string(), 41)]),
+            ..Snapshot::default()
+        };
         let streams = Streams::new(
             vec![spec("orders", "orders/#", 8), spec("all", "#", 1)],
-            &resumed,
+            &stored,
+            false,
         );
-        let appended = |topic: &str| streams.append(&message(topic), |appends| appends);
+        let appended = |topic: &str| {
+            streams
+                .append(&Arc::new(message(topic)), 0, |appends| appends)
+                .0
+        };
         let first = appended("orders/device-1/x");
         assert_eq!(first.len(), 2, "both streams fed");
         assert_eq!(
@@ -161,6 +379,56 @@ mod tests {
         );
         let other = appended("telemetry/t");
         assert_eq!(other.len(), 1, "only the catch-all stream");
-        assert_eq!(streams.iter().next().unwrap().ends()[1], 44);
+        let orders = streams.iter().next().unwrap();
+        assert_eq!(orders.ends()[1], 44);
+        let held: Vec<u64> = orders
+            .read_memory(1, 0, 10)
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(held, [42, 43], "the newest messages are held in memory");
+        assert_eq!(
+            orders.bounds(1),
+            Bounds {
+                start: 0,
+                memory_start: 42,
+                end: 44
+            }
+        );
+    }
+
+    #[test]
+    fn retention_drops_whole_blocks_by_age_and_by_bytes() {
+        let mut partition = Partition {
+            end: 0,
+            start: 0,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_is_everything: true,
+            blocks: VecDeque::new(),
+            bytes: 0,
+        };
+        let one = Arc::new(message("orders/a"));
+        let size = one.size() as u64;
+        for at in 0..3 * u64::from(BLOCK) {
+            partition.push(one.clone(), at);
+        }
+        let block = u64::from(BLOCK);
+        assert_eq!(
+            partition.trim(block - 1 + 1000, Some(1000), None),
+            Some(block)
+        );
+        assert_eq!(
+            partition.trim(block + 1000, Some(1000), None),
+            None,
+            "the next block holds newer ones"
+        );
+        assert_eq!(partition.bounds().memory_start, block);
+        assert_eq!(
+            partition.trim(0, None, Some(size * block)),
+            Some(2 * block),
+            "bytes: one block's worth kept"
+        );
+        assert_eq!(partition.read_memory(0, 1)[0].offset, 2 * block);
     }
 }

@@ -250,7 +250,7 @@ impl Wire {
                 Err(EncodeError::TooLarge { size }) => match packet {
                     Packet::Deliver(deliver) => {
                         tracing::debug!(client_id = %client.client_id(), size, topic = %deliver.message.topic, "message larger than the client accepts: skipped");
-                        client.skip_oversized(deliver.packet_id);
+                        client.skip_oversized(deliver.packet_id, now_ms());
                     }
                     _ => tracing::debug!(
                         client_id = %client.client_id(),

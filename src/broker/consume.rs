@@ -1,0 +1,802 @@
+//! Consumer groups reading streams over MQTT: joining and leaving as
+//! clients subscribe, connect and disconnect; handing each partition's
+//! messages to its owner's session; committing offsets as deliveries are
+//! acknowledged; ack timeouts, retention, and reads from the log.
+//!
+//! Each group has its own lock, taken before any session's lock and never
+//! while one is held. Everything a group decides is carried out with it
+//! still locked, so one partition's messages reach their reader in offset
+//! order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use serde::Serialize;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
+
+use super::{BrokerState, TimerEvent};
+use crate::protocol::{Message, QoS};
+use crate::session::{Delivery, Session, StreamOrigin, StreamSettled};
+use crate::store::{Committed, Record, StreamEntry, partition_name};
+use crate::stream::group::{Effects, Group, GroupSettings, Member, PartitionSource};
+use crate::stream::registry::{Bounds, Stream};
+use crate::stream::spec::Start;
+use crate::stream::subscription::{StreamOffset, StreamSubscription, stream_subscription};
+use crate::topic;
+
+/// How often retention is applied.
+const RETENTION_EVERY_MS: u64 = 1000;
+
+/// Messages read from the log at once for a group behind the memory tail.
+const READ_BATCH: usize = 512;
+
+/// One group, as the broker holds it.
+pub(super) struct GroupCell {
+    id: u32,
+    stream: usize,
+    state: Mutex<GroupState>,
+}
+
+struct GroupState {
+    group: Group,
+    /// The earliest wake-up armed on the timer wheel.
+    armed: Option<u64>,
+}
+
+impl GroupCell {
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A read the group waits for, served on the blocking pool.
+enum StreamRead {
+    /// Messages of a partition from the log.
+    Fetch {
+        group: u32,
+        partition: u32,
+        from: u64,
+        epoch: u32,
+    },
+    /// The offsets a group resets to for a point in time.
+    Seek { group: u32, time_ms: u64 },
+}
+
+/// The consumer groups.
+pub(super) struct Consumers {
+    /// By id; a removed group leaves its slot empty.
+    groups: RwLock<Vec<Option<Arc<GroupCell>>>>,
+    /// By stream index, then group name.
+    names: Mutex<Vec<HashMap<Arc<str>, u32>>>,
+    reads: UnboundedSender<StreamRead>,
+    receiver: Mutex<Option<UnboundedReceiver<StreamRead>>>,
+}
+
+impl Consumers {
+    pub(super) fn new(streams: usize) -> Consumers {
+        let (reads, receiver) = unbounded_channel();
+        Consumers {
+            groups: RwLock::new(Vec::new()),
+            names: Mutex::new(vec![HashMap::new(); streams]),
+            reads,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+
+    fn get(&self, id: u32) -> Option<Arc<GroupCell>> {
+        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        groups.get(id as usize).cloned().flatten()
+    }
+
+    /// The groups reading stream `stream`.
+    fn of_stream(&self, stream: usize) -> Vec<Arc<GroupCell>> {
+        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        groups
+            .iter()
+            .flatten()
+            .filter(|cell| cell.stream == stream)
+            .cloned()
+            .collect()
+    }
+
+    fn all(&self) -> Vec<Arc<GroupCell>> {
+        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        groups.iter().flatten().cloned().collect()
+    }
+}
+
+/// A stream as its groups read it.
+struct Source<'s>(&'s Stream);
+
+impl PartitionSource for Source<'_> {
+    fn bounds(&self, partition: u32) -> Bounds {
+        self.0.bounds(partition)
+    }
+
+    fn read_memory(&self, partition: u32, from: u64, max: usize) -> Vec<StreamEntry> {
+        self.0.read_memory(partition, from, max)
+    }
+}
+
+fn settings_of(stream: &Stream) -> GroupSettings {
+    GroupSettings {
+        max_inflight: stream.spec.max_inflight_per_partition as usize,
+        ack_timeout_ms: u64::try_from(stream.spec.ack_timeout.as_millis()).unwrap_or(u64::MAX),
+        retry_backoff: stream.spec.retry_backoff.clone(),
+    }
+}
+
+/// The group a stream subscription reads in: its `$share` group, or the
+/// subscriber's client id.
+pub(super) fn group_name(subscription: &StreamSubscription<'_>, client_id: &str) -> Arc<str> {
+    subscription.group.unwrap_or(client_id).into()
+}
+
+impl BrokerState {
+    /// Rebuilds the groups whose offsets were committed, at start.
+    pub(super) fn restore_groups(&self, committed: Vec<Committed>) {
+        let mut by_group: HashMap<(usize, String), Vec<(u32, u64)>> = HashMap::new();
+        for row in committed {
+            match self.streams.find(&row.stream) {
+                Some((index, _)) => by_group
+                    .entry((index, row.group))
+                    .or_default()
+                    .push((row.partition, row.offset)),
+                None => {
+                    tracing::warn!(stream = %row.stream, group = %row.group, "offsets kept for a stream no longer configured")
+                }
+            }
+        }
+        for ((index, name), offsets) in by_group {
+            let stream = self.streams.get(index);
+            let mut starts = vec![0; stream.partition_count() as usize];
+            for (partition, offset) in offsets {
+                match starts.get_mut(partition as usize) {
+                    Some(start) => *start = offset,
+                    None => {
+                        tracing::warn!(stream = %stream.name, group = %name, partition, "offset kept for a partition the stream no longer has")
+                    }
+                }
+            }
+            self.add_group(index, name.into(), &starts);
+        }
+    }
+
+    fn add_group(&self, stream: usize, name: Arc<str>, offsets: &[u64]) -> Arc<GroupCell> {
+        let settings = settings_of(self.streams.get(stream));
+        let mut groups = self
+            .consumers
+            .groups
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let id = groups.len() as u32;
+        let cell = Arc::new(GroupCell {
+            id,
+            stream,
+            state: Mutex::new(GroupState {
+                group: Group::new(name.clone(), settings, offsets),
+                armed: None,
+            }),
+        });
+        groups.push(Some(cell.clone()));
+        drop(groups);
+        self.consumers
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[stream]
+            .insert(name, id);
+        cell
+    }
+
+    /// The group `name` of stream `stream`, made at the stream's `start`
+    /// (and that start committed) if it is new.
+    fn group(&self, stream: usize, name: &Arc<str>) -> Arc<GroupCell> {
+        let known = self
+            .consumers
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[stream]
+            .get(name)
+            .copied();
+        if let Some(cell) = known.and_then(|id| self.consumers.get(id)) {
+            return cell;
+        }
+        let source = self.streams.get(stream);
+        let offsets: Vec<u64> = (0..source.partition_count())
+            .map(|partition| {
+                let bounds = source.bounds(partition);
+                match source.spec.start {
+                    Start::Earliest => bounds.start,
+                    Start::Latest => bounds.end,
+                }
+            })
+            .collect();
+        let cell = self.add_group(stream, name.clone(), &offsets);
+        let mut state = cell.lock();
+        let effects = Effects {
+            commits: (0..).zip(offsets.iter().copied()).collect(),
+            ..Effects::default()
+        };
+        self.carry_out(&cell, &mut state, effects);
+        drop(state);
+        cell
+    }
+
+    /// A connected client reads `subscription` at `qos`; `reset` moves its
+    /// group first. Returns false for a stream that is not configured.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn join_stream(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        subscription: &StreamSubscription<'_>,
+        qos: QoS,
+        reset: Option<StreamOffset>,
+        now: u64,
+    ) -> bool {
+        let Some((index, stream)) = self.streams.find(subscription.stream) else {
+            return false;
+        };
+        let name = group_name(subscription, session.client_id());
+        let cell = self.group(index, &name);
+        let source = Source(stream);
+        let mut state = cell.lock();
+        let mut effects = Effects::default();
+        match reset {
+            None => {}
+            Some(StreamOffset::At(time_ms)) => {
+                state.group.start_seek();
+                let seek = StreamRead::Seek {
+                    group: cell.id,
+                    time_ms,
+                };
+                if self.consumers.reads.send(seek).is_err() {
+                    state.group.reset(&[], now, &source, &mut effects);
+                }
+            }
+            Some(edge) => {
+                let offsets: Vec<u64> = (0..stream.partition_count())
+                    .map(|partition| {
+                        let bounds = stream.bounds(partition);
+                        if edge == StreamOffset::Earliest {
+                            bounds.start
+                        } else {
+                            bounds.end
+                        }
+                    })
+                    .collect();
+                state.group.reset(&offsets, now, &source, &mut effects);
+            }
+        }
+        let member = Member {
+            client_id: session.client_id().clone(),
+            connection,
+            qos,
+            session: session.clone(),
+        };
+        tracing::info!(client_id = %session.client_id(), stream = %stream.name, group = %name, "joined consumer group");
+        state.group.join(member, now, &source, &mut effects);
+        self.carry_out(&cell, &mut state, effects);
+        true
+    }
+
+    /// Joins the groups of every stream subscription `session` holds (a
+    /// connection resuming it).
+    pub(super) fn join_streams_of(&self, session: &Arc<Session>, connection: u64, now: u64) {
+        for (raw, qos) in self.stream_filters(session) {
+            if let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits())
+                && let Ok(Some(read)) = stream_subscription(&parsed)
+            {
+                self.join_stream(session, connection, &read, qos, None, now);
+            }
+        }
+    }
+
+    /// Leaves the groups `connection` of `session` joined (it ended).
+    pub(super) fn leave_streams_of(&self, session: &Arc<Session>, connection: u64, now: u64) {
+        for (raw, _) in self.stream_filters(session) {
+            if let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits())
+                && let Ok(Some(read)) = stream_subscription(&parsed)
+            {
+                self.leave_stream(session, connection, &read, now);
+            }
+        }
+    }
+
+    /// The stream subscriptions of a session, with their QoS.
+    fn stream_filters(&self, session: &Session) -> Vec<(String, QoS)> {
+        if self.streams.is_empty() {
+            return Vec::new();
+        }
+        let state = session.lock();
+        state
+            .subscriptions()
+            .filter(|(raw, _)| is_stream_filter(raw))
+            .map(|(raw, entry)| (raw.to_string(), entry.options.qos))
+            .collect()
+    }
+
+    /// `connection` of `session` stops reading `subscription` (an
+    /// UNSUBSCRIBE, or the connection ended): what it had not acknowledged
+    /// goes to the partitions' next owners.
+    pub(super) fn leave_stream(
+        &self,
+        session: &Arc<Session>,
+        connection: u64,
+        subscription: &StreamSubscription<'_>,
+        now: u64,
+    ) {
+        let Some((index, stream)) = self.streams.find(subscription.stream) else {
+            return;
+        };
+        let name = group_name(subscription, session.client_id());
+        let known = self
+            .consumers
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[index]
+            .get(&name)
+            .copied();
+        let Some(cell) = known.and_then(|id| self.consumers.get(id)) else {
+            return;
+        };
+        let mut state = cell.lock();
+        let mut effects = Effects::default();
+        let left = state.group.leave(
+            session.client_id(),
+            Some(connection),
+            now,
+            &Source(stream),
+            &mut effects,
+        );
+        if left {
+            tracing::info!(client_id = %session.client_id(), stream = %stream.name, group = %name, "left consumer group");
+        }
+        self.carry_out(&cell, &mut state, effects);
+    }
+
+    /// Forgets the group of a reader of its own whose session ended, with
+    /// its offsets.
+    pub(super) fn forget_own_group(&self, client_id: &Arc<str>, stream: &str) {
+        let Some((index, stream)) = self.streams.find(stream) else {
+            return;
+        };
+        let removed = self
+            .consumers
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[index]
+            .remove(&**client_id);
+        if let Some(id) = removed {
+            self.consumers
+                .groups
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)[id as usize] = None;
+            if self.keeps_messages {
+                self.journal.append(Record::DeleteGroup {
+                    group: client_id.clone(),
+                    stream: stream.name.clone(),
+                });
+            }
+        }
+    }
+
+    /// Hands newly appended messages of `(stream, partition)` to the
+    /// groups reading them.
+    pub(super) fn appended(&self, fed: &[(usize, u32)], now: u64) {
+        for &(index, partition) in fed {
+            let stream = self.streams.get(index);
+            for cell in self.consumers.of_stream(index) {
+                let mut state = cell.lock();
+                let mut effects = Effects::default();
+                state
+                    .group
+                    .fill(partition, now, &Source(stream), &mut effects);
+                self.carry_out(&cell, &mut state, effects);
+            }
+        }
+    }
+
+    /// Takes a session's reports on stream deliveries (taken from its
+    /// outbound queue with the session unlocked).
+    pub(super) fn streams_settled(&self, settled: Vec<StreamSettled>, now: u64) {
+        for report in settled {
+            let origin = report.origin;
+            let Some(cell) = self.consumers.get(origin.group) else {
+                continue;
+            };
+            let stream = self.streams.get(cell.stream);
+            let mut state = cell.lock();
+            let mut effects = Effects::default();
+            state.group.settled(
+                origin.partition,
+                origin.offset,
+                origin.epoch,
+                report.refused,
+                now,
+                &Source(stream),
+                &mut effects,
+            );
+            self.carry_out(&cell, &mut state, effects);
+        }
+    }
+
+    /// A group's wake-up: ack timeouts and the end of pauses.
+    pub(super) fn wake_group(&self, id: u32, now: u64) {
+        let Some(cell) = self.consumers.get(id) else {
+            return;
+        };
+        let stream = self.streams.get(cell.stream);
+        let mut state = cell.lock();
+        if state.armed.is_some_and(|at| at <= now) {
+            state.armed = None;
+        }
+        let mut effects = Effects::default();
+        state.group.wake(now, &Source(stream), &mut effects);
+        self.carry_out(&cell, &mut state, effects);
+    }
+
+    /// Arms the first retention pass, when any stream is configured.
+    pub(super) fn arm_retention(&self, now: u64) {
+        if !self.streams.is_empty() {
+            self.timers
+                .arm(now + RETENTION_EVERY_MS, TimerEvent::StreamRetention);
+        }
+    }
+
+    /// Applies every stream's retention, then arms the next pass.
+    pub(super) fn apply_retention(&self, now: u64) {
+        for (index, stream) in self.streams.iter().enumerate() {
+            let trimmed = stream.trim(now);
+            if trimmed.is_empty() {
+                continue;
+            }
+            for trim in &trimmed {
+                tracing::debug!(stream = %trim.stream, partition = trim.partition, start = trim.start, "retention trimmed");
+                if self.keeps_messages {
+                    self.journal.append(Record::TrimPartition {
+                        stream: trim.stream.clone(),
+                        partition: trim.partition,
+                        start: trim.start,
+                    });
+                }
+            }
+            for cell in self.consumers.of_stream(index) {
+                let mut state = cell.lock();
+                let mut effects = Effects::default();
+                for trim in &trimmed {
+                    state
+                        .group
+                        .fill(trim.partition, now, &Source(stream), &mut effects);
+                }
+                self.carry_out(&cell, &mut state, effects);
+            }
+        }
+        self.timers
+            .arm(now + RETENTION_EVERY_MS, TimerEvent::StreamRetention);
+    }
+
+    /// Carries out what a group decided, with the group still locked.
+    fn carry_out(&self, cell: &GroupCell, state: &mut GroupState, effects: Effects) {
+        let stream = self.streams.get(cell.stream);
+        let group = &state.group.name;
+        for (session, partition) in effects.withdrawals {
+            let mut held = session.lock();
+            held.outbound.withdraw_streamed(|origin| {
+                origin.group == cell.id && origin.partition == partition
+            });
+        }
+        let mut handouts = effects.handouts.into_iter().peekable();
+        while let Some(first) = handouts.next() {
+            let session = first.session.clone();
+            let mut held = session.lock();
+            let mut next = Some(first);
+            while let Some(handout) = next {
+                if !held.ended {
+                    let delivery = Delivery {
+                        message: stream_message(stream, handout.partition, &handout.entry),
+                        qos: handout.qos,
+                        retain: false,
+                        subscription_ids: Vec::new(),
+                        seq: None,
+                        stream: Some(Box::new(StreamOrigin {
+                            group: cell.id,
+                            partition: handout.partition,
+                            offset: handout.entry.offset,
+                            epoch: handout.epoch,
+                        })),
+                    };
+                    held.outbound.enqueue_streamed(delivery);
+                }
+                next = handouts.next_if(|h| Arc::ptr_eq(&h.session, &session));
+            }
+            Session::wake(&held);
+        }
+        if self.keeps_messages {
+            for (partition, offset) in effects.commits {
+                self.journal.append(Record::CommitOffset {
+                    group: group.clone(),
+                    stream: stream.name.clone(),
+                    partition,
+                    offset,
+                });
+            }
+        }
+        for fetch in effects.fetches {
+            let read = StreamRead::Fetch {
+                group: cell.id,
+                partition: fetch.partition,
+                from: fetch.from,
+                epoch: fetch.epoch,
+            };
+            if self.consumers.reads.send(read).is_err() {
+                tracing::error!(stream = %stream.name, %group, "stream reads are no longer served");
+            }
+        }
+        for failed in effects.failed {
+            self.metrics.stream_delivery_failed();
+            tracing::debug!(stream = %stream.name, %group, partition = failed.partition, offset = failed.offset, attempts = failed.attempts, reason = ?failed.reason, "stream delivery failed");
+        }
+        for skipped in effects.skipped {
+            let count = skipped.to - skipped.from;
+            self.metrics.stream_messages_skipped_add(count);
+            tracing::warn!(stream = %stream.name, %group, partition = skipped.partition, from = skipped.from, to = skipped.to, skipped = count, total = state.group.skipped(), "group fell behind retention and continues from the log start");
+        }
+        if let Some(deadline) = effects.deadline
+            && state.armed.is_none_or(|armed| deadline < armed)
+        {
+            state.armed = Some(deadline);
+            self.timers
+                .arm(deadline, TimerEvent::StreamGroup { group: cell.id });
+        }
+    }
+}
+
+/// A stream as `petrel streams` and the admin API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    pub name: String,
+    pub filters: Vec<String>,
+    pub key: String,
+    pub partitions: Vec<PartitionReport>,
+    pub groups: Vec<GroupReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    pub partition: u32,
+    /// The first offset retention kept.
+    pub start: u64,
+    /// The next offset appended.
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    pub name: String,
+    /// Connected members, by client id.
+    pub members: Vec<String>,
+    pub partitions: Vec<GroupPartitionReport>,
+    /// Messages lost to retention before the group read them.
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupPartitionReport {
+    pub partition: u32,
+    /// The next offset the group reads.
+    pub committed: u64,
+    /// Offsets appended and not yet committed.
+    pub lag: u64,
+    /// Handed out and not yet settled.
+    pub inflight: usize,
+    pub owner: Option<String>,
+}
+
+impl BrokerState {
+    /// Every stream with its partitions and groups, groups by name.
+    pub fn stream_reports(&self) -> Vec<StreamReport> {
+        let cells = self.consumers.all();
+        self.streams
+            .iter()
+            .enumerate()
+            .map(|(index, stream)| {
+                let partitions: Vec<PartitionReport> = (0..stream.partition_count())
+                    .map(|partition| {
+                        let bounds = stream.bounds(partition);
+                        PartitionReport {
+                            partition,
+                            start: bounds.start,
+                            end: bounds.end,
+                        }
+                    })
+                    .collect();
+                let mut groups: Vec<GroupReport> = cells
+                    .iter()
+                    .filter(|cell| cell.stream == index)
+                    .map(|cell| {
+                        let state = cell.lock();
+                        let group = &state.group;
+                        GroupReport {
+                            name: group.name.to_string(),
+                            members: group.members().map(|m| m.client_id.to_string()).collect(),
+                            skipped: group.skipped(),
+                            partitions: group
+                                .report()
+                                .into_iter()
+                                .map(|cursor| GroupPartitionReport {
+                                    partition: cursor.partition,
+                                    committed: cursor.committed,
+                                    lag: partitions
+                                        .get(cursor.partition as usize)
+                                        .map_or(0, |p| p.end.saturating_sub(cursor.committed)),
+                                    inflight: cursor.inflight,
+                                    owner: cursor.owner.map(|o| o.to_string()),
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                groups.sort_by(|a, b| a.name.cmp(&b.name));
+                StreamReport {
+                    name: stream.name.to_string(),
+                    filters: stream.spec.filters.clone(),
+                    key: stream.spec.key.to_string(),
+                    partitions,
+                    groups,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether a filter as sent reads a stream (cheap; parse to be sure).
+pub(super) fn is_stream_filter(raw: &str) -> bool {
+    raw.contains("$stream/")
+}
+
+/// The message a group member receives: the original, with v5 user
+/// properties saying where in the stream it is (3.1.1 clients get no
+/// properties at all).
+fn stream_message(stream: &Stream, partition: u32, entry: &StreamEntry) -> Arc<Message> {
+    let original = &entry.message;
+    let mut message = Message::clone(original);
+    let key = stream.spec.key.key_of(original).to_string();
+    message.properties.user_properties.extend([
+        ("stream".to_string(), stream.name.to_string()),
+        ("partition".to_string(), partition.to_string()),
+        ("offset".to_string(), entry.offset.to_string()),
+        ("key".to_string(), key),
+    ]);
+    Arc::new(message)
+}
+
+/// Serves the groups' log reads, one at a time, until `shutdown` turns
+/// true.
+pub async fn serve_stream_reads(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+    let receiver = broker
+        .consumers
+        .receiver
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let Some(mut receiver) = receiver else {
+        return;
+    };
+    loop {
+        let read = tokio::select! {
+            read = receiver.recv() => match read {
+                Some(read) => read,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        match read {
+            StreamRead::Fetch {
+                group,
+                partition,
+                from,
+                epoch,
+            } => {
+                let Some(cell) = broker.consumers.get(group) else {
+                    continue;
+                };
+                let stream = broker.streams.get(cell.stream);
+                let name = partition_name(&stream.name, partition);
+                let entries = match read_partition(&broker, &name, from, READ_BATCH).await {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        tracing::error!(partition = %name, %error, "cannot read a stream partition from the store");
+                        Vec::new()
+                    }
+                };
+                let now = crate::timer::now_ms();
+                let mut state = cell.lock();
+                let mut effects = Effects::default();
+                state.group.fetched(
+                    partition,
+                    epoch,
+                    entries,
+                    now,
+                    &Source(stream),
+                    &mut effects,
+                );
+                broker.carry_out(&cell, &mut state, effects);
+            }
+            StreamRead::Seek { group, time_ms } => {
+                let Some(cell) = broker.consumers.get(group) else {
+                    continue;
+                };
+                let stream = broker.streams.get(cell.stream);
+                let mut offsets = Vec::with_capacity(stream.partition_count() as usize);
+                for partition in 0..stream.partition_count() {
+                    offsets.push(seek(&broker, stream, partition, time_ms).await);
+                }
+                let now = crate::timer::now_ms();
+                let mut state = cell.lock();
+                let mut effects = Effects::default();
+                state
+                    .group
+                    .reset(&offsets, now, &Source(stream), &mut effects);
+                broker.carry_out(&cell, &mut state, effects);
+            }
+        }
+    }
+}
+
+/// The first offset of `partition` appended at or after `time_ms`: the
+/// retention blocks narrow it to one block, whose messages are looked at.
+async fn seek(broker: &BrokerState, stream: &Stream, partition: u32, time_ms: u64) -> u64 {
+    let candidate = stream.offset_at(partition, time_ms);
+    let bounds = stream.bounds(partition);
+    if candidate >= bounds.end {
+        return bounds.end;
+    }
+    let block = crate::store::STREAM_BLOCK as usize;
+    let entries = if candidate >= bounds.memory_start {
+        stream.read_memory(partition, candidate, block)
+    } else {
+        let name = partition_name(&stream.name, partition);
+        read_partition(broker, &name, candidate, block)
+            .await
+            .unwrap_or_default()
+    };
+    entries
+        .iter()
+        .find(|entry| entry.appended_at >= time_ms)
+        .map_or(candidate, |entry| entry.offset)
+}
+
+/// Reads a partition from the store on the blocking pool. Offsets
+/// appended a moment ago may not be in the state database yet: when none
+/// is found, it waits for the journal and the checkpoint to catch up and
+/// looks again.
+async fn read_partition(
+    broker: &BrokerState,
+    partition: &str,
+    from: u64,
+    max: usize,
+) -> Result<Vec<StreamEntry>, crate::store::StoreError> {
+    let Some(store) = broker.journal.store() else {
+        return Ok(Vec::new());
+    };
+    let read = |settle_first: bool| {
+        let (store, partition) = (store.clone(), partition.to_string());
+        tokio::task::spawn_blocking(move || {
+            if settle_first {
+                store.settle()?;
+            }
+            store.read_partition(&partition, from, max)
+        })
+    };
+    let join = |joined: Result<_, tokio::task::JoinError>| {
+        joined.map_err(|error| crate::store::StoreError::Backend(error.to_string()))?
+    };
+    let found = join(read(false).await)?;
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    broker.journal.drained().await;
+    join(read(true).await)
+}
