@@ -487,6 +487,19 @@ impl BrokerState {
                 origin.group == cell.id && origin.partition == partition
             });
         }
+        // Commits are journalled before the next messages go out: a member
+        // that received offset n+1 knows the commit of n precedes anything
+        // it does next in the journal.
+        if self.keeps_messages {
+            for (partition, offset) in effects.commits {
+                self.journal.append(Record::CommitOffset {
+                    group: group.clone(),
+                    stream: stream.name.clone(),
+                    partition,
+                    offset,
+                });
+            }
+        }
         let mut handouts = effects.handouts.into_iter().peekable();
         while let Some(first) = handouts.next() {
             let session = first.session.clone();
@@ -512,16 +525,6 @@ impl BrokerState {
                 next = handouts.next_if(|h| Arc::ptr_eq(&h.session, &session));
             }
             Session::wake(&held);
-        }
-        if self.keeps_messages {
-            for (partition, offset) in effects.commits {
-                self.journal.append(Record::CommitOffset {
-                    group: group.clone(),
-                    stream: stream.name.clone(),
-                    partition,
-                    offset,
-                });
-            }
         }
         for fetch in effects.fetches {
             let read = StreamRead::Fetch {
