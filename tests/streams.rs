@@ -675,9 +675,10 @@ async fn partitions_continue_their_offsets_after_a_restart() {
 #[tokio::test]
 async fn a_group_reading_far_behind_reads_from_the_commit_log() {
     let (_dir, store) = disk_store("streams-far-behind");
-    let broker = start_with(orders(1), &store).await;
+    // 32 partitions share 64 MiB of memory: 2 MiB each.
+    let broker = start_with(orders(32), &store).await;
     let addr = broker.local_addrs()[0];
-    // Well past what a partition holds in memory (8 MiB).
+    // Well past what the partition holds in memory.
     let padding = "x".repeat(64 * 1024);
     let mut publisher = raw::connect_v311(addr, &raw::unique_id("pub")).await;
     for seq in 0..200u32 {
@@ -694,7 +695,7 @@ async fn a_group_reading_far_behind_reads_from_the_commit_log() {
     }
     let stream = broker.state().streams().iter().next().unwrap();
     assert!(
-        stream.bounds(0).memory_start > 0,
+        stream.bounds(partition_of("big", 32)).memory_start > 0,
         "the oldest are on disk only"
     );
     let (tx, mut got) = mpsc::unbounded_channel();

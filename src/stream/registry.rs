@@ -18,9 +18,12 @@ use crate::store::{
 use crate::topic;
 
 /// The newest messages of a partition held in memory when the log holds
-/// them all: a group that keeps up reads only these.
+/// them all: a group that keeps up reads only these. The bytes are shared
+/// by a stream's partitions (each holds at least `TAIL_MIN_BYTES`), so many
+/// partitions do not multiply the memory.
 const TAIL_MESSAGES: usize = 16_384;
-const TAIL_BYTES: u64 = 8 << 20;
+const TAIL_STREAM_BYTES: u64 = 64 << 20;
+const TAIL_MIN_BYTES: u64 = 256 << 10;
 
 pub struct Streams {
     streams: Vec<Stream>,
@@ -42,9 +45,9 @@ pub struct Partition {
     /// The newest messages, the last at `end - 1`.
     tail: VecDeque<StreamEntry>,
     tail_bytes: u64,
-    /// Whether the tail is all there is (no log behind it, the `memory`
-    /// mode): it is then bounded by retention alone.
-    tail_is_everything: bool,
+    /// The most the tail holds; unbounded when it is all there is (no log
+    /// behind it, the `memory` mode): retention bounds it then.
+    tail_max_bytes: u64,
     /// Offsets since `start` in runs of up to `BLOCK`, oldest first.
     blocks: VecDeque<Block>,
     bytes: u64,
@@ -98,7 +101,11 @@ impl Streams {
                             start,
                             tail: VecDeque::new(),
                             tail_bytes: 0,
-                            tail_is_everything,
+                            tail_max_bytes: if tail_is_everything {
+                                u64::MAX
+                            } else {
+                                (TAIL_STREAM_BYTES / u64::from(spec.partitions)).max(TAIL_MIN_BYTES)
+                            },
                             bytes: blocks.iter().map(|b| b.bytes).sum(),
                             blocks,
                         })
@@ -255,8 +262,8 @@ impl Partition {
             message,
         });
         self.tail_bytes += size;
-        if !self.tail_is_everything {
-            while self.tail.len() > TAIL_MESSAGES || self.tail_bytes > TAIL_BYTES {
+        if self.tail_max_bytes != u64::MAX {
+            while self.tail.len() > TAIL_MESSAGES || self.tail_bytes > self.tail_max_bytes {
                 let Some(gone) = self.tail.pop_front() else {
                     break;
                 };
@@ -404,7 +411,7 @@ mod tests {
             start: 0,
             tail: VecDeque::new(),
             tail_bytes: 0,
-            tail_is_everything: true,
+            tail_max_bytes: u64::MAX,
             blocks: VecDeque::new(),
             bytes: 0,
         };
