@@ -330,6 +330,9 @@ impl StateDb {
         refs: &mut SegmentRefs,
     ) -> Result<(), StoreError> {
         let mut inbound = sled::Batch::default();
+        // A group commits with every acknowledgement: only the last
+        // offset of each partition in the run is written.
+        let mut commits: HashMap<Vec<u8>, u64> = HashMap::new();
         for (pos, change) in changes {
             let record = match change {
                 Folded::Copies {
@@ -433,9 +436,7 @@ impl StateDb {
                     offset,
                 } => {
                     let key = commit_key(group, &partition_name(stream, *partition));
-                    self.offsets
-                        .insert(key, &offset.to_be_bytes())
-                        .map_err(backend)?;
+                    commits.insert(key, *offset);
                 }
                 Record::TrimPartition {
                     stream,
@@ -449,6 +450,7 @@ impl StateDb {
                         .map_err(backend)?;
                 }
                 Record::DeleteGroup { group, stream } => {
+                    self.write_commits(std::mem::take(&mut commits))?;
                     let mut prefix = commit_key(group, stream);
                     prefix.push(b'/');
                     let mut batch = sled::Batch::default();
@@ -460,7 +462,18 @@ impl StateDb {
             }
         }
         self.inbound_qos2.apply_batch(inbound).map_err(backend)?;
-        Ok(())
+        self.write_commits(commits)
+    }
+
+    fn write_commits(&self, commits: HashMap<Vec<u8>, u64>) -> Result<(), StoreError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, offset) in commits {
+            batch.insert(key, &offset.to_be_bytes());
+        }
+        self.offsets.apply_batch(batch).map_err(backend)
     }
 
     fn queues(&self) -> MutexGuard<'_, QueueIndex> {
@@ -787,6 +800,50 @@ mod tests {
         assert!(empty.sessions.is_empty() && empty.copies.is_empty());
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn committed_offsets_keep_the_last_per_partition_and_go_with_their_group() {
+        let dir = temp_dir("offsets");
+        let (db, _) = StateDb::open(&dir).unwrap();
+        let commit = |group: &str, partition, offset| {
+            Folded::from(Record::CommitOffset {
+                group: group.into(),
+                stream: "orders".into(),
+                partition,
+                offset,
+            })
+        };
+        let run = [
+            commit("billing", 0, 1),
+            commit("billing", 0, 2),
+            commit("billing", 1, 7),
+            commit("alone", 0, 3),
+            Folded::from(Record::DeleteGroup {
+                group: "alone".into(),
+                stream: "orders".into(),
+            }),
+            commit("billing", 0, 3),
+            Folded::from(Record::TrimPartition {
+                stream: "orders".into(),
+                partition: 1,
+                start: 1024,
+            }),
+        ];
+        let mut refs = SegmentRefs::new();
+        let at = LogPos::new(0, 0);
+        db.apply_all(run.iter().map(|change| (at, change)), &mut refs)
+            .unwrap();
+        let (mut committed, starts) = db.offsets().unwrap();
+        committed.sort_by_key(|c| c.partition);
+        let kept: Vec<(&str, u32, u64)> = committed
+            .iter()
+            .map(|c| (c.group.as_str(), c.partition, c.offset))
+            .collect();
+        assert_eq!(kept, [("billing", 0, 3), ("billing", 1, 7)]);
+        assert_eq!(starts, HashMap::from([("orders/1".to_string(), 1024)]));
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
