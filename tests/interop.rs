@@ -23,9 +23,12 @@
 //! Every topic, client id and share group carries a per-test unique prefix, so
 //! all tests can share one external broker (`PETREL_TEST_BROKER`).
 //!
-//! This file holds the scenarios and the test list; `interop/clients.rs`
-//! knows how to make each client program do things, `interop/process.rs`
-//! runs a program and reads what it prints.
+//! This file holds the scenarios and the test list; `interop/streams.rs`
+//! those of clients reading streams as consumer groups (on a petrel of their
+//! own, since a stream is configured at start), `interop/stream_group.rs`
+//! what they publish and check; `interop/clients.rs` knows how to make each
+//! client program do things, `interop/process.rs` runs a program and reads
+//! what it prints.
 
 #[path = "interop/clients.rs"]
 mod clients;
@@ -34,6 +37,10 @@ mod common;
 mod process;
 #[path = "interop/rumqttc_driver.rs"]
 mod rumqttc_driver;
+#[path = "interop/stream_group.rs"]
+mod stream_group;
+#[path = "interop/streams.rs"]
+mod streams;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -54,14 +54,21 @@ const MOSQUITTO_SUB_FORMAT: &str = "MSG %t %q %r %p";
 const MOSQUITTO_SUB_FORMAT_WITH_PROPERTIES: &str =
     "PROPS ct=%C|rt=%R|cd=%D|pf=%F|ex=%E|up=%P\\nMSG %t %q %r %p";
 
-/// How a subscriber differs from the default one. Only paho (and, for
-/// `keepalive` and `show_properties`, mosquitto_sub) can do any of this.
+/// How a subscriber differs from the default one. Every client can show
+/// properties, leave after a number of messages and send SUBSCRIBE user
+/// properties; only paho and mosquitto_sub can set the keep alive; the rest
+/// is paho's alone.
 #[derive(Clone, Debug, Default)]
 pub struct SubscribeExtras {
     /// Keep alive in seconds; paho then also prints its ping traffic.
     pub keepalive: Option<u16>,
-    /// Print each message's v5 properties on a `PROPS` line before it.
+    /// Print each message's v5 properties on a `PROPS` line before it (a
+    /// 3.1.1 client prints the line with every field empty).
     pub show_properties: bool,
+    /// Disconnect normally once this many messages have arrived.
+    pub exit_after_messages: Option<usize>,
+    /// v5 SUBSCRIBE user properties, in order.
+    pub user_properties: Vec<(String, String)>,
     /// v5 subscription options (paho only: mosquitto_sub 2.0 cannot set
     /// them).
     pub no_local: bool,
@@ -76,14 +83,12 @@ pub struct SubscribeExtras {
 }
 
 impl SubscribeExtras {
-    fn is_default(&self) -> bool {
-        self.keepalive.is_none()
-            && !self.show_properties
-            && !self.no_local
-            && !self.retain_as_published
-            && self.retain_handling == 0
-            && !self.resubscribe
-            && self.publish_after_subscribe.is_none()
+    fn paho_only(&self) -> bool {
+        self.no_local
+            || self.retain_as_published
+            || self.retain_handling != 0
+            || self.resubscribe
+            || self.publish_after_subscribe.is_some()
     }
 }
 
@@ -139,24 +144,43 @@ impl Client {
         qos: u8,
         extras: SubscribeExtras,
     ) -> Proc {
-        let id = ctx.client_id("sub");
+        self.subscribe_as(ctx, &ctx.client_id("sub"), filters, qos, extras)
+            .await
+    }
+
+    /// `subscribe_with`, connecting as `id`.
+    pub async fn subscribe_as(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        filters: &[&str],
+        qos: u8,
+        extras: SubscribeExtras,
+    ) -> Proc {
+        let v311_with_properties =
+            matches!(self.version, Version::V311) && !extras.user_properties.is_empty();
+        assert!(
+            !v311_with_properties,
+            "a 3.1.1 SUBSCRIBE has no user properties"
+        );
         match self.family {
             Family::Mosquitto => {
-                let paho_only = extras.no_local
-                    || extras.retain_as_published
-                    || extras.retain_handling != 0
-                    || extras.resubscribe
-                    || extras.publish_after_subscribe.is_some();
-                assert!(!paho_only, "mosquitto_sub cannot do {extras:?}");
+                assert!(!extras.paho_only(), "mosquitto_sub cannot do {extras:?}");
                 let format = if extras.show_properties {
                     MOSQUITTO_SUB_FORMAT_WITH_PROPERTIES
                 } else {
                     MOSQUITTO_SUB_FORMAT
                 };
-                let mut cmd = self.mosquitto_sub_with_format(ctx, &id, format);
+                let mut cmd = self.mosquitto_sub_with_format(ctx, id, format);
                 cmd.args(["-q", &qos.to_string()]);
                 if let Some(secs) = extras.keepalive {
                     cmd.args(["-k", &secs.to_string()]);
+                }
+                if let Some(count) = extras.exit_after_messages {
+                    cmd.args(["-C", &count.to_string()]);
+                }
+                for (name, value) in &extras.user_properties {
+                    cmd.args(["-D", "subscribe", "user-property", name, value]);
                 }
                 for filter in filters {
                     cmd.args(["-t", filter]);
@@ -165,27 +189,37 @@ impl Client {
                 expect_mosquitto_suback(&mut sub, filters, qos).await;
                 sub
             }
-            Family::MqttJs | Family::Rumqttc if !extras.is_default() => {
+            Family::MqttJs | Family::Rumqttc
+                if extras.paho_only() || extras.keepalive.is_some() =>
+            {
                 panic!("{} subscribers cannot do {extras:?}", self.label())
             }
             Family::Rumqttc => {
                 let job = Job::Subscribe {
                     filters: filters.iter().map(|f| f.to_string()).collect(),
                     qos,
-                    exit: false,
+                    exit_after: extras.exit_after_messages,
+                    show_properties: extras.show_properties,
+                    user_properties: extras.user_properties,
                 };
-                let mut sub = self.rumqttc(ctx, &id, false, job);
+                let mut sub = self.rumqttc(ctx, id, false, job);
                 self.expect_subscribed(&mut sub, filters, qos).await;
                 sub
             }
             Family::Paho | Family::MqttJs => {
-                let (name, mut cmd) = self.script("sub", ctx, &id);
+                let (name, mut cmd) = self.script("sub", ctx, id);
                 cmd.args(["--qos", &qos.to_string()]);
                 if let Some(secs) = extras.keepalive {
                     cmd.args(["--keepalive", &secs.to_string(), "--log-pings"]);
                 }
                 if extras.show_properties {
                     cmd.arg("--show-properties");
+                }
+                if let Some(count) = extras.exit_after_messages {
+                    cmd.args(["--exit-after-messages", &count.to_string()]);
+                }
+                for (name, value) in &extras.user_properties {
+                    cmd.args(["--subscribe-user-property", name, value]);
                 }
                 if extras.no_local {
                     cmd.arg("--no-local");
@@ -380,7 +414,9 @@ impl Client {
                     let job = Job::Subscribe {
                         filters: vec![topic.to_string()],
                         qos: 1,
-                        exit: true,
+                        exit_after: Some(0),
+                        show_properties: false,
+                        user_properties: Vec::new(),
                     };
                     self.rumqttc(ctx, id, true, job)
                 } else {
@@ -416,7 +452,9 @@ impl Client {
                     let job = Job::Subscribe {
                         filters: Vec::new(),
                         qos: 1,
-                        exit: false,
+                        exit_after: None,
+                        show_properties: false,
+                        user_properties: Vec::new(),
                     };
                     self.rumqttc(ctx, id, true, job)
                 } else {

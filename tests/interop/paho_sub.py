@@ -11,7 +11,10 @@ disconnects cleanly once subscribed; --log-pings prints keep-alive traffic as
 --resubscribe subscribes a second time after the first SUBACK (printing
 SUBSCRIBED again); --publish-after-subscribe TOPIC PAYLOAD publishes once
 subscribed, on the same connection, and prints PUBLISHED 1 on its PUBACK.
---show-properties prints each message's v5 properties on a line before it:
+--exit-after-messages N disconnects cleanly once N messages have arrived;
+--subscribe-user-property NAME VALUE adds a v5 user property to the
+SUBSCRIBE. --show-properties prints each message's v5 properties on a line
+before it:
 
     PROPS ct=<content type>|rt=<response topic>|cd=<correlation data>|
           pf=<payload format indicator>|ex=<message expiry>|up=<k:v k:v ...>
@@ -71,15 +74,33 @@ def main():
         help="once subscribed, publish this at QoS 1 on the same connection; "
         "prints PUBLISHED 1 when it is acknowledged",
     )
+    p.add_argument(
+        "--exit-after-messages",
+        type=int,
+        metavar="N",
+        help="disconnect cleanly once N messages have arrived",
+    )
+    p.add_argument(
+        "--subscribe-user-property",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+    )
     args = p.parse_args()
     if not args.topic and not args.no_subscribe:
         p.error("give at least one --topic, or --no-subscribe")
-    v5_options = args.no_local or args.retain_as_published or args.retain_handling
+    v5_options = (
+        args.no_local
+        or args.retain_as_published
+        or args.retain_handling
+        or args.subscribe_user_property
+    )
     if v5_options and args.version != "5":
-        p.error("subscription options need --version 5")
+        p.error("subscription options and properties need --version 5")
 
     client = paho_common.make_client(args)
-    state = {"leaving": False, "subacks": 0}
+    state = {"leaving": False, "subacks": 0, "messages": 0}
 
     def subscribe():
         if args.version == "5":
@@ -92,7 +113,11 @@ def main():
             filters = [(topic, options) for topic in args.topic]
         else:
             filters = [(topic, args.qos) for topic in args.topic]
-        result, _mid = client.subscribe(filters)
+        properties = None
+        if args.subscribe_user_property:
+            properties = paho_common.Properties(paho_common.PacketTypes.SUBSCRIBE)
+            properties.UserProperty = [tuple(pair) for pair in args.subscribe_user_property]
+        result, _mid = client.subscribe(filters, properties=properties)
         if result != 0:
             fail(f"subscribe call failed: {result}")
 
@@ -126,6 +151,13 @@ def main():
             emit(properties_line(message.properties))
         payload = message.payload.decode("utf-8", "backslashreplace")
         emit(f"MSG {message.topic} {message.qos} {int(message.retain)} {payload}")
+        state["messages"] += 1
+        if state["messages"] == args.exit_after_messages:
+            # paho acknowledges a QoS 1 message after this returns, behind the
+            # DISCONNECT: this one stays unacknowledged, as a consumer that
+            # stops mid-message leaves it.
+            state["leaving"] = True
+            client.disconnect()
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
         if not state["leaving"]:

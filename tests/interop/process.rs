@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
@@ -32,7 +32,7 @@ impl Received {
         }
     }
 
-    fn parse(line: &str) -> Option<Received> {
+    pub fn parse(line: &str) -> Option<Received> {
         let rest = line.strip_prefix("MSG ")?;
         let mut fields = rest.splitn(4, ' ');
         let topic = fields.next()?.to_string();
@@ -69,14 +69,23 @@ pub struct Proc {
 enum Runner {
     Process(Child),
     /// An in-process client; its error, if any, is also in `stderr`.
-    Task(JoinHandle<Result<(), String>>),
+    Task {
+        task: JoinHandle<Result<(), String>>,
+        freeze: watch::Sender<bool>,
+    },
 }
 
 /// Where an in-process client prints its lines.
 pub type Lines = mpsc::Sender<String>;
 
-enum Read {
+/// Turns true when an in-process client is to freeze (see `Proc::freeze`).
+pub type Frozen = watch::Receiver<bool>;
+
+/// What waiting for the next line found.
+pub enum Read {
+    /// A line, now the last of `lines()`.
     Line,
+    /// The client has ended and printed everything.
     Eof,
     Timeout,
 }
@@ -146,20 +155,22 @@ impl Proc {
     }
 
     /// Runs `client` as a task that prints lines to the `Lines` it is given,
-    /// like a child process to its stdout. An `Err` it returns counts as a
-    /// failed exit and goes to the report as stderr. Dropping (or killing)
-    /// the `Proc` aborts the task, dropping whatever connection it holds.
-    pub fn spawn_task<F>(name: String, client: impl FnOnce(Lines) -> F) -> Proc
+    /// like a child process to its stdout, and stops when its `Frozen`
+    /// turns true. An `Err` it returns counts as a failed exit and goes to
+    /// the report as stderr. Dropping (or killing) the `Proc` aborts the
+    /// task, dropping whatever connection it holds.
+    pub fn spawn_task<F>(name: String, client: impl FnOnce(Lines, Frozen) -> F) -> Proc
     where
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
         let (tx, lines) = mpsc::channel(1024);
+        let (freeze, frozen) = watch::channel(false);
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
         // The clone kept here holds the stream open until the error is
         // recorded, so a reader that sees the end also sees the reason.
         let keep_open = tx.clone();
-        let body = client(tx);
+        let body = client(tx, frozen);
         let task = tokio::spawn(async move {
             let result = body.await;
             if let Err(error) = &result {
@@ -170,7 +181,7 @@ impl Proc {
         });
         Proc {
             name,
-            runner: Runner::Task(task),
+            runner: Runner::Task { task, freeze },
             lines,
             stdout: Vec::new(),
             event_cursor: 0,
@@ -179,7 +190,8 @@ impl Proc {
         }
     }
 
-    async fn read_line(&mut self, deadline: Instant) -> Read {
+    /// Waits for the next line the client prints. Cancel-safe.
+    pub async fn read_line(&mut self, deadline: Instant) -> Read {
         match timeout_at(deadline, self.lines.recv()).await {
             Ok(Some(line)) => {
                 self.stdout.push(line);
@@ -194,6 +206,11 @@ impl Proc {
         &self.name
     }
 
+    /// Every line read from the client so far.
+    pub fn lines(&self) -> &[String] {
+        &self.stdout
+    }
+
     /// Everything known about the process, for failure messages.
     pub fn report(&mut self) -> String {
         let status = match &mut self.runner {
@@ -202,8 +219,8 @@ impl Proc {
                 Ok(None) => "still running".to_string(),
                 Err(e) => format!("status unknown: {e}"),
             },
-            Runner::Task(task) if task.is_finished() => "task ended".to_string(),
-            Runner::Task(_) => "task still running".to_string(),
+            Runner::Task { task, .. } if task.is_finished() => "task ended".to_string(),
+            Runner::Task { .. } => "task still running".to_string(),
         };
         format!(
             "--- {} ({status}); stdout:\n{}\n--- stderr:\n{}",
@@ -290,6 +307,13 @@ impl Proc {
 
     /// Waits for the process to exit successfully; returns its stdout lines.
     pub async fn finish(mut self) -> Vec<String> {
+        self.wait_for_exit().await;
+        std::mem::take(&mut self.stdout)
+    }
+
+    /// Reads what the client still prints and waits for it to exit
+    /// successfully.
+    pub async fn wait_for_exit(&mut self) {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.read_line(deadline).await {
@@ -308,7 +332,7 @@ impl Proc {
                 Ok(Err(e)) => panic!("cannot wait for {}: {e}", self.name),
                 Err(_) => Some(format!("did not exit within {WAIT:?}")),
             },
-            Runner::Task(task) => match timeout_at(deadline, task).await {
+            Runner::Task { task, .. } => match timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => None,
                 Ok(Ok(Err(error))) => Some(format!("failed: {error}")),
                 Ok(Err(e)) => Some(format!("task failed: {e}")),
@@ -319,7 +343,46 @@ impl Proc {
             let report = self.report();
             panic!("{} {failure}\n{report}", self.name)
         }
-        std::mem::take(&mut self.stdout)
+    }
+
+    /// SIGSTOP, or telling the task to stop: the client hangs as a stuck
+    /// process does. Its connection stays open, but it prints and
+    /// acknowledges nothing more. `kill` still ends it.
+    pub fn freeze(&mut self) {
+        match &mut self.runner {
+            Runner::Process(child) => {
+                let pid = child
+                    .id()
+                    .unwrap_or_else(|| panic!("{} has already exited", self.name));
+                let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+                // SAFETY: kill(2) only sends a signal; `pid` is our own
+                // child, which has not been reaped (`id()` says so).
+                if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+                    let error = std::io::Error::last_os_error();
+                    panic!("cannot stop {}: {error}", self.name);
+                }
+                // Returns once it has stopped, so it handles nothing the
+                // test does next. Only WUNTRACED reports a stop, so tokio's
+                // own reaping of the child never sees this one.
+                loop {
+                    let mut status = 0;
+                    // SAFETY: waitpid(2) writes to `status` alone.
+                    let waited = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+                    if waited == pid && libc::WIFSTOPPED(status) {
+                        break;
+                    }
+                    let error = std::io::Error::last_os_error();
+                    if waited == -1 && error.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    panic!("{} did not stop (status {status}): {error}", self.name);
+                }
+            }
+            Runner::Task { freeze, .. } => {
+                // An error means the task has ended: nothing left to stop.
+                let _ = freeze.send(true);
+            }
+        }
     }
 
     /// SIGKILL, or aborting the task: the client gets no chance to send
@@ -331,7 +394,7 @@ impl Proc {
                     panic!("cannot kill {}: {e}", self.name);
                 }
             }
-            Runner::Task(task) => {
+            Runner::Task { task, .. } => {
                 task.abort();
                 // Cancelled (or already ended): either way the task and the
                 // connection it owned are gone once this returns.
@@ -344,7 +407,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         // A child process is killed by `kill_on_drop`; a task needs this.
-        if let Runner::Task(task) = &self.runner {
+        if let Runner::Task { task, .. } = &self.runner {
             task.abort();
         }
     }
