@@ -51,7 +51,9 @@ pub use refill::serve_refills;
 /// What routing one inbound message did.
 #[derive(Debug, Clone, Copy)]
 pub struct Routed {
-    /// Sessions it was delivered to.
+    /// Sessions it was delivered to and stream partitions it was appended
+    /// to: a v5 publisher hears "no matching subscribers" only when both
+    /// are none.
     pub receivers: usize,
     /// The journal write its acknowledgement must wait for.
     pub ticket: Ticket,
