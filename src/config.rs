@@ -5,7 +5,7 @@
 //! Unknown keys and out-of-range values stop the start with the key named, so a
 //! typo never silently falls back to a default.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::session::QueueFull;
@@ -67,12 +67,45 @@ pub struct Settings {
     pub streams: Vec<crate::stream::StreamConfig>,
     #[serde(default)]
     pub log: Log,
+    /// The admin HTTP API; off when the section is absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub bind: SocketAddr,
+}
+
+/// `[admin]`: where the admin HTTP API listens and what it asks of callers.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default = "default_admin_bind")]
+    pub bind: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    /// Required unless `bind` is a loopback address, so the API is never
+    /// open to the network without one.
+    pub token: Option<String>,
+}
+
+/// Keeps the token out of anything that prints the settings.
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Where the admin API listens when `[admin]` names no `bind`, and where
+/// `petrel streams` looks for it unless told otherwise.
+pub const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+
+fn default_admin_bind() -> SocketAddr {
+    DEFAULT_ADMIN_BIND
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +331,7 @@ impl Default for Settings {
             limits: Limits::default(),
             streams: Vec::new(),
             log: Log::default(),
+            admin: None,
         }
     }
 }
@@ -306,10 +340,25 @@ impl Default for Settings {
 /// reach the settings as a `log` value.
 pub const LOG_FILTER_VARIABLE: &str = "PETREL_LOG";
 
+/// The admin API address the `petrel` commands that talk to a running
+/// broker read. Not a setting: an operator who exports it and then runs
+/// `petrel serve` in the same shell must not have it refused as `admin`.
+pub const ADMIN_ADDRESS_VARIABLE: &str = "PETREL_ADMIN";
+
+/// The admin API token those commands send; not a setting either.
+pub const ADMIN_TOKEN_VARIABLE: &str = "PETREL_ADMIN_TOKEN";
+
 /// The process environment minus the variables that are not settings.
 fn setting_variables() -> std::collections::HashMap<String, String> {
     std::env::vars()
-        .filter(|(name, _)| name != LOG_FILTER_VARIABLE)
+        .filter(|(name, _)| {
+            ![
+                LOG_FILTER_VARIABLE,
+                ADMIN_ADDRESS_VARIABLE,
+                ADMIN_TOKEN_VARIABLE,
+            ]
+            .contains(&name.as_str())
+        })
         .collect()
 }
 
@@ -434,6 +483,26 @@ impl Settings {
         {
             return out_of_range("log.level", "is not a valid log filter");
         }
+        if let Some(admin) = &self.admin {
+            match &admin.token {
+                Some(token) if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return out_of_range(
+                        "admin.token",
+                        "must be printable ASCII without spaces, as an HTTP header carries it",
+                    );
+                }
+                None if !admin.bind.ip().is_loopback() => {
+                    return Err(ConfigError::OutOfRange {
+                        key: "admin.token",
+                        problem: format!(
+                            "must be set when `admin.bind` ({}) is not a loopback address",
+                            admin.bind
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 }
@@ -547,6 +616,36 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn admin_is_off_unless_its_section_is_present() {
+        assert!(Settings::load(None).unwrap().admin.is_none());
+        let admin = load_str("[admin]\n").unwrap().admin.unwrap();
+        assert_eq!(admin.bind, DEFAULT_ADMIN_BIND);
+        assert_eq!(admin.token, None);
+        let admin = load_str("[admin]\nbind = \"0.0.0.0:9200\"\ntoken = \"s3cret\"\n")
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(admin.bind.port(), 9200);
+        assert_eq!(admin.token.as_deref(), Some("s3cret"));
+        assert!(!format!("{admin:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn admin_open_to_the_network_without_a_token_is_refused() {
+        for bind in ["0.0.0.0:9100", "[::]:9100", "192.0.2.7:9100"] {
+            let err = load_str(&format!("[admin]\nbind = \"{bind}\"\n")).unwrap_err();
+            assert!(err.to_string().contains("`admin.token`"), "{err}");
+        }
+        assert!(load_str("[admin]\nbind = \"[::1]:9100\"\n").is_ok());
+        for token in ["\"\"", "\"two words\""] {
+            let err = load_str(&format!("[admin]\ntoken = {token}\n")).unwrap_err();
+            assert!(err.to_string().contains("`admin.token`"), "{err}");
+        }
+        let err = load_str("[admin]\nport = 9100\n").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! client state machines), `router` (subscriptions and retained messages) and
 //! `timer` (one timing wheel for every timer); `store` journals what must
 //! survive and writes it from its own thread; `server` runs the tasks that
-//! drive all of it. The load generator behind `petrel bench` is the
-//! `petrel-bench` crate in `benches/loadgen`.
+//! drive all of it; `admin` is the HTTP API for inspecting a running broker
+//! (and its client for the `petrel` commands). The load generator behind
+//! `petrel bench` is the `petrel-bench` crate in `benches/loadgen`.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod protocol;

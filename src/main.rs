@@ -1,11 +1,15 @@
-//! The `petrel` command: `serve` runs the broker, `bench` the load generator.
+//! The `petrel` command: `serve` runs the broker, `streams` shows a running
+//! broker's streams through its admin API, `bench` runs the load generator.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use petrel::Broker;
-use petrel::config::{LogFormat, Settings};
+use petrel::config::{
+    ADMIN_ADDRESS_VARIABLE, ADMIN_TOKEN_VARIABLE, DEFAULT_ADMIN_BIND, LogFormat, Settings,
+};
 
 #[derive(Parser)]
 #[command(name = "petrel", version, about = "An MQTT 3.1.1 and 5.0 broker")]
@@ -18,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Show a running broker's streams: partitions, end offsets, consumer
+    /// groups, committed offsets and lag (through its admin API).
+    Streams(StreamsArgs),
     /// Generate load against a running broker and report throughput and latency.
     Bench(petrel_bench::BenchArgs),
 }
@@ -35,6 +42,21 @@ struct ServeArgs {
     data_dir: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct StreamsArgs {
+    /// Address of the broker's admin API (its `[admin] bind`).
+    #[arg(long, value_name = "HOST:PORT", env = ADMIN_ADDRESS_VARIABLE,
+          default_value_t = DEFAULT_ADMIN_BIND.to_string())]
+    admin: String,
+    /// Bearer token the admin API asks for (its `[admin] token`); prefer the
+    /// environment variable, as other users can see a command's arguments.
+    #[arg(long, env = ADMIN_TOKEN_VARIABLE, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match petrel::server::runtime() {
@@ -46,6 +68,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Streams(args) => runtime.block_on(streams(args)),
         Command::Bench(args) => runtime
             .block_on(petrel_bench::run(args))
             .map_err(|error| error.to_string()),
@@ -80,10 +103,37 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     for addr in broker.local_addrs() {
         tracing::info!(%addr, "listening");
     }
+    if let Some(addr) = broker.admin_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     broker.shutdown().await;
     Ok(())
+}
+
+async fn streams(args: StreamsArgs) -> Result<(), String> {
+    let body = petrel::admin::client::get(&args.admin, args.token.as_deref(), "/v1/streams")
+        .await
+        .map_err(|error| error.to_string())?;
+    let text = if args.json {
+        let mut json = String::from_utf8_lossy(&body).into_owned();
+        json.push('\n');
+        json
+    } else {
+        petrel::admin::render::streams(&body).map_err(|error| {
+            format!(
+                "the admin API at {} answered JSON this petrel cannot read: {error}",
+                args.admin
+            )
+        })?
+    };
+    // Written rather than printed: `petrel streams | head` must end with an
+    // error message, not a panic.
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|error| format!("cannot write the output: {error}"))
 }
 
 fn init_logging(settings: &Settings) {

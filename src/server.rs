@@ -1,6 +1,7 @@
 //! The running broker: opens the store, rebuilds the state, and runs the
 //! tasks that drive the I/O-free core: one accept loop per listener (with a
-//! task per connection), the timer task, and the journal's writer thread.
+//! task per connection), the timer task, the admin API when configured, and
+//! the journal's writer thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum BrokerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for the admin API (`admin.bind`): {source}")]
+    AdminBind {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -82,6 +88,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 pub struct Broker {
     state: Arc<BrokerState>,
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -134,6 +141,20 @@ impl Broker {
             .zip(&settings.listeners)
             .map(|(socket, listener)| socket.local_addr().unwrap_or(listener.bind))
             .collect();
+        let admin = match &settings.admin {
+            Some(admin) => {
+                let socket = tokio::net::TcpListener::bind(admin.bind)
+                    .await
+                    .map_err(|source| BrokerError::AdminBind {
+                        addr: admin.bind,
+                        source,
+                    })?;
+                let addr = socket.local_addr().unwrap_or(admin.bind);
+                Some((socket, addr, admin.token.clone()))
+            }
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|(_, addr, _)| *addr);
         let snapshot = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.load())
@@ -172,10 +193,19 @@ impl Broker {
             state.clone(),
             shutdown_rx.clone(),
         ));
+        if let Some((socket, _, token)) = admin {
+            tasks.spawn(crate::admin::serve(
+                socket,
+                crate::admin::router(state.clone(), token.as_deref()),
+                shutdown_rx.clone(),
+                SHUTDOWN_GRACE,
+            ));
+        }
         tasks.spawn(run_timers(state.clone(), shutdown_rx));
         Ok(Broker {
             state,
             addrs,
+            admin_addr,
             shutdown,
             tasks,
         })
@@ -183,6 +213,12 @@ impl Broker {
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    /// Where the admin API listens (the port bound when `admin.bind` asked
+    /// for port 0); `None` without an `[admin]` section.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn metrics(&self) -> &Metrics {
