@@ -32,18 +32,11 @@ const DEVICE_1: &str = "orders/device-1/new";
 
 fn orders(partitions: u32) -> StreamConfig {
     StreamConfig {
-        name: "orders".into(),
-        filters: vec!["orders/#".into()],
         partitions,
         key: "topic:1".into(),
-        retention: None,
-        max_bytes: None,
         // A group created after the messages were published reads them.
         start: "earliest".into(),
-        max_attempts: 16,
-        retry_backoff: vec!["1s".into()],
-        max_inflight_per_partition: 1,
-        ack_timeout: "30s".into(),
+        ..StreamConfig::new("orders", &["orders/#"])
     }
 }
 

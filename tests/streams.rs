@@ -32,17 +32,10 @@ use raw::{PUBACK, publish_v311};
 
 fn orders(partitions: u32) -> StreamConfig {
     StreamConfig {
-        name: "orders".into(),
-        filters: vec!["orders/#".into()],
         partitions,
         key: "topic:1".into(),
-        retention: None,
-        max_bytes: None,
         start: "earliest".into(),
-        max_attempts: 16,
-        retry_backoff: vec!["1s".into()],
-        max_inflight_per_partition: 1,
-        ack_timeout: "30s".into(),
+        ..StreamConfig::new("orders", &["orders/#"])
     }
 }
 

@@ -706,17 +706,9 @@ fn connect_user_properties_are_kept_with_the_connection() {
 fn a_publish_feeding_a_stream_is_appended_once_at_its_keys_next_offset_whatever_its_qos() {
     let broker = broker_with(|settings| {
         settings.streams = vec![crate::stream::StreamConfig {
-            name: "orders".into(),
-            filters: vec!["orders/#".into()],
             partitions: 8,
             key: "topic:1".into(),
-            retention: None,
-            max_bytes: None,
-            start: "latest".into(),
-            max_attempts: 16,
-            retry_backoff: vec!["1s".into()],
-            max_inflight_per_partition: 1,
-            ack_timeout: "30s".into(),
+            ..crate::stream::StreamConfig::new("orders", &["orders/#"])
         }];
     });
     let mut publisher = v5(&broker, "pub", true, 0);

@@ -323,17 +323,9 @@ mod tests {
 
     fn spec(name: &str, filter: &str, partitions: u32) -> StreamSpec {
         let config = StreamConfig {
-            name: name.into(),
-            filters: vec![filter.into()],
             partitions,
             key: "topic:1".into(),
-            retention: None,
-            max_bytes: None,
-            start: "latest".into(),
-            max_attempts: 16,
-            retry_backoff: vec!["1s".into()],
-            max_inflight_per_partition: 1,
-            ack_timeout: "30s".into(),
+            ..StreamConfig::new(name, &[filter])
         };
         let limits = TopicLimits {
             max_length: 4096,

@@ -106,6 +106,24 @@ pub struct SpecError {
 }
 
 impl StreamConfig {
+    /// A stream fed by `filters`, with every other value at its default
+    /// (as a `[[streams]]` table naming only these two would have them).
+    pub fn new(name: &str, filters: &[&str]) -> StreamConfig {
+        StreamConfig {
+            name: name.into(),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            partitions: default_partitions(),
+            key: default_key(),
+            retention: None,
+            max_bytes: None,
+            start: default_start(),
+            max_attempts: default_max_attempts(),
+            retry_backoff: default_retry_backoff(),
+            max_inflight_per_partition: default_max_inflight(),
+            ack_timeout: default_ack_timeout(),
+        }
+    }
+
     /// Checks every value; `limits` are the broker's topic limits.
     pub fn check(&self, limits: TopicLimits) -> Result<StreamSpec, SpecError> {
         let fail = |key: &'static str, problem: String| SpecError {
@@ -312,6 +330,13 @@ mod tests {
             start = "earliest"
             "#,
         )
+    }
+
+    #[test]
+    fn a_stream_made_in_code_has_the_defaults_of_a_minimal_table() {
+        let minimal = toml_stream("name = \"orders\"\nfilters = [\"orders/#\"]\n");
+        let made = StreamConfig::new("orders", &["orders/#"]);
+        assert_eq!(made.check(limits()), minimal.check(limits()));
     }
 
     fn toml_stream(text: &str) -> StreamConfig {

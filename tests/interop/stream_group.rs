@@ -39,19 +39,12 @@ pub const KEYS: usize = 100;
 
 pub fn interop_stream() -> StreamConfig {
     StreamConfig {
-        name: STREAM.into(),
-        filters: vec!["petrel-interop/+/+/stream/#".into()],
         partitions: PARTITIONS,
         key: format!("topic:{KEY_LEVEL}"),
-        retention: None,
-        max_bytes: None,
-        start: "latest".into(),
-        max_attempts: 16,
-        retry_backoff: vec!["1s".into()],
-        max_inflight_per_partition: 1,
         // Longer than any test, so only a member's leaving hands its
         // unacknowledged deliveries on.
         ack_timeout: "60s".into(),
+        ..StreamConfig::new(STREAM, &["petrel-interop/+/+/stream/#"])
     }
 }
 
