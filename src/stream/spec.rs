@@ -253,14 +253,10 @@ impl ByteCount {
             ByteCount::Bytes(bytes) => return Ok(*bytes),
             ByteCount::Text(text) => text.trim(),
         };
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size like 1048576, \"512MiB\" or \"10GiB\""))?;
-        let scale: u64 = match unit.trim() {
+        let (number, unit) = number_and_unit(text).ok_or_else(|| {
+            format!("`{text}` is not a size like 1048576, \"512MiB\" or \"10GiB\"")
+        })?;
+        let scale: u64 = match unit {
             "" | "B" => 1,
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
@@ -282,17 +278,21 @@ impl ByteCount {
     }
 }
 
-/// A duration: `"250ms"`, `"30s"`, `"5m"`, `"12h"`, `"3d"`, `"2w"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+/// The leading digits of `text` as a number, and the unit after them.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like \"250ms\", \"30s\" or \"3d\""))?;
-    let millis: u64 = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// A duration: `"250ms"`, `"30s"`, `"5m"`, `"12h"`, `"3d"`, `"2w"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration like \"250ms\", \"30s\" or \"3d\""))?;
+    let millis: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
