@@ -3,17 +3,22 @@
 //! It speaks MQTT 3.1.1 or 5.0 over raw TCP sockets (packets encoded and
 //! decoded with `mqttbytes`), so it measures any broker the same way, and
 //! the numbers in `docs/BENCHMARKS.md` come from it. Every payload carries a
-//! send timestamp, a publisher id and a sequence number; subscribers turn
-//! them into latency percentiles and lost / duplicated / reordered counts.
+//! send timestamp, a publisher id and a sequence number (in the stream
+//! scenario also a key, numbered per key); subscribers turn them into
+//! latency percentiles and lost / duplicated / reordered counts.
 //!
 //! Layout: `client` (one raw connection), `publisher` and `subscriber` (the
-//! per-connection loops), `scenario` (fan-in, fan-out, pairs), `idle` (many
-//! idle connections and broker memory), `stats` (pure accounting) and
-//! `report` (text and JSON output).
+//! per-connection loops), `plan` (who publishes where and who listens to
+//! what), `scenario` (running fan-in, fan-out, pairs, stream),
+//! `keyed` (keys, their owners and the stream stamp), `idle` (many idle
+//! connections and broker memory), `stats` (pure accounting) and `report`
+//! (text and JSON output).
 
 mod client;
 mod flow;
 mod idle;
+mod keyed;
+mod plan;
 mod publisher;
 mod report;
 mod scenario;
@@ -24,6 +29,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::client::Version;
+use crate::keyed::KEY_STAMP_LEN;
 use crate::stats::STAMP_LEN;
 
 /// Which traffic pattern to run.
@@ -37,6 +43,9 @@ pub enum Scenario {
     Pairs,
     /// N idle connections held open; reports broker memory per connection.
     Idle,
+    /// P publishers spreading their messages over K keys into a stream,
+    /// read by a consumer group of M members; checks each key's order.
+    Stream,
 }
 
 impl Scenario {
@@ -46,6 +55,7 @@ impl Scenario {
             Scenario::FanOut => "fan-out",
             Scenario::Pairs => "pairs",
             Scenario::Idle => "idle",
+            Scenario::Stream => "stream",
         }
     }
 }
@@ -65,10 +75,10 @@ pub struct BenchArgs {
     /// MQTT protocol level: 4 (3.1.1) or 5 (5.0).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
     pub protocol: u8,
-    /// QoS of every PUBLISH and SUBSCRIBE.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
-    /// Publishers in the fan-in scenario.
+    /// QoS of every PUBLISH and SUBSCRIBE [default: 1 for stream, else 0].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: Option<u8>,
+    /// Publishers in the fan-in and stream scenarios.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub publishers: u32,
     /// Subscribers in the fan-out scenario.
@@ -77,13 +87,32 @@ pub struct BenchArgs {
     /// Publisher/subscriber pairs in the pairs scenario.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub pairs: u32,
+    /// Keys the stream scenario's publishers spread their messages over,
+    /// on topics `{stream}/k{key}/{run}`. Each key has one publisher, which
+    /// numbers its messages, so there must be at least one per publisher.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keys: u32,
+    /// Members of the stream scenario's consumer group [default: 4]; in the
+    /// fan-in scenario, members of a shared subscription
+    /// `$share/{group}/...` that replace its single subscriber.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub members: Option<u32>,
+    /// Stream the stream scenario publishes into and reads: the broker must
+    /// feed it from filter `{stream}/#` with key `topic:1`.
+    #[arg(long, default_value = "bench")]
+    pub stream: String,
+    /// Consumer group (`$share/{group}/$stream/{stream}`) of the stream
+    /// scenario, or share name of fan-in's `--members`.
+    #[arg(long, default_value = "bench")]
+    pub group: String,
     /// Idle connections in the idle scenario.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
     /// Messages sent by each publisher.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub messages: u64,
-    /// Payload size in bytes (at least 20: timestamp, publisher id, sequence).
+    /// Payload size in bytes (at least 20: timestamp, publisher id,
+    /// sequence; 28 for stream, which adds a run tag and the key).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// Offered load in messages per second over all publishers; unlimited
@@ -97,8 +126,9 @@ pub struct BenchArgs {
     pub max_inflight: u16,
     /// Messages in flight end to end, over all publishers: a publisher sends
     /// only while fewer than this many published messages have not yet
-    /// reached their subscriber (fan-in and pairs). Keeps every queue short,
-    /// so latency is that of a loaded broker, not of an overrun one.
+    /// reached their subscriber (fan-in, pairs and stream). Keeps every
+    /// queue short, so latency is that of a loaded broker, not of an
+    /// overrun one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub e2e_window: Option<u64>,
     /// Keepalive announced in CONNECT, in seconds; clients ping at half of it.
@@ -138,8 +168,18 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("--payload must be at least {min} bytes (got {got})")]
     PayloadTooSmall { min: usize, got: usize },
-    #[error("--e2e-window applies to fan-in and pairs, where each message has one subscriber")]
+    #[error(
+        "--e2e-window applies to fan-in, pairs and stream, where each message has one subscriber"
+    )]
     EndToEndFanOut,
+    #[error("--members applies to the stream and fan-in scenarios")]
+    MembersScenario,
+    #[error(
+        "--keys {keys} is fewer than --publishers {publishers}: each key has one publisher, which numbers its messages"
+    )]
+    TooFewKeys { keys: u32, publishers: u32 },
+    #[error("--{option} `{name}` must be non-empty, without '/', '+' or '#'")]
+    BadName { option: &'static str, name: String },
     #[error("--drain must be a finite number of seconds >= 0 (got {0})")]
     BadDrain(f64),
     #[error("cannot resolve {host}:{port}: {source}")]
@@ -194,27 +234,77 @@ pub enum BenchError {
     RssMissing { pid: u32 },
 }
 
+impl BenchArgs {
+    /// The QoS level of the run: `--qos`, or the scenario's default (a
+    /// stream's promises are about acknowledged messages, so 1).
+    pub fn qos_level(&self) -> u8 {
+        self.qos.unwrap_or(if self.scenario == Scenario::Stream {
+            1
+        } else {
+            0
+        })
+    }
+
+    /// Members of the group the subscribers form, if they form one.
+    pub fn group_members(&self) -> Option<u32> {
+        match self.scenario {
+            Scenario::Stream => Some(self.members.unwrap_or(4)),
+            Scenario::FanIn => self.members,
+            _ => None,
+        }
+    }
+
+    /// Refuses combinations of options that cannot run as asked.
+    pub fn check(&self) -> Result<(), BenchError> {
+        let min = if self.scenario == Scenario::Stream {
+            KEY_STAMP_LEN
+        } else {
+            STAMP_LEN
+        };
+        if self.payload < min {
+            return Err(BenchError::PayloadTooSmall {
+                min,
+                got: self.payload,
+            });
+        }
+        if self.e2e_window.is_some() && self.scenario == Scenario::FanOut {
+            return Err(BenchError::EndToEndFanOut);
+        }
+        if !self.drain.is_finite() || self.drain < 0.0 {
+            return Err(BenchError::BadDrain(self.drain));
+        }
+        if self.members.is_some() && !matches!(self.scenario, Scenario::Stream | Scenario::FanIn) {
+            return Err(BenchError::MembersScenario);
+        }
+        if self.scenario == Scenario::Stream && self.keys < self.publishers {
+            return Err(BenchError::TooFewKeys {
+                keys: self.keys,
+                publishers: self.publishers,
+            });
+        }
+        let names = [("stream", &self.stream), ("group", &self.group)];
+        for (option, name) in names {
+            if name.is_empty() || name.contains(['/', '+', '#']) {
+                return Err(BenchError::BadName {
+                    option,
+                    name: name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs one benchmark and prints its report (text, or JSON with `--json`).
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
-    if args.payload < STAMP_LEN {
-        return Err(BenchError::PayloadTooSmall {
-            min: STAMP_LEN,
-            got: args.payload,
-        });
-    }
-    if args.e2e_window.is_some() && args.scenario == Scenario::FanOut {
-        return Err(BenchError::EndToEndFanOut);
-    }
-    if !args.drain.is_finite() || args.drain < 0.0 {
-        return Err(BenchError::BadDrain(args.drain));
-    }
+    args.check()?;
     let addr = resolve(&args.host, args.port).await?;
     let version = if args.protocol == 5 {
         Version::V5
     } else {
         Version::V4
     };
-    tracing::info!(%addr, scenario = args.scenario.name(), qos = args.qos, "bench starting");
+    tracing::info!(%addr, scenario = args.scenario.name(), qos = args.qos_level(), "bench starting");
     let report = match args.scenario {
         Scenario::Idle => idle::run(&args, addr, version).await?.render(args.json),
         _ => scenario::run(&args, addr, version).await?.render(args.json),

@@ -1,6 +1,7 @@
 //! One publishing connection: sends its numbered, time-stamped messages as
 //! fast as the window (and the optional rate) allows and runs the real
-//! acknowledgement flows (PUBACK; PUBREC -> PUBREL -> PUBCOMP).
+//! acknowledgement flows (PUBACK; PUBREC -> PUBREL -> PUBCOMP). Messages go
+//! to one topic, or rotate over the keys the publisher owns (stream).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +13,32 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use crate::BenchError;
 use crate::client::{Conn, Incoming, PublishTemplate, Version};
 use crate::flow::EndToEnd;
+use crate::keyed::{KeyOwner, KeyStamp};
 use crate::stats::{AckEffect, Histogram, InflightWindow, Stamp};
 
 /// PUBLISH packets queued before one socket write.
 const BATCH: u64 = 64;
 
+/// Where one publisher's messages go and how they are numbered.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Every message on one topic, numbered from 0.
+    Topic(String),
+    /// Messages rotate over the keys `owner` owns, `topics[i]` carrying
+    /// `owner.key(i)`, numbered from 0 per key and stamped with the run's
+    /// tag.
+    Keys {
+        topics: Vec<String>,
+        owner: KeyOwner,
+        run: u32,
+    },
+}
+
 /// What one publisher sends.
 #[derive(Debug, Clone)]
 pub struct PublisherSpec {
     pub id: u32,
-    pub topic: String,
+    pub route: Route,
     pub qos: QoS,
     pub messages: u64,
     pub payload: usize,
@@ -98,7 +115,8 @@ struct Publisher<'a> {
     conn: &'a mut Conn,
     spec: &'a PublisherSpec,
     clock: Clock,
-    template: PublishTemplate,
+    /// One per topic of the route.
+    templates: Vec<PublishTemplate>,
     window: InflightWindow,
     scratch: BytesMut,
     stats: PublisherStats,
@@ -116,8 +134,15 @@ pub async fn run(
     clock: Clock,
 ) -> PublisherStats {
     let limit = receive_max.map_or(spec.max_inflight, |r| r.min(spec.max_inflight));
+    let topics = match &spec.route {
+        Route::Topic(topic) => std::slice::from_ref(topic),
+        Route::Keys { topics, .. } => topics.as_slice(),
+    };
     let mut p = Publisher {
-        template: PublishTemplate::new(version, &spec.topic, spec.qos),
+        templates: topics
+            .iter()
+            .map(|topic| PublishTemplate::new(version, topic, spec.qos))
+            .collect(),
         window: InflightWindow::new(usize::from(limit)),
         scratch: BytesMut::with_capacity(64 * 1024),
         stats: PublisherStats::new(spec.id),
@@ -164,6 +189,11 @@ impl Publisher<'_> {
                     return Ok(Some(due));
                 }
             }
+            let topic = self.topic_of_next();
+            if topic >= self.templates.len() {
+                // A publisher that owns no key has nowhere to publish.
+                break;
+            }
             if self.spec.e2e.as_ref().is_some_and(|e2e| !e2e.try_take()) {
                 break;
             }
@@ -176,14 +206,10 @@ impl Publisher<'_> {
                     None => break,
                 }
             };
-            Stamp {
-                sent_ns,
-                publisher: self.spec.id,
-                seq: self.seq,
-            }
-            .write(&mut self.scratch, self.spec.payload);
+            self.stamp(sent_ns);
             let payload = self.scratch.split().freeze();
-            self.conn.queue_publish(&mut self.template, pkid, payload)?;
+            self.conn
+                .queue_publish(&mut self.templates[topic], pkid, payload)?;
             self.seq += 1;
             self.stats.sent += 1;
             let sent_at = Instant::now();
@@ -191,6 +217,37 @@ impl Publisher<'_> {
             self.stats.last_send = Some(sent_at);
         }
         Ok(None)
+    }
+
+    /// The index of the topic the next message goes to.
+    fn topic_of_next(&self) -> usize {
+        match &self.spec.route {
+            Route::Topic(_) => 0,
+            Route::Keys { owner, .. } => owner.place(self.seq).0 as usize,
+        }
+    }
+
+    /// Writes the stamp of the next message into `scratch`.
+    fn stamp(&mut self, sent_ns: u64) {
+        match &self.spec.route {
+            Route::Topic(_) => Stamp {
+                sent_ns,
+                publisher: self.spec.id,
+                seq: self.seq,
+            }
+            .write(&mut self.scratch, self.spec.payload),
+            Route::Keys { owner, run, .. } => {
+                let (local, seq) = owner.place(self.seq);
+                KeyStamp {
+                    sent_ns,
+                    run: *run,
+                    publisher: owner.publisher,
+                    key: owner.key(local),
+                    seq,
+                }
+                .write(&mut self.scratch, self.spec.payload);
+            }
+        }
     }
 
     fn completed(&mut self, sent_ns: u64) {

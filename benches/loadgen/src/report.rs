@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::stats::Histogram;
 
-/// Results of a fan-in, fan-out or pairs run.
+/// Results of a fan-in, fan-out, pairs or stream run.
 #[derive(Debug)]
 pub struct TrafficReport {
     pub label: String,
@@ -15,6 +15,12 @@ pub struct TrafficReport {
     pub qos: u8,
     pub publishers: u32,
     pub subscribers: u32,
+    /// The stream read, and the keys spread over (stream scenario).
+    pub stream: Option<String>,
+    pub keys: Option<u32>,
+    /// The group the subscribers are members of: the consumer group, or
+    /// the share name of a shared subscription.
+    pub group: Option<String>,
     /// Whether subscribers kept persistent sessions (`--persistent`).
     pub persistent: bool,
     pub messages_per_publisher: u64,
@@ -27,12 +33,17 @@ pub struct TrafficReport {
     pub expected: u64,
     /// Every PUBLISH received, copies included.
     pub received: u64,
-    /// Distinct (publisher, sequence) pairs received, summed per subscriber.
+    /// Distinct (publisher, sequence) pairs received, summed per subscriber
+    /// (a group's members counted together); (key, sequence) for a stream.
     pub delivered: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// New messages older than one already seen from the same source by
+    /// the same subscriber: per publisher, or per key for a stream (its
+    /// order violations).
     pub out_of_order: u64,
-    /// Messages with no valid stamp or from a publisher not expected.
+    /// Messages with no valid stamp, from a publisher not expected, or
+    /// (stream) left in the stream by another run.
     pub foreign: u64,
     pub wrong_qos: u64,
     /// Packets or acknowledgements a correct broker would not send.
@@ -143,20 +154,33 @@ impl TrafficReport {
             self.qos
         );
         let sessions = if self.persistent { " (persistent)" } else { "" };
+        let readers = match (&self.stream, &self.group) {
+            (Some(stream), Some(group)) => format!(
+                "stream {stream}, consumer group {group} of {} member(s){sessions}",
+                self.subscribers
+            ),
+            (None, Some(group)) => format!(
+                "{} member(s) of shared subscription group {group}{sessions}",
+                self.subscribers
+            ),
+            _ => format!("{} subscriber(s){sessions}", self.subscribers),
+        };
+        let keys = self
+            .keys
+            .map_or_else(String::new, |keys| format!(" on {keys} keys"));
         let _ = writeln!(
             out,
-            "  clients       {} publisher(s) -> {} subscriber(s){}; {} messages each, {} B payload, offered rate {}, window {}",
-            self.publishers,
-            self.subscribers,
-            sessions,
-            self.messages_per_publisher,
-            self.payload,
-            rate,
-            self.max_inflight
+            "  clients       {} publisher(s){keys} -> {readers}; {} messages each, {} B payload, offered rate {}, window {}",
+            self.publishers, self.messages_per_publisher, self.payload, rate, self.max_inflight
         );
+        let (published, delivered, order) = if self.stream.is_some() {
+            ("appended ", "consumed ", "order violations (per key)")
+        } else {
+            ("published", "delivered", "out of order")
+        };
         let _ = writeln!(
             out,
-            "  published     {} of {} sent ({}), {} acknowledged ({}), {} rejected",
+            "  {published}     {} of {} sent ({}), {} acknowledged ({}), {} rejected",
             self.sent,
             u64::from(self.publishers) * self.messages_per_publisher,
             fmt_rate(self.publish_rate),
@@ -166,7 +190,7 @@ impl TrafficReport {
         );
         let _ = writeln!(
             out,
-            "  delivered     {} of {} expected ({}), {} PUBLISH received, run took {:.2} s",
+            "  {delivered}     {} of {} expected ({}), {} PUBLISH received, run took {:.2} s",
             self.delivered,
             self.expected,
             fmt_rate(self.delivered_rate),
@@ -175,7 +199,7 @@ impl TrafficReport {
         );
         let _ = writeln!(
             out,
-            "  anomalies     lost {}, duplicated {}, out of order {}, foreign {}, wrong QoS {}, unexpected packets {}, timed out {}, errors {}",
+            "  anomalies     lost {}, duplicated {}, {order} {}, foreign {}, wrong QoS {}, unexpected packets {}, timed out {}, errors {}",
             self.lost,
             self.duplicated,
             self.out_of_order,
@@ -229,6 +253,9 @@ impl TrafficReport {
         j.int("qos", Some(u64::from(self.qos)));
         j.int("publishers", Some(u64::from(self.publishers)));
         j.int("subscribers", Some(u64::from(self.subscribers)));
+        j.opt_text("stream", self.stream.as_deref());
+        j.int("keys", self.keys.map(u64::from));
+        j.opt_text("group", self.group.as_deref());
         j.bool("persistent", self.persistent);
         j.int("messages", Some(self.messages_per_publisher));
         j.int("payload", Some(self.payload as u64));

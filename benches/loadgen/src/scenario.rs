@@ -1,22 +1,20 @@
-//! Traffic scenarios (fan-in, fan-out, pairs): who publishes where, who
-//! listens to what, and the run itself: connect and subscribe everyone,
-//! start every publisher at once, wait for the deliveries, report.
+//! Running a traffic scenario (fan-in, fan-out, pairs, stream) as `plan`
+//! lays it out: connect and subscribe everyone, start every publisher at
+//! once, wait for the deliveries, report.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::client::{Conn, SessionMode, Version};
-use crate::flow::EndToEnd;
+use crate::client::{Conn, Version};
+use crate::plan::{Plan, expected_deliveries, plan};
 use crate::publisher::{self, Clock, PublisherSpec, PublisherStats};
 use crate::report::{TrafficReport, rate};
-use crate::stats::Histogram;
-use crate::subscriber::{self, Endpoint, PERSISTENT_EXPIRY_SECS, SubscriberSpec, SubscriberStats};
+use crate::stats::{DeliveryTracker, Histogram};
+use crate::subscriber::{self, Endpoint, SubscriberSpec, SubscriberStats};
 use crate::{BenchArgs, BenchError, Scenario, broker_rss_kb, ping_every, run_id};
 
 /// Read buffer size of a traffic connection.
@@ -24,87 +22,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Extra time granted to client tasks past the deadline before they are
 /// abandoned (they stop by themselves at the deadline).
 const JOIN_GRACE: Duration = Duration::from_secs(5);
-
-/// Every publisher and subscriber of one run.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub publishers: Vec<PublisherSpec>,
-    pub subscribers: Vec<SubscriberSpec>,
-}
-
-pub fn qos_of(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-/// Lays out topics and expectations for a traffic scenario. Topics live
-/// under `bench/{run}/` so runs never see each other's messages.
-pub fn plan(args: &BenchArgs, run: &str) -> Plan {
-    let qos = qos_of(args.qos);
-    let drain = Duration::from_secs_f64(args.drain);
-    let session = if args.persistent {
-        SessionMode::Persistent {
-            expiry_secs: PERSISTENT_EXPIRY_SECS,
-        }
-    } else {
-        SessionMode::Clean
-    };
-    let e2e = args.e2e_window.map(|limit| Arc::new(EndToEnd::new(limit)));
-    let publisher = |id: u32, topic: String, count: u32| PublisherSpec {
-        id,
-        topic,
-        qos,
-        messages: args.messages,
-        payload: args.payload,
-        max_inflight: args.max_inflight,
-        rate: args.rate.map(|r| r as f64 / f64::from(count)),
-        e2e: e2e.clone(),
-    };
-    let subscriber = |filter: String, first: u32, count: u32| SubscriberSpec {
-        filter,
-        qos,
-        first_publisher: first,
-        publishers: count,
-        per_publisher: args.messages,
-        session,
-        drain,
-        e2e: e2e.clone(),
-    };
-    match args.scenario {
-        Scenario::FanIn => {
-            let n = args.publishers;
-            Plan {
-                publishers: (0..n)
-                    .map(|i| publisher(i, format!("bench/{run}/fanin/{i}"), n))
-                    .collect(),
-                subscribers: vec![subscriber(format!("bench/{run}/fanin/+"), 0, n)],
-            }
-        }
-        Scenario::FanOut => {
-            let topic = format!("bench/{run}/fanout");
-            Plan {
-                publishers: vec![publisher(0, topic.clone(), 1)],
-                subscribers: (0..args.subscribers)
-                    .map(|_| subscriber(topic.clone(), 0, 1))
-                    .collect(),
-            }
-        }
-        Scenario::Pairs | Scenario::Idle => {
-            let n = args.pairs;
-            Plan {
-                publishers: (0..n)
-                    .map(|i| publisher(i, format!("bench/{run}/pair/{i}"), n))
-                    .collect(),
-                subscribers: (0..n)
-                    .map(|i| subscriber(format!("bench/{run}/pair/{i}"), i, 1))
-                    .collect(),
-            }
-        }
-    }
-}
 
 type Ready = mpsc::Sender<Result<(), BenchError>>;
 type SubTask = JoinHandle<Option<(SubscriberStats, Conn)>>;
@@ -364,25 +281,20 @@ fn span(first: Option<Instant>, last: Option<Instant>) -> Option<Duration> {
     Some(last?.saturating_duration_since(first?))
 }
 
-/// Deliveries the plan calls for, given how many messages each publisher
-/// actually sent (a run cut short by the deadline sends fewer).
-fn expected_deliveries(plan: &Plan, pubs: &[PublisherStats]) -> u64 {
-    let mut sent = vec![0u64; plan.publishers.len()];
-    for p in pubs {
-        if let Some(slot) = sent.get_mut(p.id as usize) {
-            *slot = p.sent;
-        }
+/// The subscribers' trackers as the report counts them: a group's members
+/// folded into one, so that a message two members received counts once.
+fn trackers(plan: &Plan, subs: &[SubscriberStats]) -> Vec<DeliveryTracker> {
+    let mut all = subs.iter().map(|s| s.tracker.clone());
+    if !plan.group {
+        return all.collect();
     }
-    plan.subscribers
-        .iter()
-        .map(|s| {
-            let first = s.first_publisher as usize;
-            sent.iter()
-                .skip(first)
-                .take(s.publishers as usize)
-                .sum::<u64>()
-        })
-        .sum()
+    let Some(mut merged) = all.next() else {
+        return Vec::new();
+    };
+    for member in all {
+        merged.absorb(&member);
+    }
+    vec![merged]
 }
 
 /// Folds per-client results into one report. Expected deliveries come from
@@ -400,9 +312,12 @@ fn summarize(
         label: args.label.clone(),
         scenario: args.scenario.name(),
         protocol: args.protocol,
-        qos: args.qos,
+        qos: args.qos_level(),
         publishers: plan.publishers.len() as u32,
         subscribers: plan.subscribers.len() as u32,
+        stream: (args.scenario == Scenario::Stream).then(|| args.stream.clone()),
+        keys: (args.scenario == Scenario::Stream).then_some(args.keys),
+        group: plan.group.then(|| args.group.clone()),
         persistent: args.persistent,
         messages_per_publisher: args.messages,
         payload: args.payload,
@@ -446,13 +361,17 @@ fn summarize(
         last_ack = max_opt(last_ack, p.last_ack);
         note_error(&mut r, p.error.as_deref());
     }
+    for t in trackers(plan, subs) {
+        r.received += t.received;
+        r.delivered += t.distinct;
+        r.duplicated += t.duplicates;
+        r.out_of_order += t.out_of_order;
+        r.foreign += t.foreign;
+    }
     let (mut first_rx, mut last_rx) = (None::<Instant>, None::<Instant>);
     for s in subs {
-        r.received += s.tracker.received + s.unstamped;
-        r.delivered += s.tracker.distinct;
-        r.duplicated += s.tracker.duplicates;
-        r.out_of_order += s.tracker.out_of_order;
-        r.foreign += s.tracker.foreign + s.unstamped;
+        r.received += s.unstamped;
+        r.foreign += s.unstamped;
         r.wrong_qos += s.wrong_qos;
         r.unexpected += s.unexpected_packets;
         r.timed_out += u32::from(s.timed_out);
@@ -496,67 +415,9 @@ fn max_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        bench: BenchArgs,
-    }
-
-    fn args(extra: &[&str]) -> BenchArgs {
-        let mut argv = vec!["bench"];
-        argv.extend_from_slice(extra);
-        Cli::parse_from(argv).bench
-    }
-
-    #[test]
-    fn fan_in_has_one_wildcard_subscriber_expecting_every_publisher() {
-        let a = args(&[
-            "--scenario",
-            "fan-in",
-            "--publishers",
-            "4",
-            "--messages",
-            "10",
-        ]);
-        let p = plan(&a, "r");
-        assert_eq!(p.publishers.len(), 4);
-        assert_eq!(p.subscribers.len(), 1);
-        assert_eq!(p.subscribers[0].filter, "bench/r/fanin/+");
-        assert_eq!(p.subscribers[0].publishers, 4);
-        assert!(
-            p.publishers
-                .iter()
-                .all(|s| s.topic.starts_with("bench/r/fanin/"))
-        );
-    }
-
-    #[test]
-    fn fan_out_has_one_publisher_and_every_subscriber_on_its_topic() {
-        let a = args(&["--scenario", "fan-out", "--subscribers", "3", "--qos", "2"]);
-        let p = plan(&a, "r");
-        assert_eq!(p.publishers.len(), 1);
-        assert_eq!(p.subscribers.len(), 3);
-        assert!(
-            p.subscribers
-                .iter()
-                .all(|s| s.filter == p.publishers[0].topic)
-        );
-        assert!(p.subscribers.iter().all(|s| s.qos == QoS::ExactlyOnce));
-    }
-
-    #[test]
-    fn pairs_give_each_subscriber_its_own_publisher() {
-        let a = args(&["--scenario", "pairs", "--pairs", "5"]);
-        let p = plan(&a, "r");
-        assert_eq!(p.publishers.len(), 5);
-        for (i, s) in p.subscribers.iter().enumerate() {
-            assert_eq!(s.first_publisher, i as u32);
-            assert_eq!(s.publishers, 1);
-            assert_eq!(s.filter, p.publishers[i].topic);
-        }
-    }
+    use crate::client::SessionMode;
+    use crate::plan::tests::{args, sent};
+    use crate::subscriber::PERSISTENT_EXPIRY_SECS;
 
     #[test]
     fn persistent_applies_to_subscribers_only_and_clean_is_the_default() {
@@ -580,24 +441,58 @@ mod tests {
         assert!(r.render(true).contains(r#""persistent":true"#));
     }
 
-    #[test]
-    fn offered_rate_is_split_between_publishers() {
-        let a = args(&[
-            "--scenario",
-            "fan-in",
-            "--publishers",
-            "4",
-            "--rate",
-            "1000",
-        ]);
-        let p = plan(&a, "r");
-        assert!(p.publishers.iter().all(|s| s.rate == Some(250.0)));
+    fn member(received: &[(u32, u64)]) -> SubscriberStats {
+        let mut tracker = DeliveryTracker::with_limits(0, vec![2, 2]);
+        for &(key, seq) in received {
+            tracker.record(key, seq);
+        }
+        SubscriberStats {
+            tracker,
+            latency: Histogram::new(),
+            first_rx: None,
+            last_rx: None,
+            unstamped: 0,
+            unexpected_packets: 0,
+            wrong_qos: 0,
+            timed_out: false,
+            error: None,
+        }
     }
 
-    fn sent(id: u32, count: u64) -> PublisherStats {
-        let mut p = PublisherStats::new(id);
-        p.sent = count;
-        p
+    #[test]
+    fn a_groups_report_counts_each_message_once_across_members() {
+        let a = args(&[
+            "--scenario",
+            "stream",
+            "--publishers",
+            "2",
+            "--keys",
+            "2",
+            "--members",
+            "2",
+            "--messages",
+            "2",
+        ]);
+        let p = plan(&a, "r");
+        // Key 1 moved from the first member to the second, which got its
+        // seq 1 again; key 0 seq 1 never arrived; the second member saw
+        // key 1 go backwards.
+        let subs = [member(&[(0, 0), (1, 1)]), member(&[(1, 1), (1, 0)])];
+        let r = summarize(&a, &p, &[sent(0, 2), sent(1, 2)], &subs);
+        assert_eq!((r.expected, r.delivered, r.lost), (4, 3, 1));
+        assert_eq!((r.duplicated, r.out_of_order, r.received), (1, 1, 4));
+        let text = r.render(false);
+        assert!(text.contains("order violations (per key) 1"), "{text}");
+        assert!(
+            text.contains("consumer group bench of 2 member(s)"),
+            "{text}"
+        );
+        let json = r.render(true);
+        assert!(json.contains(r#""out_of_order":1"#), "{json}");
+        assert!(
+            json.contains(r#""stream":"bench","keys":2,"group":"bench""#),
+            "{json}"
+        );
     }
 
     #[test]
@@ -614,35 +509,5 @@ mod tests {
         let r = summarize(&a, &p, &[sent(0, 10)], &[]);
         assert_eq!(r.expected, 20);
         assert_eq!(r.lost, 20);
-    }
-
-    #[test]
-    fn expected_deliveries_follow_what_was_actually_sent() {
-        let a = args(&[
-            "--scenario",
-            "fan-in",
-            "--publishers",
-            "3",
-            "--messages",
-            "10",
-        ]);
-        let p = plan(&a, "r");
-        assert_eq!(
-            expected_deliveries(&p, &[sent(0, 10), sent(1, 4), sent(2, 0)]),
-            14
-        );
-        let a = args(&["--scenario", "pairs", "--pairs", "2", "--messages", "10"]);
-        let p = plan(&a, "r");
-        assert_eq!(expected_deliveries(&p, &[sent(0, 10), sent(1, 7)]), 17);
-        let a = args(&[
-            "--scenario",
-            "fan-out",
-            "--subscribers",
-            "3",
-            "--messages",
-            "10",
-        ]);
-        let p = plan(&a, "r");
-        assert_eq!(expected_deliveries(&p, &[sent(0, 5)]), 15);
     }
 }

@@ -153,22 +153,24 @@ impl Histogram {
 /// Outcome of recording one received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// First copy of this (publisher, sequence) seen by this subscriber.
+    /// First copy of this (source, sequence) seen by this subscriber.
     New,
     /// A copy this subscriber has already received.
     Duplicate,
-    /// Not from a publisher this subscriber expects, or a sequence number
+    /// Not from a source this subscriber expects, or a sequence number
     /// beyond what was published.
     Foreign,
 }
 
-/// Tracks what one subscriber received from the publishers it expects:
-/// publishers `first..first + count`, each sending `per_publisher` messages
-/// numbered from 0.
+/// Tracks what one subscriber received from the sources it expects, each
+/// numbering its messages from 0: publishers `first..first + count` in the
+/// MQTT scenarios, keys in the stream scenario (where each key is numbered
+/// by the one publisher that owns it).
 #[derive(Debug, Clone)]
 pub struct DeliveryTracker {
     first: u32,
-    per_publisher: u64,
+    /// Messages each source sends.
+    limits: Vec<u64>,
     seen: Vec<Vec<u64>>,
     next_expected: Vec<u64>,
     pub received: u64,
@@ -179,13 +181,22 @@ pub struct DeliveryTracker {
 }
 
 impl DeliveryTracker {
+    /// Publishers `first..first + count`, each sending `per_publisher`.
     pub fn new(first: u32, count: u32, per_publisher: u64) -> Self {
-        let words = per_publisher.div_ceil(64) as usize;
+        Self::with_limits(first, vec![per_publisher; count as usize])
+    }
+
+    /// Sources `first..first + limits.len()`, source `first + i` sending
+    /// `limits[i]` messages.
+    pub fn with_limits(first: u32, limits: Vec<u64>) -> Self {
         DeliveryTracker {
             first,
-            per_publisher,
-            seen: (0..count).map(|_| vec![0; words]).collect(),
-            next_expected: vec![0; count as usize],
+            seen: limits
+                .iter()
+                .map(|&limit| vec![0; limit.div_ceil(64) as usize])
+                .collect(),
+            next_expected: vec![0; limits.len()],
+            limits,
             received: 0,
             distinct: 0,
             duplicates: 0,
@@ -195,7 +206,7 @@ impl DeliveryTracker {
     }
 
     pub fn expected(&self) -> u64 {
-        self.seen.len() as u64 * self.per_publisher
+        self.limits.iter().sum()
     }
 
     #[cfg(test)]
@@ -208,15 +219,17 @@ impl DeliveryTracker {
     }
 
     /// Records one received message. A new message whose sequence number is
-    /// lower than one already seen from the same publisher counts as out of
-    /// order (MQTT keeps per-publisher order on one topic).
-    pub fn record(&mut self, publisher: u32, seq: u64) -> Delivery {
+    /// lower than one already seen from the same source counts as out of
+    /// order (MQTT keeps per-publisher order on one topic, a stream keeps
+    /// per-key order); a copy already seen is a duplicate, never out of
+    /// order, so redeliveries are told apart from reordering.
+    pub fn record(&mut self, source: u32, seq: u64) -> Delivery {
         self.received += 1;
-        let Some(slot) = publisher.checked_sub(self.first).map(|i| i as usize) else {
+        let Some(slot) = source.checked_sub(self.first).map(|i| i as usize) else {
             self.foreign += 1;
             return Delivery::Foreign;
         };
-        if seq >= self.per_publisher {
+        if self.limits.get(slot).is_none_or(|&limit| seq >= limit) {
             self.foreign += 1;
             return Delivery::Foreign;
         }
@@ -243,6 +256,35 @@ impl DeliveryTracker {
             *next = seq + 1;
         }
         Delivery::New
+    }
+
+    /// Counts a received message that belongs to no source here (another
+    /// run's, or one whose stamp contradicts itself).
+    pub fn reject(&mut self) {
+        self.received += 1;
+        self.foreign += 1;
+    }
+
+    /// Adds what another member of the same group received (a tracker
+    /// built for the same sources): a message both received counts once,
+    /// its second copy as a duplicate. Order is kept as each member counted
+    /// it, since order is only promised to the reader of a key.
+    pub fn absorb(&mut self, other: &DeliveryTracker) {
+        self.received += other.received;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.foreign += other.foreign;
+        for (mine, theirs) in self.seen.iter_mut().zip(&other.seen) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                let both = u64::from((*a & *b).count_ones());
+                self.duplicates += both;
+                self.distinct += u64::from(b.count_ones()) - both;
+                *a |= *b;
+            }
+        }
+        for (mine, theirs) in self.next_expected.iter_mut().zip(&other.next_expected) {
+            *mine = (*mine).max(*theirs);
+        }
     }
 }
 
@@ -532,6 +574,72 @@ mod tests {
         }
         assert!(t.complete());
         assert_eq!(t.lost(), 0);
+    }
+
+    #[test]
+    fn a_keys_lower_sequence_is_a_violation_but_a_redelivery_is_a_duplicate() {
+        // Keys as sources: key 0 carries 4 messages, key 1 carries 2.
+        let mut t = DeliveryTracker::with_limits(0, vec![4, 2]);
+        assert_eq!(t.record(0, 0), Delivery::New);
+        assert_eq!(t.record(0, 2), Delivery::New);
+        assert_eq!(t.record(1, 0), Delivery::New);
+        // Seq 1 after 2 on key 0, never seen before: the key's order broke.
+        assert_eq!(t.record(0, 1), Delivery::New);
+        assert_eq!(t.out_of_order, 1);
+        // Seq 0 again (an unacknowledged message sent again): a duplicate.
+        assert_eq!(t.record(0, 0), Delivery::Duplicate);
+        assert_eq!(t.record(0, 3), Delivery::New);
+        // Another key's lower sequence says nothing about key 0.
+        assert_eq!(t.record(1, 1), Delivery::New);
+        assert_eq!((t.out_of_order, t.duplicates), (1, 1));
+        assert_eq!((t.distinct, t.received, t.lost()), (6, 7, 0));
+        assert!(t.complete());
+    }
+
+    #[test]
+    fn a_redelivered_run_of_messages_after_a_rewind_is_all_duplicates() {
+        let mut t = DeliveryTracker::with_limits(0, vec![10]);
+        for seq in 0..6 {
+            t.record(0, seq);
+        }
+        // The partition went back to its committed offset (seq 3).
+        for seq in 3..10 {
+            t.record(0, seq);
+        }
+        assert_eq!((t.duplicates, t.out_of_order, t.distinct), (3, 0, 10));
+    }
+
+    #[test]
+    fn sequences_beyond_a_keys_count_and_rejected_stamps_are_foreign() {
+        let mut t = DeliveryTracker::with_limits(0, vec![2, 5]);
+        assert_eq!(t.record(0, 2), Delivery::Foreign);
+        assert_eq!(t.record(1, 4), Delivery::New);
+        assert_eq!(t.record(2, 0), Delivery::Foreign);
+        t.reject();
+        assert_eq!((t.foreign, t.received, t.distinct), (3, 4, 1));
+        assert_eq!(t.expected(), 7);
+    }
+
+    #[test]
+    fn members_of_a_group_add_up_and_a_copy_both_received_is_a_duplicate() {
+        let mut a = DeliveryTracker::with_limits(0, vec![3, 3]);
+        let mut b = DeliveryTracker::with_limits(0, vec![3, 3]);
+        // Key 0 was read by member a, then moved to member b, which got
+        // seq 1 again (a hand-over redelivery) and seq 2.
+        a.record(0, 0);
+        a.record(0, 1);
+        b.record(0, 1);
+        b.record(0, 2);
+        b.record(0, 2);
+        b.record(1, 1);
+        b.record(1, 0);
+        a.absorb(&b);
+        assert_eq!(a.distinct, 5, "key 1 seq 2 never arrived");
+        assert_eq!(a.lost(), 1);
+        assert_eq!(a.duplicates, 2, "one within b, one across members");
+        assert_eq!(a.out_of_order, 1, "key 1 went backwards at b");
+        assert_eq!(a.received, 7);
+        assert!(!a.complete());
     }
 
     #[test]

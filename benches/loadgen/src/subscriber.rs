@@ -1,6 +1,7 @@
-//! One subscribing connection: acknowledges every delivery as a real client
-//! must (PUBACK; PUBREC, then PUBCOMP for each PUBREL) and records latency,
-//! losses, duplicates and ordering.
+//! One subscribing connection (a plain subscriber, a member of a shared
+//! subscription, or a member of a stream's consumer group): acknowledges
+//! every delivery as a real client must (PUBACK; PUBREC, then PUBCOMP for
+//! each PUBREL) and records latency, losses, duplicates and ordering.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,19 +14,90 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use crate::BenchError;
 use crate::client::{Conn, Incoming, SessionMode, Version};
 use crate::flow::EndToEnd;
+use crate::keyed::{KeyStamp, owner_of};
 use crate::publisher::Clock;
 use crate::stats::{Delivery, DeliveryTracker, Histogram, Stamp};
+
+/// The messages a subscriber hears from.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// Publishers `first..first + count`, each numbering `per_publisher`
+    /// messages on its own topic.
+    Publishers {
+        first: u32,
+        count: u32,
+        per_publisher: u64,
+    },
+    /// The run tagged `run` over keys `0..per_key.len()`, key `k` carrying
+    /// `per_key[k]` messages, each key numbered by the one of `publishers`
+    /// publishers that owns it.
+    Keys {
+        run: u32,
+        publishers: u32,
+        per_key: Arc<[u64]>,
+    },
+}
+
+/// Where a received payload belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Message `seq` of source `source` (a publisher, or a key), sent at
+    /// `sent_ns`.
+    Source { source: u32, seq: u64, sent_ns: u64 },
+    /// Stamped, but not by this run, or by a publisher that does not own
+    /// the key it names.
+    Foreign,
+    /// Too short to carry a stamp.
+    Unstamped,
+}
+
+impl Expect {
+    pub fn tracker(&self) -> DeliveryTracker {
+        match self {
+            Expect::Publishers {
+                first,
+                count,
+                per_publisher,
+            } => DeliveryTracker::new(*first, *count, *per_publisher),
+            Expect::Keys { per_key, .. } => DeliveryTracker::with_limits(0, per_key.to_vec()),
+        }
+    }
+
+    pub fn place(&self, payload: &[u8]) -> Placed {
+        match self {
+            Expect::Publishers { .. } => match Stamp::read(payload) {
+                Some(stamp) => Placed::Source {
+                    source: stamp.publisher,
+                    seq: stamp.seq,
+                    sent_ns: stamp.sent_ns,
+                },
+                None => Placed::Unstamped,
+            },
+            Expect::Keys {
+                run, publishers, ..
+            } => match KeyStamp::read(payload) {
+                Some(stamp)
+                    if stamp.run == *run && owner_of(stamp.key, *publishers) == stamp.publisher =>
+                {
+                    Placed::Source {
+                        source: stamp.key,
+                        seq: stamp.seq,
+                        sent_ns: stamp.sent_ns,
+                    }
+                }
+                Some(_) => Placed::Foreign,
+                None => Placed::Unstamped,
+            },
+        }
+    }
+}
 
 /// What one subscriber expects.
 #[derive(Debug, Clone)]
 pub struct SubscriberSpec {
     pub filter: String,
     pub qos: QoS,
-    /// First publisher id this subscriber hears from.
-    pub first_publisher: u32,
-    /// How many consecutive publisher ids it hears from.
-    pub publishers: u32,
-    pub per_publisher: u64,
+    pub expect: Expect,
     pub session: SessionMode,
     /// How long to keep listening after the publishers finished and nothing
     /// more arrived.
@@ -153,7 +225,7 @@ pub async fn run(
     mut publishers_done: watch::Receiver<bool>,
 ) -> SubscriberStats {
     let mut stats = SubscriberStats {
-        tracker: DeliveryTracker::new(spec.first_publisher, spec.publishers, spec.per_publisher),
+        tracker: spec.expect.tracker(),
         latency: Histogram::new(),
         first_rx: None,
         last_rx: None,
@@ -258,18 +330,21 @@ fn drain_incoming(
                 if qos != spec.qos {
                     stats.wrong_qos += 1;
                 }
-                match Stamp::read(&payload) {
-                    Some(stamp) => {
-                        if stats.tracker.record(stamp.publisher, stamp.seq) == Delivery::New {
-                            stats
-                                .latency
-                                .record(clock.now_ns().saturating_sub(stamp.sent_ns));
+                match spec.expect.place(&payload) {
+                    Placed::Source {
+                        source,
+                        seq,
+                        sent_ns,
+                    } => {
+                        if stats.tracker.record(source, seq) == Delivery::New {
+                            stats.latency.record(clock.now_ns().saturating_sub(sent_ns));
                             if let Some(e2e) = &spec.e2e {
                                 e2e.give_back();
                             }
                         }
                     }
-                    None => stats.unstamped += 1,
+                    Placed::Foreign => stats.tracker.reject(),
+                    Placed::Unstamped => stats.unstamped += 1,
                 }
                 match qos {
                     QoS::AtMostOnce => {}
@@ -371,9 +446,11 @@ mod tests {
         SubscriberSpec {
             filter: "bench/r/fanin/+".to_string(),
             qos: QoS::AtLeastOnce,
-            first_publisher: 0,
-            publishers: 1,
-            per_publisher: 1,
+            expect: Expect::Publishers {
+                first: 0,
+                count: 1,
+                per_publisher: 1,
+            },
             session,
             drain: Duration::ZERO,
             e2e: None,
@@ -448,6 +525,48 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn key_stamped(run: u32, publisher: u32, key: u32, seq: u64) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        KeyStamp {
+            sent_ns: 5,
+            run,
+            publisher,
+            key,
+            seq,
+        }
+        .write(&mut buf, 64);
+        buf.to_vec()
+    }
+
+    #[test]
+    fn a_stream_member_places_this_runs_messages_by_key() {
+        let expect = Expect::Keys {
+            run: 7,
+            publishers: 4,
+            per_key: Arc::from(vec![2u64; 10]),
+        };
+        assert_eq!(
+            expect.place(&key_stamped(7, 1, 9, 1)),
+            Placed::Source {
+                source: 9,
+                seq: 1,
+                sent_ns: 5
+            }
+        );
+        assert_eq!(
+            expect.place(&key_stamped(6, 1, 9, 1)),
+            Placed::Foreign,
+            "an earlier run's message left in the stream"
+        );
+        assert_eq!(
+            expect.place(&key_stamped(7, 2, 9, 1)),
+            Placed::Foreign,
+            "key 9 belongs to publisher 1"
+        );
+        assert_eq!(expect.place(&[0; 20]), Placed::Unstamped);
+        assert_eq!(expect.tracker().expected(), 20);
     }
 
     #[tokio::test]
