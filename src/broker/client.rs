@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::BrokerState;
 use crate::protocol::{Ack, Disconnect, Packet, ReasonCode, Version};
-use crate::session::{AckOutcome, Session, SessionState};
+use crate::session::{AckOutcome, Session, SessionState, StreamSettled};
 use crate::store::{Record, Ticket};
 
 /// Why and how a connection ends.
@@ -54,7 +54,8 @@ pub struct Client {
 }
 
 /// What few clients use, boxed in `Client`, whose idle size matters (every
-/// 8 bytes more in a connection's task can cost 128 in tokio's task cell).
+/// 8 bytes more in a connection's task can cost 128 in tokio's task cell):
+/// topic aliases, CONNECT user properties, stream acknowledgements.
 #[derive(Default)]
 pub(super) struct ClientExtras {
     /// v5 topic aliases the client set up for its PUBLISHes (at most
@@ -63,6 +64,10 @@ pub(super) struct ClientExtras {
     /// The v5 CONNECT's user properties, kept for as long as the connection
     /// lives (for operators' client details).
     pub(super) connect_user_properties: Vec<(String, String)>,
+    /// Stream deliveries acknowledged since the last pump: handed to their
+    /// groups together, one lock and one commit per partition for a whole
+    /// read of acknowledgements.
+    pub(super) stream_settled: Vec<StreamSettled>,
 }
 
 /// Queued messages one pump takes at most, however small they are.
@@ -101,14 +106,10 @@ impl Client {
     pub fn handle(&mut self, packet: Packet, now_ms: u64) -> Result<(), Close> {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, now_ms),
-            Packet::PubAck(ack) => {
-                self.on_ack(now_ms, |s| s.outbound.on_puback(ack.packet_id, ack.reason))
-            }
-            Packet::PubRec(ack) => {
-                self.on_ack(now_ms, |s| s.outbound.on_pubrec(ack.packet_id, ack.reason))
-            }
+            Packet::PubAck(ack) => self.on_ack(|s| s.outbound.on_puback(ack.packet_id, ack.reason)),
+            Packet::PubRec(ack) => self.on_ack(|s| s.outbound.on_pubrec(ack.packet_id, ack.reason)),
             Packet::PubRel(ack) => self.on_pubrel(ack.packet_id),
-            Packet::PubComp(ack) => self.on_ack(now_ms, |s| s.outbound.on_pubcomp(ack.packet_id)),
+            Packet::PubComp(ack) => self.on_ack(|s| s.outbound.on_pubcomp(ack.packet_id)),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, now_ms),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, now_ms),
             Packet::PingReq => {
@@ -139,11 +140,7 @@ impl Client {
 
     /// PUBACK, PUBREC, PUBCOMP. A connection being taken over still applies
     /// the ones it had received, so the new one does not re-send those.
-    fn on_ack(
-        &mut self,
-        now_ms: u64,
-        apply: impl FnOnce(&mut SessionState) -> AckOutcome,
-    ) -> Result<(), Close> {
+    fn on_ack(&mut self, apply: impl FnOnce(&mut SessionState) -> AckOutcome) -> Result<(), Close> {
         let (outcome, ticket, settled) = {
             let mut state = self.session.lock();
             if !state.may_acknowledge(self.connection_id) {
@@ -157,7 +154,10 @@ impl Client {
         };
         self.wait_for(ticket);
         if !settled.is_empty() {
-            self.broker.streams_settled(settled, now_ms);
+            self.extras
+                .get_or_insert_default()
+                .stream_settled
+                .extend(settled);
         }
         if let AckOutcome::PubRel(ack) = outcome {
             self.outgoing.push(Packet::PubRel(ack));
@@ -231,6 +231,7 @@ impl Client {
     /// far as the inflight window allows, up to about `max_bytes` of them.
     /// Returns the output and whether more messages may be waiting.
     pub fn pump(&mut self, now_ms: u64, max_bytes: usize) -> (Output, bool) {
+        self.settle_streamed(now_ms);
         let mut expired = 0;
         let mut more = false;
         let mut ticket = Ticket::NONE;
@@ -263,6 +264,17 @@ impl Client {
             self.broker.metrics.messages_expired_add(expired);
         }
         (self.take_output(), more)
+    }
+
+    /// Hands the stream deliveries acknowledged since the last call to
+    /// their groups.
+    pub fn settle_streamed(&mut self, now_ms: u64) {
+        if let Some(extras) = self.extras.as_mut()
+            && !extras.stream_settled.is_empty()
+        {
+            let settled = std::mem::take(&mut extras.stream_settled);
+            self.broker.streams_settled(settled, now_ms);
+        }
     }
 
     /// A message that could not be written because the client's Maximum

@@ -8,7 +8,7 @@
 //! still locked, so one partition's messages reach their reader in offset
 //! order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::Serialize;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 
 use super::{BrokerState, TimerEvent};
-use crate::protocol::{Message, QoS};
+use crate::protocol::QoS;
 use crate::session::{Delivery, Session, StreamOrigin, StreamSettled};
 use crate::store::{Committed, Record, StreamEntry, partition_name};
 use crate::stream::group::{Effects, Group, GroupSettings, Member, PartitionSource};
@@ -399,25 +399,34 @@ impl BrokerState {
     }
 
     /// Takes a session's reports on stream deliveries (taken from its
-    /// outbound queue with the session unlocked).
+    /// outbound queue with the session unlocked): each group's run of
+    /// reports under one lock, carried out together.
     pub(super) fn streams_settled(&self, settled: Vec<StreamSettled>, now: u64) {
-        for report in settled {
-            let origin = report.origin;
-            let Some(cell) = self.consumers.get(origin.group) else {
+        let mut reports = settled.into_iter().peekable();
+        while let Some(first) = reports.next() {
+            let id = first.origin.group;
+            let mut run = vec![first];
+            while let Some(next) = reports.next_if(|r| r.origin.group == id) {
+                run.push(next);
+            }
+            let Some(cell) = self.consumers.get(id) else {
                 continue;
             };
             let stream = self.streams.get(cell.stream);
             let mut state = cell.lock();
             let mut effects = Effects::default();
-            state.group.settled(
-                origin.partition,
-                origin.offset,
-                origin.epoch,
-                report.refused,
-                now,
-                &Source(stream),
-                &mut effects,
-            );
+            for report in run {
+                let origin = report.origin;
+                state.group.settled(
+                    origin.partition,
+                    origin.offset,
+                    origin.epoch,
+                    report.refused,
+                    now,
+                    &Source(stream),
+                    &mut effects,
+                );
+            }
             self.carry_out(&cell, &mut state, effects);
         }
     }
@@ -491,7 +500,13 @@ impl BrokerState {
         // that received offset n+1 knows the commit of n precedes anything
         // it does next in the journal.
         if self.keeps_messages {
-            for (partition, offset) in effects.commits {
+            // Only each partition's last commit of the run is journalled.
+            let mut commits = effects.commits;
+            let mut seen = HashSet::new();
+            commits.reverse();
+            commits.retain(|(partition, _)| seen.insert(*partition));
+            commits.reverse();
+            for (partition, offset) in commits {
                 self.journal.append(Record::CommitOffset {
                     group: group.clone(),
                     stream: stream.name.clone(),
@@ -508,7 +523,7 @@ impl BrokerState {
             while let Some(handout) = next {
                 if !held.ended {
                     let delivery = Delivery {
-                        message: stream_message(stream, handout.partition, &handout.entry),
+                        message: handout.entry.message,
                         qos: handout.qos,
                         retain: false,
                         subscription_ids: Vec::new(),
@@ -659,22 +674,6 @@ pub(super) fn is_stream_filter(raw: &str) -> bool {
     raw.contains("$stream/")
 }
 
-/// The message a group member receives: the original, with v5 user
-/// properties saying where in the stream it is (3.1.1 clients get no
-/// properties at all).
-fn stream_message(stream: &Stream, partition: u32, entry: &StreamEntry) -> Arc<Message> {
-    let original = &entry.message;
-    let mut message = Message::clone(original);
-    let key = stream.spec.key.key_of(original).to_string();
-    message.properties.user_properties.extend([
-        ("stream".to_string(), stream.name.to_string()),
-        ("partition".to_string(), partition.to_string()),
-        ("offset".to_string(), entry.offset.to_string()),
-        ("key".to_string(), key),
-    ]);
-    Arc::new(message)
-}
-
 /// Serves the groups' log reads, one at a time, until `shutdown` turns
 /// true.
 pub async fn serve_stream_reads(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
@@ -708,7 +707,13 @@ pub async fn serve_stream_reads(broker: Arc<BrokerState>, mut shutdown: watch::R
                 let stream = broker.streams.get(cell.stream);
                 let name = partition_name(&stream.name, partition);
                 let entries = match read_partition(&broker, &name, from, READ_BATCH).await {
-                    Ok(entries) => entries,
+                    Ok(entries) => entries
+                        .into_iter()
+                        .map(|entry| StreamEntry {
+                            message: stream.placed(partition, entry.offset, &entry.message),
+                            ..entry
+                        })
+                        .collect(),
                     Err(error) => {
                         tracing::error!(partition = %name, %error, "cannot read a stream partition from the store");
                         Vec::new()

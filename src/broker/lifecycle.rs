@@ -17,7 +17,9 @@ use crate::store::Record;
 
 impl Client {
     /// Detaches from the session and applies the will and expiry rules.
-    pub fn finish(self, close: Close, now_ms: u64) {
+    pub fn finish(mut self, close: Close, now_ms: u64) {
+        // Acknowledgements read before the end still commit.
+        self.settle_streamed(now_ms);
         let publish_will = match close {
             Close::ByClient { publish_will } => publish_will,
             Close::ByServer(_) | Close::Lost | Close::Stalled => true,

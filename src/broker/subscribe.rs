@@ -200,6 +200,10 @@ impl Client {
             packet_id: unsubscribe.packet_id,
             reasons,
         }));
+        if !leaves.is_empty() {
+            // What was acknowledged before the UNSUBSCRIBE still commits.
+            self.settle_streamed(now_ms);
+        }
         for raw in leaves {
             if let Ok(parsed) = topic::parse_filter(raw, limits)
                 && let Ok(Some(read)) = stream_subscription(&parsed)

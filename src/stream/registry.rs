@@ -42,7 +42,8 @@ pub struct Partition {
     pub end: u64,
     /// The first offset retention kept.
     pub start: u64,
-    /// The newest messages, the last at `end - 1`.
+    /// The newest messages, the last at `end - 1`, as group members
+    /// receive them (`Stream::placed`).
     tail: VecDeque<StreamEntry>,
     tail_bytes: u64,
     /// The most the tail holds; unbounded when it is all there is (no log
@@ -171,7 +172,8 @@ impl Streams {
                 partition,
                 offset: state.end,
             };
-            state.push(message.clone(), now_ms);
+            let placed = stream.placed(partition, state.end, message);
+            state.push(placed, now_ms);
             fed.push((index, partition));
             held.push((state, append));
         }
@@ -181,6 +183,22 @@ impl Streams {
 }
 
 impl Stream {
+    /// `message` as a group member receives it from `partition` at
+    /// `offset`: with v5 user properties saying where in the stream it is
+    /// (3.1.1 clients get no properties at all). Made once per append (or
+    /// log read), whatever number of groups read it.
+    pub fn placed(&self, partition: u32, offset: u64, message: &Message) -> Arc<Message> {
+        let mut placed = message.clone();
+        let key = self.spec.key.key_of(message).to_string();
+        placed.properties.user_properties.extend([
+            ("stream".to_string(), self.name.to_string()),
+            ("partition".to_string(), partition.to_string()),
+            ("offset".to_string(), offset.to_string()),
+            ("key".to_string(), key),
+        ]);
+        Arc::new(placed)
+    }
+
     fn lock(&self, partition: u32) -> MutexGuard<'_, Partition> {
         self.partitions[partition as usize]
             .lock()
