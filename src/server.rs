@@ -193,6 +193,10 @@ impl Broker {
             state.clone(),
             shutdown_rx.clone(),
         ));
+        tasks.spawn(crate::broker::serve_stream_durability(
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
         if let Some((socket, _, token)) = admin {
             tasks.spawn(crate::admin::serve(
                 socket,

@@ -621,13 +621,10 @@ impl BrokerState {
             .enumerate()
             .map(|(index, stream)| {
                 let partitions: Vec<PartitionReport> = (0..stream.partition_count())
-                    .map(|partition| {
-                        let bounds = stream.bounds(partition);
-                        PartitionReport {
-                            partition,
-                            start: bounds.start,
-                            end: bounds.end,
-                        }
+                    .map(|partition| PartitionReport {
+                        partition,
+                        start: stream.bounds(partition).start,
+                        end: stream.end(partition),
                     })
                     .collect();
                 let mut groups: Vec<GroupReport> = cells
@@ -672,6 +669,33 @@ impl BrokerState {
 /// Whether a filter as sent reads a stream (cheap; parse to be sure).
 pub(super) fn is_stream_filter(raw: &str) -> bool {
     raw.contains("$stream/")
+}
+
+/// Makes appends readable by the groups as the journal makes them durable,
+/// until `shutdown` turns true.
+pub async fn serve_stream_durability(
+    broker: Arc<BrokerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if broker.streams.is_empty() {
+        return;
+    }
+    let mut settled = broker.journal.watch_settled();
+    // Appends may have settled before this task first ran.
+    let mut through = settled.current();
+    loop {
+        let readable = broker.streams.settle(through);
+        if !readable.is_empty() {
+            broker.appended(&readable, crate::timer::now_ms());
+        }
+        through = tokio::select! {
+            through = settled.next() => match through {
+                Some(through) => through,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+    }
 }
 
 /// Serves the groups' log reads, one at a time, until `shutdown` turns

@@ -43,7 +43,8 @@ use crate::topic::TopicLimits;
 pub use client::{Client, Close, Output};
 pub use connect::{Connected, Refusal};
 pub use consume::{
-    GroupPartitionReport, GroupReport, PartitionReport, StreamReport, serve_stream_reads,
+    GroupPartitionReport, GroupReport, PartitionReport, StreamReport, serve_stream_durability,
+    serve_stream_reads,
 };
 pub use metrics::Metrics;
 pub use refill::serve_refills;
@@ -335,7 +336,7 @@ impl BrokerState {
             .iter()
             .filter_map(|(session, delivery)| Copy::of(session.client_id(), delivery))
             .collect();
-        let (ticket, fed) = self.streams.append(message, now, |appends| {
+        let appended = self.streams.append(message, now, |appends| {
             if copies.is_empty() && appends.is_empty() && inbound_qos2.is_none() {
                 return Ticket::NONE;
             }
@@ -350,13 +351,15 @@ impl BrokerState {
         for (session, delivery) in deliveries {
             self.deliver(&session, delivery);
         }
-        if !fed.is_empty() {
-            self.metrics.stream_appends_add(fed.len() as u64);
-            self.appended(&fed, now);
+        if appended.partitions > 0 {
+            self.metrics.stream_appends_add(appended.partitions as u64);
+            // Durable appends reach the groups when the journal settles
+            // them (`serve_stream_durability`); these need no wait.
+            self.appended(&appended.readable, now);
         }
         Routed {
-            receivers: receivers + fed.len(),
-            ticket,
+            receivers: receivers + appended.partitions,
+            ticket: appended.written,
         }
     }
 

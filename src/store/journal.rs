@@ -123,6 +123,24 @@ struct Shared {
     waits: bool,
 }
 
+/// How far the journal's records have settled (written and, under
+/// `sync`, flushed, or failed), as it changes.
+pub struct SettledWatch(watch::Receiver<Settled>);
+
+impl SettledWatch {
+    /// The ticket every record up to which has settled, now.
+    pub fn current(&mut self) -> u64 {
+        self.0.borrow_and_update().through
+    }
+
+    /// Waits for the next settlement and returns the ticket every record
+    /// up to which has settled; none once the journal is gone.
+    pub async fn next(&mut self) -> Option<u64> {
+        self.0.changed().await.ok()?;
+        Some(self.0.borrow_and_update().through)
+    }
+}
+
 pub struct Journal {
     shared: Arc<Shared>,
     /// Asked whether it takes more messages; absent for manual journals.
@@ -252,6 +270,11 @@ impl Journal {
             .await
             .map_err(|_| StoreError::Backend("the journal has stopped".into()))?;
         self.outcome(ticket).expect("settled")
+    }
+
+    /// Follows how far the journal's records have settled.
+    pub fn watch_settled(&self) -> SettledWatch {
+        SettledWatch(self.shared.settled.subscribe())
     }
 
     /// Waits until every record appended so far has been written (and,

@@ -28,7 +28,7 @@ use crate::protocol::{Message, Will};
 use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 
 pub use disk::{DiskOptions, DiskStore};
-pub use journal::{Flush, Journal, Ticket};
+pub use journal::{Flush, Journal, SettledWatch, Ticket};
 pub use memory::MemoryStore;
 pub use record::{Append, Copy, Record, partition_name};
 

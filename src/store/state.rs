@@ -157,6 +157,10 @@ pub struct StateDb {
     /// Consumer groups' committed offsets (`c` group NUL partition) and
     /// partitions' retention starts (`s` partition), 8 bytes each.
     offsets: sled::Tree,
+    /// Committed offsets folded since the last checkpoint, written with it:
+    /// groups commit with every acknowledgement, and each write of a sled
+    /// batch costs a write to its log, however small.
+    commits: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 impl StateDb {
@@ -227,6 +231,7 @@ impl StateDb {
             inbound_qos2: tree("inbound_qos2")?,
             retained: tree("retained")?,
             offsets: tree("offsets")?,
+            commits: Mutex::new(HashMap::new()),
             db,
         };
         Ok((state, refs))
@@ -330,9 +335,6 @@ impl StateDb {
         refs: &mut SegmentRefs,
     ) -> Result<(), StoreError> {
         let mut inbound = sled::Batch::default();
-        // A group commits with every acknowledgement: only the last
-        // offset of each partition in the run is written.
-        let mut commits: HashMap<Vec<u8>, u64> = HashMap::new();
         for (pos, change) in changes {
             let record = match change {
                 Folded::Copies {
@@ -436,7 +438,7 @@ impl StateDb {
                     offset,
                 } => {
                     let key = commit_key(group, &partition_name(stream, *partition));
-                    commits.insert(key, *offset);
+                    self.commits().insert(key, *offset);
                 }
                 Record::TrimPartition {
                     stream,
@@ -450,9 +452,9 @@ impl StateDb {
                         .map_err(backend)?;
                 }
                 Record::DeleteGroup { group, stream } => {
-                    self.write_commits(std::mem::take(&mut commits))?;
                     let mut prefix = commit_key(group, stream);
                     prefix.push(b'/');
+                    self.commits().retain(|key, _| !key.starts_with(&prefix));
                     let mut batch = sled::Batch::default();
                     for key in self.offsets.scan_prefix(&prefix).keys() {
                         batch.remove(key.map_err(backend)?);
@@ -462,10 +464,17 @@ impl StateDb {
             }
         }
         self.inbound_qos2.apply_batch(inbound).map_err(backend)?;
-        self.write_commits(commits)
+        Ok(())
     }
 
-    fn write_commits(&self, commits: HashMap<Vec<u8>, u64>) -> Result<(), StoreError> {
+    fn commits(&self) -> MutexGuard<'_, HashMap<Vec<u8>, u64>> {
+        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the committed offsets folded since the last call, one row
+    /// per group and partition.
+    fn write_commits(&self) -> Result<(), StoreError> {
+        let commits = std::mem::take(&mut *self.commits());
         if commits.is_empty() {
             return Ok(());
         }
@@ -515,6 +524,7 @@ impl StateDb {
 
     /// Committed offsets and retention starts, as stored.
     pub fn offsets(&self) -> Result<(Vec<Committed>, HashMap<String, u64>), StoreError> {
+        self.write_commits()?;
         let mut committed = Vec::new();
         let mut starts = HashMap::new();
         for row in self.offsets.iter() {
@@ -579,6 +589,7 @@ impl StateDb {
     pub fn make_checkpoint(&self, pos: LogPos) -> Result<(), StoreError> {
         self.queues().write_changed()?;
         self.partitions().write_changed()?;
+        self.write_commits()?;
         self.set_checkpoint(pos)?;
         self.flush()
     }

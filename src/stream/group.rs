@@ -373,7 +373,10 @@ impl Group {
         }
         if entries.len() < room && cursor.next < bounds.end {
             if cursor.next >= bounds.memory_start {
-                let read = source.read_memory(partition, cursor.next, room - entries.len());
+                // Memory holds appends that are not durable yet too.
+                let readable = usize::try_from(bounds.end - cursor.next).unwrap_or(usize::MAX);
+                let want = (room - entries.len()).min(readable);
+                let read = source.read_memory(partition, cursor.next, want);
                 if let Some(last) = read.last() {
                     cursor.next = last.offset + 1;
                 }

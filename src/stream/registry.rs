@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::{StreamSpec, partition_of};
 use crate::protocol::Message;
+use crate::store::Ticket;
 use crate::store::{
     Append, STREAM_BLOCK as BLOCK, Snapshot, StreamBlock as Block, StreamEntry, partition_name,
 };
@@ -27,6 +28,22 @@ const TAIL_MIN_BYTES: u64 = 256 << 10;
 
 pub struct Streams {
     streams: Vec<Stream>,
+    /// Appends whose journal write has not settled, roughly in ticket
+    /// order: `(ticket, stream, partition)`.
+    unsettled: Mutex<VecDeque<(u64, usize, u32)>>,
+}
+
+/// What appending one message did.
+#[derive(Debug, Default)]
+pub struct Appended<R> {
+    /// What the write returned.
+    pub written: R,
+    /// Partitions appended to.
+    pub partitions: usize,
+    /// Partitions whose new message groups may read already: the write
+    /// needed no wait for the disk. The others become readable in
+    /// `settle`.
+    pub readable: Vec<(usize, u32)>,
 }
 
 pub struct Stream {
@@ -40,6 +57,12 @@ pub struct Stream {
 pub struct Partition {
     /// The next offset appended.
     pub end: u64,
+    /// Offsets below this are durable (under `sync`), so groups may read
+    /// them: a member never sees a message a crash could still take back
+    /// and whose offset a later message could take.
+    readable: u64,
+    /// Appends waiting for their journal write: `(ticket, end after it)`.
+    unsettled: VecDeque<(u64, u64)>,
     /// The first offset retention kept.
     pub start: u64,
     /// The newest messages, the last at `end - 1`, as group members
@@ -54,12 +77,13 @@ pub struct Partition {
     bytes: u64,
 }
 
-/// Where a partition stands.
+/// Where a partition stands, as groups read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub start: u64,
     /// The first offset held in memory.
     pub memory_start: u64,
+    /// The end of what is readable (durable).
     pub end: u64,
 }
 
@@ -99,6 +123,8 @@ impl Streams {
                             .unwrap_or_default();
                         Mutex::new(Partition {
                             end,
+                            readable: end,
+                            unsettled: VecDeque::new(),
                             start,
                             tail: VecDeque::new(),
                             tail_bytes: 0,
@@ -119,7 +145,10 @@ impl Streams {
                 }
             })
             .collect();
-        Streams { streams }
+        Streams {
+            streams,
+            unsettled: Mutex::new(VecDeque::new()),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,18 +173,17 @@ impl Streams {
 
     /// Takes the next offset in each partition `message` is appended to,
     /// keeps it among the partition's newest messages, and calls `write`
-    /// with the appends while those partitions stay locked. Returns what
-    /// `write` returned and the `(stream index, partition)` appended to.
-    pub fn append<R>(
+    /// with the appends while those partitions stay locked. `write`
+    /// returns the journal ticket the appends are durable with.
+    pub fn append(
         &self,
         message: &Arc<Message>,
         now_ms: u64,
-        write: impl FnOnce(Vec<Append>) -> R,
-    ) -> (R, Vec<(usize, u32)>) {
+        write: impl FnOnce(Vec<Append>) -> Ticket,
+    ) -> Appended<Ticket> {
         // Locks are taken in stream order, so two publishes feeding the
         // same streams never wait on each other in a cycle.
-        let mut held: Vec<(MutexGuard<'_, Partition>, Append)> = Vec::new();
-        let mut fed = Vec::new();
+        let mut held: Vec<(MutexGuard<'_, Partition>, Append, usize)> = Vec::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let feeds = stream
                 .spec
@@ -173,12 +201,65 @@ impl Streams {
                 offset: state.end,
             };
             let placed = stream.placed(partition, state.end, message);
-            state.push(placed, now_ms);
-            fed.push((index, partition));
-            held.push((state, append));
+            state.push(placed, message.size() as u64, now_ms);
+            held.push((state, append, index));
         }
-        let appends = held.iter().map(|(_, append)| append.clone()).collect();
-        (write(appends), fed)
+        let appends = held.iter().map(|(_, append, _)| append.clone()).collect();
+        let ticket = write(appends);
+        let mut appended = Appended {
+            written: ticket,
+            partitions: held.len(),
+            readable: Vec::new(),
+        };
+        if ticket == Ticket::NONE {
+            for (state, append, index) in &mut held {
+                state.readable = state.end;
+                appended.readable.push((*index, append.partition));
+            }
+        } else if !held.is_empty() {
+            let mut unsettled = self.lock_unsettled();
+            for (state, append, index) in &mut held {
+                let end = state.end;
+                state.unsettled.push_back((ticket.0, end));
+                unsettled.push_back((ticket.0, *index, append.partition));
+            }
+        }
+        appended
+    }
+
+    fn lock_unsettled(&self) -> MutexGuard<'_, VecDeque<(u64, usize, u32)>> {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes readable what the journal settled through ticket `through`;
+    /// returns the partitions that have new readable messages.
+    pub fn settle(&self, through: u64) -> Vec<(usize, u32)> {
+        let mut touched: Vec<(usize, u32)> = Vec::new();
+        {
+            let mut unsettled = self.lock_unsettled();
+            while let Some(&(ticket, stream, partition)) = unsettled.front() {
+                if ticket > through {
+                    break;
+                }
+                unsettled.pop_front();
+                if !touched.contains(&(stream, partition)) {
+                    touched.push((stream, partition));
+                }
+            }
+        }
+        for &(stream, partition) in &touched {
+            let mut state = self.streams[stream].lock(partition);
+            while let Some(&(ticket, end)) = state.unsettled.front() {
+                if ticket > through {
+                    break;
+                }
+                state.readable = end;
+                state.unsettled.pop_front();
+            }
+        }
+        touched
     }
 }
 
@@ -211,6 +292,11 @@ impl Stream {
 
     pub fn bounds(&self, partition: u32) -> Bounds {
         self.lock(partition).bounds()
+    }
+
+    /// The next offset of `partition`, durable or not yet.
+    pub fn end(&self, partition: u32) -> u64 {
+        self.lock(partition).end
     }
 
     /// The next offset of each partition.
@@ -266,20 +352,20 @@ impl Partition {
         Bounds {
             start: self.start,
             memory_start: self.end - self.tail.len() as u64,
-            end: self.end,
+            end: self.readable,
         }
     }
 
-    fn push(&mut self, message: Arc<Message>, now_ms: u64) {
+    /// Appends `placed`, a message of `size` bytes as stored.
+    fn push(&mut self, placed: Arc<Message>, size: u64, now_ms: u64) {
         let offset = self.end;
-        let size = message.size() as u64;
         self.end += 1;
+        self.tail_bytes += placed.size() as u64;
         self.tail.push_back(StreamEntry {
             offset,
             appended_at: now_ms,
-            message,
+            message: placed,
         });
-        self.tail_bytes += size;
         if self.tail_max_bytes != u64::MAX {
             while self.tail.len() > TAIL_MESSAGES || self.tail_bytes > self.tail_max_bytes {
                 let Some(gone) = self.tail.pop_front() else {
@@ -376,9 +462,12 @@ mod tests {
             false,
         );
         let appended = |topic: &str| {
-            streams
-                .append(&Arc::new(message(topic)), 0, |appends| appends)
-                .0
+            let mut seen = Vec::new();
+            streams.append(&Arc::new(message(topic)), 0, |appends| {
+                seen = appends;
+                Ticket::NONE
+            });
+            seen
         };
         let first = appended("orders/device-1/x");
         assert_eq!(first.len(), 2, "both streams fed");
@@ -415,9 +504,36 @@ mod tests {
     }
 
     #[test]
+    fn an_append_is_readable_once_its_journal_write_settles() {
+        let streams = Streams::new(
+            vec![spec("orders", "orders/#", 1)],
+            &Snapshot::default(),
+            false,
+        );
+        let append =
+            |ticket: u64| streams.append(&Arc::new(message("orders/a/x")), 0, |_| Ticket(ticket));
+        let first = append(7);
+        assert_eq!(first.partitions, 1);
+        assert!(first.readable.is_empty(), "waits for ticket 7");
+        append(8);
+        let orders = streams.iter().next().unwrap();
+        assert_eq!((orders.bounds(0).end, orders.end(0)), (0, 2));
+        assert_eq!(streams.settle(7), [(0, 0)]);
+        assert_eq!(orders.bounds(0).end, 1);
+        assert!(streams.settle(7).is_empty(), "nothing new");
+        streams.settle(9);
+        assert_eq!(orders.bounds(0).end, 2);
+        let at_once = streams.append(&Arc::new(message("orders/a/x")), 0, |_| Ticket::NONE);
+        assert_eq!(at_once.readable, [(0, 0)], "no wait, no durability asked");
+        assert_eq!(orders.bounds(0).end, 3);
+    }
+
+    #[test]
     fn retention_drops_whole_blocks_by_age_and_by_bytes() {
         let mut partition = Partition {
             end: 0,
+            readable: 0,
+            unsettled: VecDeque::new(),
             start: 0,
             tail: VecDeque::new(),
             tail_bytes: 0,
@@ -428,7 +544,7 @@ mod tests {
         let one = Arc::new(message("orders/a"));
         let size = one.size() as u64;
         for at in 0..3 * u64::from(BLOCK) {
-            partition.push(one.clone(), at);
+            partition.push(one.clone(), size, at);
         }
         let block = u64::from(BLOCK);
         assert_eq!(
