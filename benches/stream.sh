@@ -40,7 +40,8 @@
 #
 # Usage: benches/stream.sh [--quick] [--no-build] [--repeat N]
 #                          [--inflight N]... [--messages N] [--qos 0|1|2]
-#                          [--e2e-window N] [--protocol 4|5] [--out DIR]
+#                          [--e2e-window N] [--window N] [--protocol 4|5]
+#                          [--out DIR]
 #
 #   --quick         smaller runs, one repetition
 #   --repeat N      repetitions of every run (default 3, quick 1); the
@@ -51,6 +52,9 @@
 #   --qos N         QoS of every publish and subscription (default 1)
 #   --e2e-window N  messages on their way end to end in the flow-controlled
 #                   runs (default 2000); 0 leaves those runs out
+#   --window N      every broker's outbound window per session (petrel
+#                   max_inflight, Mosquitto max_inflight_messages) and the
+#                   publishers' window (default 20)
 #   --no-build      use the existing release binary
 #   --protocol 4|5  MQTT 3.1.1 (default) or 5.0
 #   --out DIR       where the raw JSON lines, broker logs and the tables are
@@ -70,6 +74,7 @@ E2E=2000
 OUT=""
 REPEAT=""
 MESSAGES=""
+WINDOW=""
 INFLIGHTS=()
 
 while [ $# -gt 0 ]; do
@@ -78,12 +83,13 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --repeat) REPEAT=$2; shift ;;
         --inflight) INFLIGHTS+=("$2"); shift ;;
+        --window) WINDOW=$2; shift ;;
         --messages) MESSAGES=$2; shift ;;
         --qos) QOS=$2; shift ;;
         --e2e-window) E2E=$2; shift ;;
         --protocol) PROTOCOL=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,61p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,64p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -104,7 +110,8 @@ KEYS=1000
 MEMBERS=4
 PARTITIONS=8
 STREAM=bench
-WINDOW=20          # every broker's outbound window, and the publishers' window
+WINDOW=${WINDOW:-20} # every broker's outbound window, and the publishers' window
+[[ "$WINDOW" =~ ^[1-9][0-9]*$ ]] || { echo "--window $WINDOW: give a whole number of at least 1" >&2; exit 2; }
 QUEUE_LIMIT=1000000
 if [ "$QUICK" = 1 ]; then
     MESSAGES=${MESSAGES:-1000}

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::Serialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::{BrokerState, TimerEvent};
 use crate::protocol::QoS;
@@ -30,6 +31,9 @@ const RETENTION_EVERY_MS: u64 = 1000;
 
 /// Messages read from the log at once for a group behind the memory tail.
 const READ_BATCH: usize = 512;
+
+/// Log reads served at once (each on the blocking pool).
+const READS_AT_ONCE: usize = 4;
 
 /// One group, as the broker holds it.
 pub(super) struct GroupCell {
@@ -698,8 +702,9 @@ pub async fn serve_stream_durability(
     }
 }
 
-/// Serves the groups' log reads, one at a time, until `shutdown` turns
-/// true.
+/// Serves the groups' log reads, `READS_AT_ONCE` at a time, until
+/// `shutdown` turns true. A group has at most one read per partition on
+/// its way, and a reset makes the answers to earlier ones stale.
 pub async fn serve_stream_reads(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
     let receiver = broker
         .consumers
@@ -710,69 +715,83 @@ pub async fn serve_stream_reads(broker: Arc<BrokerState>, mut shutdown: watch::R
     let Some(mut receiver) = receiver else {
         return;
     };
+    let slots = Arc::new(Semaphore::new(READS_AT_ONCE));
+    let mut reading = JoinSet::new();
     loop {
         let read = tokio::select! {
             read = receiver.recv() => match read {
                 Some(read) => read,
                 None => return,
             },
+            Some(_) = reading.join_next() => continue,
             _ = shutdown.changed() => return,
         };
-        match read {
-            StreamRead::Fetch {
-                group,
-                partition,
-                from,
-                epoch,
-            } => {
-                let Some(cell) = broker.consumers.get(group) else {
-                    continue;
-                };
-                let stream = broker.streams.get(cell.stream);
-                let name = partition_name(&stream.name, partition);
-                let entries = match read_partition(&broker, &name, from, READ_BATCH).await {
-                    Ok(entries) => entries
-                        .into_iter()
-                        .map(|entry| StreamEntry {
-                            message: stream.placed(partition, entry.offset, &entry.message),
-                            ..entry
-                        })
-                        .collect(),
-                    Err(error) => {
-                        tracing::error!(partition = %name, %error, "cannot read a stream partition from the store");
-                        Vec::new()
-                    }
-                };
-                let now = crate::timer::now_ms();
-                let mut state = cell.lock();
-                let mut effects = Effects::default();
-                state.group.fetched(
-                    partition,
-                    epoch,
-                    entries,
-                    now,
-                    &Source(stream),
-                    &mut effects,
-                );
-                broker.carry_out(&cell, &mut state, effects);
-            }
-            StreamRead::Seek { group, time_ms } => {
-                let Some(cell) = broker.consumers.get(group) else {
-                    continue;
-                };
-                let stream = broker.streams.get(cell.stream);
-                let mut offsets = Vec::with_capacity(stream.partition_count() as usize);
-                for partition in 0..stream.partition_count() {
-                    offsets.push(seek(&broker, stream, partition, time_ms).await);
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let broker = broker.clone();
+        reading.spawn(async move {
+            serve_read(&broker, read).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_read(broker: &BrokerState, read: StreamRead) {
+    match read {
+        StreamRead::Fetch {
+            group,
+            partition,
+            from,
+            epoch,
+        } => {
+            let Some(cell) = broker.consumers.get(group) else {
+                return;
+            };
+            let stream = broker.streams.get(cell.stream);
+            let name = partition_name(&stream.name, partition);
+            let entries = match read_partition(broker, &name, from, READ_BATCH).await {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|entry| StreamEntry {
+                        message: stream.placed(partition, entry.offset, &entry.message),
+                        ..entry
+                    })
+                    .collect(),
+                Err(error) => {
+                    tracing::error!(partition = %name, %error, "cannot read a stream partition from the store");
+                    Vec::new()
                 }
-                let now = crate::timer::now_ms();
-                let mut state = cell.lock();
-                let mut effects = Effects::default();
-                state
-                    .group
-                    .reset(&offsets, now, &Source(stream), &mut effects);
-                broker.carry_out(&cell, &mut state, effects);
+            };
+            let now = crate::timer::now_ms();
+            let mut state = cell.lock();
+            let mut effects = Effects::default();
+            state.group.fetched(
+                partition,
+                epoch,
+                entries,
+                now,
+                &Source(stream),
+                &mut effects,
+            );
+            broker.carry_out(&cell, &mut state, effects);
+        }
+        StreamRead::Seek { group, time_ms } => {
+            let Some(cell) = broker.consumers.get(group) else {
+                return;
+            };
+            let stream = broker.streams.get(cell.stream);
+            let mut offsets = Vec::with_capacity(stream.partition_count() as usize);
+            for partition in 0..stream.partition_count() {
+                offsets.push(seek(broker, stream, partition, time_ms).await);
             }
+            let now = crate::timer::now_ms();
+            let mut state = cell.lock();
+            let mut effects = Effects::default();
+            state
+                .group
+                .reset(&offsets, now, &Source(stream), &mut effects);
+            broker.carry_out(&cell, &mut state, effects);
         }
     }
 }
