@@ -1,7 +1,9 @@
 //! Consumer groups reading streams over MQTT: joining and leaving as
 //! clients subscribe, connect and disconnect; handing each partition's
 //! messages to its owner's session; committing offsets as deliveries are
-//! acknowledged; ack timeouts, retention, and reads from the log.
+//! acknowledged; ack timeouts and retention. `stream_tasks` runs the tasks
+//! that make appends readable and read partitions from the log,
+//! `stream_report` shows it all.
 //!
 //! Each group has its own lock, taken before any session's lock and never
 //! while one is held. Everything a group decides is carried out with it
@@ -11,15 +13,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use serde::Serialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 
 use super::{BrokerState, TimerEvent};
 use crate::protocol::QoS;
 use crate::session::{Delivery, Session, StreamOrigin, StreamSettled};
-use crate::store::{Committed, Record, StreamEntry, partition_name};
+use crate::store::{Committed, Record, StreamEntry};
 use crate::stream::group::{Effects, Group, GroupSettings, Member, PartitionSource};
 use crate::stream::registry::{Bounds, Stream};
 use crate::stream::spec::Start;
@@ -29,33 +28,27 @@ use crate::topic;
 /// How often retention is applied.
 const RETENTION_EVERY_MS: u64 = 1000;
 
-/// Messages read from the log at once for a group behind the memory tail.
-const READ_BATCH: usize = 512;
-
-/// Log reads served at once (each on the blocking pool).
-const READS_AT_ONCE: usize = 4;
-
 /// One group, as the broker holds it.
 pub(super) struct GroupCell {
-    id: u32,
-    stream: usize,
+    pub(super) id: u32,
+    pub(super) stream: usize,
     state: Mutex<GroupState>,
 }
 
-struct GroupState {
-    group: Group,
+pub(super) struct GroupState {
+    pub(super) group: Group,
     /// The earliest wake-up armed on the timer wheel.
     armed: Option<u64>,
 }
 
 impl GroupCell {
-    fn lock(&self) -> MutexGuard<'_, GroupState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, GroupState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// A read the group waits for, served on the blocking pool.
-enum StreamRead {
+pub(super) enum StreamRead {
     /// Messages of a partition from the log.
     Fetch {
         group: u32,
@@ -74,7 +67,8 @@ pub(super) struct Consumers {
     /// By stream index, then group name.
     names: Mutex<Vec<HashMap<Arc<str>, u32>>>,
     reads: UnboundedSender<StreamRead>,
-    receiver: Mutex<Option<UnboundedReceiver<StreamRead>>>,
+    /// Taken by the task that serves the reads.
+    pub(super) receiver: Mutex<Option<UnboundedReceiver<StreamRead>>>,
 }
 
 impl Consumers {
@@ -88,7 +82,7 @@ impl Consumers {
         }
     }
 
-    fn get(&self, id: u32) -> Option<Arc<GroupCell>> {
+    pub(super) fn get(&self, id: u32) -> Option<Arc<GroupCell>> {
         let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
         groups.get(id as usize).cloned().flatten()
     }
@@ -104,14 +98,14 @@ impl Consumers {
             .collect()
     }
 
-    fn all(&self) -> Vec<Arc<GroupCell>> {
+    pub(super) fn all(&self) -> Vec<Arc<GroupCell>> {
         let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
         groups.iter().flatten().cloned().collect()
     }
 }
 
 /// A stream as its groups read it.
-struct Source<'s>(&'s Stream);
+pub(super) struct Source<'s>(pub(super) &'s Stream);
 
 impl PartitionSource for Source<'_> {
     fn bounds(&self, partition: u32) -> Bounds {
@@ -491,7 +485,7 @@ impl BrokerState {
     }
 
     /// Carries out what a group decided, with the group still locked.
-    fn carry_out(&self, cell: &GroupCell, state: &mut GroupState, effects: Effects) {
+    pub(super) fn carry_out(&self, cell: &GroupCell, state: &mut GroupState, effects: Effects) {
         let stream = self.streams.get(cell.stream);
         let group = &state.group.name;
         for (session, partition) in effects.withdrawals {
@@ -575,279 +569,7 @@ impl BrokerState {
     }
 }
 
-/// A stream as `petrel streams` and the admin API show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct StreamReport {
-    pub name: String,
-    pub filters: Vec<String>,
-    pub key: String,
-    pub partitions: Vec<PartitionReport>,
-    pub groups: Vec<GroupReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PartitionReport {
-    pub partition: u32,
-    /// The first offset retention kept.
-    pub start: u64,
-    /// The next offset appended.
-    pub end: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GroupReport {
-    pub name: String,
-    /// Connected members, by client id.
-    pub members: Vec<String>,
-    pub partitions: Vec<GroupPartitionReport>,
-    /// Messages lost to retention before the group read them.
-    pub skipped: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GroupPartitionReport {
-    pub partition: u32,
-    /// The next offset the group reads.
-    pub committed: u64,
-    /// Offsets appended and not yet committed.
-    pub lag: u64,
-    /// Handed out and not yet settled.
-    pub inflight: usize,
-    pub owner: Option<String>,
-}
-
-impl BrokerState {
-    /// Every stream with its partitions and groups, groups by name.
-    pub fn stream_reports(&self) -> Vec<StreamReport> {
-        let cells = self.consumers.all();
-        self.streams
-            .iter()
-            .enumerate()
-            .map(|(index, stream)| {
-                let partitions: Vec<PartitionReport> = (0..stream.partition_count())
-                    .map(|partition| PartitionReport {
-                        partition,
-                        start: stream.bounds(partition).start,
-                        end: stream.end(partition),
-                    })
-                    .collect();
-                let mut groups: Vec<GroupReport> = cells
-                    .iter()
-                    .filter(|cell| cell.stream == index)
-                    .map(|cell| {
-                        let state = cell.lock();
-                        let group = &state.group;
-                        GroupReport {
-                            name: group.name.to_string(),
-                            members: group.members().map(|m| m.client_id.to_string()).collect(),
-                            skipped: group.skipped(),
-                            partitions: group
-                                .report()
-                                .into_iter()
-                                .map(|cursor| GroupPartitionReport {
-                                    partition: cursor.partition,
-                                    committed: cursor.committed,
-                                    lag: partitions
-                                        .get(cursor.partition as usize)
-                                        .map_or(0, |p| p.end.saturating_sub(cursor.committed)),
-                                    inflight: cursor.inflight,
-                                    owner: cursor.owner.map(|o| o.to_string()),
-                                })
-                                .collect(),
-                        }
-                    })
-                    .collect();
-                groups.sort_by(|a, b| a.name.cmp(&b.name));
-                StreamReport {
-                    name: stream.name.to_string(),
-                    filters: stream.spec.filters.clone(),
-                    key: stream.spec.key.to_string(),
-                    partitions,
-                    groups,
-                }
-            })
-            .collect()
-    }
-}
-
 /// Whether a filter as sent reads a stream (cheap; parse to be sure).
 pub(super) fn is_stream_filter(raw: &str) -> bool {
     raw.contains("$stream/")
-}
-
-/// Makes appends readable by the groups as the journal makes them durable,
-/// until `shutdown` turns true.
-pub async fn serve_stream_durability(
-    broker: Arc<BrokerState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    if broker.streams.is_empty() {
-        return;
-    }
-    let mut settled = broker.journal.watch_settled();
-    // Appends may have settled before this task first ran.
-    let mut through = settled.current();
-    loop {
-        let readable = broker.streams.settle(through);
-        if !readable.is_empty() {
-            broker.appended(&readable, crate::timer::now_ms());
-        }
-        through = tokio::select! {
-            through = settled.next() => match through {
-                Some(through) => through,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-    }
-}
-
-/// Serves the groups' log reads, `READS_AT_ONCE` at a time, until
-/// `shutdown` turns true. A group has at most one read per partition on
-/// its way, and a reset makes the answers to earlier ones stale.
-pub async fn serve_stream_reads(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
-    let receiver = broker
-        .consumers
-        .receiver
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    let Some(mut receiver) = receiver else {
-        return;
-    };
-    let slots = Arc::new(Semaphore::new(READS_AT_ONCE));
-    let mut reading = JoinSet::new();
-    loop {
-        let read = tokio::select! {
-            read = receiver.recv() => match read {
-                Some(read) => read,
-                None => return,
-            },
-            Some(_) = reading.join_next() => continue,
-            _ = shutdown.changed() => return,
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let broker = broker.clone();
-        reading.spawn(async move {
-            serve_read(&broker, read).await;
-            drop(slot);
-        });
-    }
-}
-
-async fn serve_read(broker: &BrokerState, read: StreamRead) {
-    match read {
-        StreamRead::Fetch {
-            group,
-            partition,
-            from,
-            epoch,
-        } => {
-            let Some(cell) = broker.consumers.get(group) else {
-                return;
-            };
-            let stream = broker.streams.get(cell.stream);
-            let name = partition_name(&stream.name, partition);
-            let entries = match read_partition(broker, &name, from, READ_BATCH).await {
-                Ok(entries) => entries
-                    .into_iter()
-                    .map(|entry| StreamEntry {
-                        message: stream.placed(partition, entry.offset, &entry.message),
-                        ..entry
-                    })
-                    .collect(),
-                Err(error) => {
-                    tracing::error!(partition = %name, %error, "cannot read a stream partition from the store");
-                    Vec::new()
-                }
-            };
-            let now = crate::timer::now_ms();
-            let mut state = cell.lock();
-            let mut effects = Effects::default();
-            state.group.fetched(
-                partition,
-                epoch,
-                entries,
-                now,
-                &Source(stream),
-                &mut effects,
-            );
-            broker.carry_out(&cell, &mut state, effects);
-        }
-        StreamRead::Seek { group, time_ms } => {
-            let Some(cell) = broker.consumers.get(group) else {
-                return;
-            };
-            let stream = broker.streams.get(cell.stream);
-            let mut offsets = Vec::with_capacity(stream.partition_count() as usize);
-            for partition in 0..stream.partition_count() {
-                offsets.push(seek(broker, stream, partition, time_ms).await);
-            }
-            let now = crate::timer::now_ms();
-            let mut state = cell.lock();
-            let mut effects = Effects::default();
-            state
-                .group
-                .reset(&offsets, now, &Source(stream), &mut effects);
-            broker.carry_out(&cell, &mut state, effects);
-        }
-    }
-}
-
-/// The first offset of `partition` appended at or after `time_ms`: the
-/// retention blocks narrow it to one block, whose messages are looked at.
-async fn seek(broker: &BrokerState, stream: &Stream, partition: u32, time_ms: u64) -> u64 {
-    let candidate = stream.offset_at(partition, time_ms);
-    let bounds = stream.bounds(partition);
-    if candidate >= bounds.end {
-        return bounds.end;
-    }
-    let block = crate::store::STREAM_BLOCK as usize;
-    let entries = if candidate >= bounds.memory_start {
-        stream.read_memory(partition, candidate, block)
-    } else {
-        let name = partition_name(&stream.name, partition);
-        read_partition(broker, &name, candidate, block)
-            .await
-            .unwrap_or_default()
-    };
-    entries
-        .iter()
-        .find(|entry| entry.appended_at >= time_ms)
-        .map_or(candidate, |entry| entry.offset)
-}
-
-/// Reads a partition from the store on the blocking pool. Offsets
-/// appended a moment ago may not be in the state database yet: when none
-/// is found, it waits for the journal and the checkpoint to catch up and
-/// looks again.
-async fn read_partition(
-    broker: &BrokerState,
-    partition: &str,
-    from: u64,
-    max: usize,
-) -> Result<Vec<StreamEntry>, crate::store::StoreError> {
-    let Some(store) = broker.journal.store() else {
-        return Ok(Vec::new());
-    };
-    let read = |settle_first: bool| {
-        let (store, partition) = (store.clone(), partition.to_string());
-        tokio::task::spawn_blocking(move || {
-            if settle_first {
-                store.settle()?;
-            }
-            store.read_partition(&partition, from, max)
-        })
-    };
-    let join = |joined: Result<_, tokio::task::JoinError>| {
-        joined.map_err(|error| crate::store::StoreError::Backend(error.to_string()))?
-    };
-    let found = join(read(false).await)?;
-    if !found.is_empty() {
-        return Ok(found);
-    }
-    broker.journal.drained().await;
-    join(read(true).await)
 }

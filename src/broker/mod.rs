@@ -18,6 +18,8 @@ mod metrics;
 mod publish;
 mod refill;
 mod restore;
+mod stream_report;
+mod stream_tasks;
 mod subscribe;
 #[cfg(test)]
 mod tests;
@@ -42,12 +44,10 @@ use crate::topic::TopicLimits;
 
 pub use client::{Client, Close, Output};
 pub use connect::{Connected, Refusal};
-pub use consume::{
-    GroupPartitionReport, GroupReport, PartitionReport, StreamReport, serve_stream_durability,
-    serve_stream_reads,
-};
 pub use metrics::Metrics;
 pub use refill::serve_refills;
+pub use stream_report::{GroupPartitionReport, GroupReport, PartitionReport, StreamReport};
+pub use stream_tasks::{serve_stream_durability, serve_stream_reads};
 
 /// What routing one inbound message did.
 #[derive(Debug, Clone, Copy)]
