@@ -27,7 +27,7 @@ pub struct PartitionReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupReport {
     pub name: String,
-    /// Connected members, by client id.
+    /// Connected members' client ids, sorted.
     pub members: Vec<String>,
     pub partitions: Vec<GroupPartitionReport>,
     /// Messages lost to retention before the group read them.
@@ -69,7 +69,13 @@ impl BrokerState {
                         let group = &state.group;
                         GroupReport {
                             name: group.name.to_string(),
-                            members: group.members().map(|m| m.client_id.to_string()).collect(),
+                            members: {
+                                // By id, the order partitions are dealt in.
+                                let mut ids: Vec<String> =
+                                    group.members().map(|m| m.client_id.to_string()).collect();
+                                ids.sort_unstable();
+                                ids
+                            },
                             skipped: group.skipped(),
                             partitions: group
                                 .report()
