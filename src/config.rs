@@ -161,7 +161,16 @@ pub struct Limits {
     /// Topic aliases the broker sets up towards a v5 client that allows
     /// them (within the client's Topic Alias Maximum).
     pub max_outbound_topic_aliases: u16,
+    /// The longest delay a `$delayed/{seconds}/...` publish may ask for;
+    /// longer ones are refused (v5 0x83). EMQX's bound by default.
+    pub max_delay: Lifetime,
+    /// Delayed publishes waiting at once; further ones are refused (v5
+    /// 0x97).
+    pub max_pending_delays: usize,
 }
+
+/// The longest delay EMQX takes for `$delayed/...` (about 49.7 days).
+pub const MAX_DELAY_SECS: u32 = 4_294_967;
 
 /// A lifetime in seconds, or `never` ending. Written as a number of
 /// seconds or with a unit: `"90s"`, `"30m"`, `"12h"`, `"7d"`, `"2w"`.
@@ -252,6 +261,8 @@ impl Default for Limits {
             max_retained_bytes: 1 << 30,
             write_timeout_secs: 30,
             max_outbound_topic_aliases: 16,
+            max_delay: Lifetime::Seconds(MAX_DELAY_SECS),
+            max_pending_delays: 1_000_000,
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod delay;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -120,7 +120,8 @@ impl BrokerState {
             TimerEvent::RetainedExpiry { .. }
             | TimerEvent::ConnectionAlarm(_)
             | TimerEvent::StreamGroup { .. }
-            | TimerEvent::StreamRetention => {
+            | TimerEvent::StreamRetention
+            | TimerEvent::DelaysDue => {
                 unreachable!("not a session timer")
             }
         };
@@ -144,6 +145,7 @@ impl BrokerState {
             TimerEvent::ConnectionAlarm(signal) => signal.alarm(),
             TimerEvent::StreamGroup { group } => self.wake_group(group, now_ms),
             TimerEvent::StreamRetention => self.apply_retention(now_ms),
+            TimerEvent::DelaysDue => self.delays_due(now_ms),
             TimerEvent::RetainedExpiry { topic, expires_at } => {
                 let mut trie = self.retained.write();
                 let due = trie

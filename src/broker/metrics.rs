@@ -17,6 +17,7 @@ pub struct Metrics {
     stream_appends: AtomicU64,
     stream_deliveries_failed: AtomicU64,
     stream_messages_skipped: AtomicU64,
+    delays_refused: AtomicU64,
 }
 
 /// One log line per power of two keeps a flood of events from flooding the
@@ -41,7 +42,8 @@ impl Metrics {
     pub fn messages_expired(&self) -> u64 {
         self.messages_expired.load(Ordering::Relaxed)
     }
-    /// Publishes refused for a limit or a full store (v5 0x97).
+    /// Publishes refused: a limit or a full store (v5 0x97), a bad
+    /// `$delayed/...` topic (0x90), a delay past its bounds.
     pub fn publishes_refused(&self) -> u64 {
         self.publishes_refused.load(Ordering::Relaxed)
     }
@@ -78,6 +80,20 @@ impl Metrics {
     /// Messages retention dropped before a group read them.
     pub fn stream_messages_skipped(&self) -> u64 {
         self.stream_messages_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Delayed publishes refused for `max_delay` or `max_pending_delays`.
+    pub fn delays_refused(&self) -> u64 {
+        self.delays_refused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn delay_refused(&self) {
+        if let Some(total) = count_and_maybe_log(&self.delays_refused) {
+            tracing::warn!(
+                total,
+                "delayed publish refused: max_delay or max_pending_delays"
+            );
+        }
     }
 
     pub(crate) fn stream_appends_add(&self, count: u64) {
@@ -124,9 +140,10 @@ impl Metrics {
     pub(crate) fn messages_expired_add(&self, count: u64) {
         self.messages_expired.fetch_add(count, Ordering::Relaxed);
     }
-    pub(crate) fn publish_refused(&self, client_id: &str) {
+    /// A publish refused, `why` in a few words.
+    pub(crate) fn publish_refused(&self, client_id: &str, why: &str) {
         if let Some(total) = count_and_maybe_log(&self.publishes_refused) {
-            tracing::warn!(client_id, total, "publish refused: quota exceeded");
+            tracing::warn!(client_id, total, why, "publish refused");
         }
     }
     pub(crate) fn retained_refusal(&self) {

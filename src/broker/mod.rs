@@ -13,6 +13,7 @@
 mod client;
 mod connect;
 mod consume;
+mod delayed;
 mod lifecycle;
 mod metrics;
 mod publish;
@@ -83,6 +84,8 @@ pub enum TimerEvent {
     StreamGroup { group: u32 },
     /// Streams' retention is due.
     StreamRetention,
+    /// The earliest delayed publish may be due.
+    DelaysDue,
 }
 
 /// The broker's timers: one wheel for all of them, and the wake-up of the
@@ -176,6 +179,10 @@ pub struct BrokerState {
     streams: Streams,
     /// The consumer groups reading them.
     consumers: consume::Consumers,
+    /// Delayed publishes waiting for their time.
+    delays: delayed::DelayQueue,
+    /// Ids of delayed publishes; continues after the highest stored one.
+    next_delay_id: AtomicU64,
     shutting_down: AtomicBool,
 }
 
@@ -215,11 +222,14 @@ impl BrokerState {
             next_seq: AtomicU64::new(snapshot.last_seq() + 1),
             refills: refill::Refills::new(),
             consumers: consume::Consumers::new(stream_specs.len()),
+            delays: delayed::DelayQueue::new(),
+            next_delay_id: AtomicU64::new(1),
             streams: Streams::new(stream_specs, &snapshot, !keeps_messages),
             shutting_down: AtomicBool::new(false),
         });
         state.restore_groups(std::mem::take(&mut snapshot.committed));
         state.arm_retention(now);
+        state.restore_delays(std::mem::take(&mut snapshot.delayed), now);
         restore::restore(&state, snapshot, now);
         state
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::client::{Client, Close};
+use crate::delay::{DelayError, delayed_topic};
 use crate::protocol::{Ack, Message, Packet, Publish, QoS, ReasonCode, Version};
 use crate::session::QueueFull;
 use crate::store::Ticket;
@@ -105,7 +106,9 @@ impl Client {
                 if publish.qos == QoS::ExactlyOnce {
                     self.session.lock().release_qos2(publish.packet_id);
                 }
-                self.broker.metrics.publish_refused(self.client_id());
+                self.broker
+                    .metrics
+                    .publish_refused(self.client_id(), refusal.text);
                 // 3.1.1 acks carry no failure: closing without one makes the
                 // client send the message again later [MQTT-4.4.0-1].
                 if self.version == Version::V311 && publish.qos != QoS::AtMostOnce {
@@ -166,6 +169,31 @@ impl Client {
         }
         let inbound_qos2 = (message.qos == QoS::ExactlyOnce && broker.stores_for(&self.session))
             .then(|| (self.session.client_id(), packet_id));
+        match delayed_topic(&message.topic) {
+            Ok(None) => {}
+            Ok(Some(delayed)) => {
+                // Stored now, published (and retained) when due.
+                return broker
+                    .delay(message, delayed, inbound_qos2, now_ms)
+                    .map(|ticket| (1, ticket))
+                    .map_err(|refused| Refused {
+                        reason: refused.reason,
+                        text: refused.text,
+                    });
+            }
+            Err(DelayError::BadSeconds(_)) => {
+                return Err(Refused {
+                    reason: ReasonCode::TOPIC_NAME_INVALID,
+                    text: "$delayed/{seconds}/{topic}: the delay is not a whole number of seconds",
+                });
+            }
+            Err(DelayError::NoTopic) => {
+                return Err(Refused {
+                    reason: ReasonCode::TOPIC_NAME_INVALID,
+                    text: "$delayed/{seconds}/{topic}: no topic to publish to",
+                });
+            }
+        }
         if !message.retain {
             let routed = broker.route(message, inbound_qos2, now_ms);
             return Ok((routed.receivers, routed.ticket));

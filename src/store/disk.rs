@@ -24,6 +24,7 @@ use super::state::{Folded, SegmentRefs, StateDb};
 use super::{
     Record, STREAM_BLOCK, Snapshot, Store, StoreError, StoredDelivery, StreamBlock, StreamEntry,
 };
+use crate::delay::Pending;
 use crate::protocol::Message;
 use crate::session::{Delivery, HELD_IN_MEMORY};
 
@@ -306,7 +307,8 @@ impl DiskStore {
             Record::PutCopies {
                 message: Some(message),
                 ..
-            } => {
+            }
+            | Record::PutDelayed { message, .. } => {
                 cache.insert(pos, message.clone());
                 Ok(message)
             }
@@ -452,12 +454,16 @@ impl Store for DiskStore {
             spilled: rows.spilled,
             ..Snapshot::default()
         };
+        let mut cache = HashMap::new();
+        for (id, due, pos) in self.state.delayed()? {
+            let message = self.message_at(pos, &mut cache)?;
+            snapshot.delayed.push(Pending { id, due, message });
+        }
         for (partition, _, last) in self.state.partition_bounds() {
             let blocks = self.partition_blocks(&partition)?;
             snapshot.stream_blocks.insert(partition.clone(), blocks);
             snapshot.stream_offsets.insert(partition, last);
         }
-        let mut cache = HashMap::new();
         for (client_id, copies) in rows.copies {
             let mut held = Vec::with_capacity(copies.len());
             for entry in copies {

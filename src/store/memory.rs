@@ -68,7 +68,9 @@ impl Store for MemoryStore {
             | Record::DeleteInboundQos2 { .. }
             | Record::CommitOffset { .. }
             | Record::TrimPartition { .. }
-            | Record::DeleteGroup { .. } => {}
+            | Record::DeleteGroup { .. }
+            | Record::PutDelayed { .. }
+            | Record::DeleteDelayed { .. } => {}
         }
         Ok(())
     }

@@ -111,6 +111,8 @@ pub struct Snapshot {
     pub committed: Vec<Committed>,
     /// Per stream partition: its stored offsets in runs, oldest first.
     pub stream_blocks: HashMap<String, Vec<StreamBlock>>,
+    /// Delayed publishes waiting, in due order.
+    pub delayed: Vec<crate::delay::Pending>,
 }
 
 /// How far a consumer group has read one partition: the next offset it

@@ -79,6 +79,20 @@ pub enum Record {
         group: Arc<str>,
         stream: Arc<str>,
     },
+    /// A delayed publish waiting until `due` (unix ms), with the
+    /// publisher's QoS 2 packet id awaiting PUBREL when it has one
+    /// (written together, as with `PutCopies`).
+    PutDelayed {
+        id: u64,
+        due: u64,
+        message: Arc<Message>,
+        inbound_qos2: Option<(Arc<str>, u16)>,
+    },
+    /// A delayed publish went out (or expired).
+    DeleteDelayed {
+        id: u64,
+        due: u64,
+    },
 }
 
 /// One message appended to one stream partition, at `offset`.
@@ -142,7 +156,7 @@ impl Record {
     pub(super) fn weight(&self) -> usize {
         const BASE: usize = 64;
         BASE + match self {
-            Record::PutRetained(message) => message.size(),
+            Record::PutRetained(message) | Record::PutDelayed { message, .. } => message.size(),
             Record::PutCopies {
                 message,
                 copies,

@@ -157,6 +157,9 @@ pub struct StateDb {
     /// Consumer groups' committed offsets (`c` group NUL partition) and
     /// partitions' retention starts (`s` partition), 8 bytes each.
     offsets: sled::Tree,
+    /// Delayed publishes: due (8 bytes) and id (8 bytes), big-endian so
+    /// rows sort in due order -> the message's log position and size.
+    delayed: sled::Tree,
     /// Committed offsets folded since the last checkpoint, written with it:
     /// groups commit with every acknowledgement, and each write of a sled
     /// batch costs a write to its log, however small.
@@ -217,6 +220,12 @@ impl StateDb {
         for (segment, count) in partition_refs {
             *refs.entry(segment).or_default() += count;
         }
+        let delayed = tree("delayed")?;
+        for row in delayed.iter() {
+            let (key, value) = row.map_err(backend)?;
+            let (pos, _) = delayed_row(&key, &value)?;
+            add_ref(&mut refs, pos, 1);
+        }
         let sessions = tree("sessions")?;
         queues.remove_orphans(
             |client_id| sessions.contains_key(client_id).unwrap_or(true),
@@ -231,6 +240,7 @@ impl StateDb {
             inbound_qos2: tree("inbound_qos2")?,
             retained: tree("retained")?,
             offsets: tree("offsets")?,
+            delayed,
             commits: Mutex::new(HashMap::new()),
             db,
         };
@@ -274,6 +284,27 @@ fn owned_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
     let mut key = owner_prefix(client_id);
     key.extend_from_slice(suffix);
     key
+}
+
+fn delayed_key(due: u64, id: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&due.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// A delayed row's log position and message size.
+fn delayed_row(key: &[u8], value: &[u8]) -> Result<(LogPos, u32), StoreError> {
+    let pos = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+    let size = value.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok());
+    match (pos, size) {
+        (Some(pos), Some(size)) if key.len() == 16 && value.len() == 12 => {
+            Ok((LogPos(u64::from_be_bytes(pos)), u32::from_be_bytes(size)))
+        }
+        _ => Err(StoreError::Corrupt(format!(
+            "delayed: malformed row {key:?}"
+        ))),
+    }
 }
 
 fn commit_key(group: &str, partition: &str) -> Vec<u8> {
@@ -451,6 +482,33 @@ impl StateDb {
                         .insert(start_key(&name), &start.to_be_bytes())
                         .map_err(backend)?;
                 }
+                Record::PutDelayed {
+                    id,
+                    due,
+                    message,
+                    inbound_qos2,
+                } => {
+                    let size = u32::try_from(message.size()).unwrap_or(u32::MAX);
+                    let mut value = pos.0.to_be_bytes().to_vec();
+                    value.extend_from_slice(&size.to_be_bytes());
+                    let previous = self
+                        .delayed
+                        .insert(delayed_key(*due, *id), value)
+                        .map_err(backend)?;
+                    if previous.is_none() {
+                        add_ref(refs, pos, 1);
+                    }
+                    if let Some((client_id, packet_id)) = inbound_qos2 {
+                        inbound.insert(inbound_key(client_id, *packet_id), &[]);
+                    }
+                }
+                Record::DeleteDelayed { id, due } => {
+                    let key = delayed_key(*due, *id);
+                    if let Some(value) = self.delayed.remove(key).map_err(backend)? {
+                        let (pos, _) = delayed_row(&key, &value)?;
+                        drop_ref(refs, pos);
+                    }
+                }
                 Record::DeleteGroup { group, stream } => {
                     let mut prefix = commit_key(group, stream);
                     prefix.push(b'/');
@@ -520,6 +578,20 @@ impl StateDb {
         visit: impl FnMut(&Entry),
     ) -> Result<(), StoreError> {
         self.partitions().visit_owner(partition, visit)
+    }
+
+    /// The delayed publishes stored, in due order: id, due and where the
+    /// message is in the log.
+    pub fn delayed(&self) -> Result<Vec<(u64, u64, LogPos)>, StoreError> {
+        let mut rows = Vec::new();
+        for row in self.delayed.iter() {
+            let (key, value) = row.map_err(backend)?;
+            let (pos, _) = delayed_row(&key, &value)?;
+            let due = u64::from_be_bytes(key[..8].try_into().expect("a 16-byte key"));
+            let id = u64::from_be_bytes(key[8..].try_into().expect("a 16-byte key"));
+            rows.push((id, due, pos));
+        }
+        Ok(rows)
     }
 
     /// Committed offsets and retention starts, as stored.
@@ -811,6 +883,46 @@ mod tests {
         assert!(empty.sessions.is_empty() && empty.copies.is_empty());
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn delayed_rows_come_back_in_due_order_and_hold_their_segments() {
+        let dir = temp_dir("delayed");
+        let (db, _) = StateDb::open(&dir).unwrap();
+        let mut refs = SegmentRefs::new();
+        let delayed = |id, due| {
+            Folded::from(Record::PutDelayed {
+                id,
+                due,
+                message: Arc::new(Message {
+                    topic: "t".into(),
+                    payload: bytes::Bytes::from_static(b"x"),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: MessageProperties::default(),
+                    expires_at: None,
+                    publisher: None,
+                }),
+                inbound_qos2: None,
+            })
+        };
+        apply(&db, LogPos::new(0, 0), &delayed(1, 900), &mut refs).unwrap();
+        apply(&db, LogPos::new(1, 0), &delayed(2, 100), &mut refs).unwrap();
+        apply(&db, LogPos::new(1, 50), &delayed(3, 500), &mut refs).unwrap();
+        let gone = Folded::from(Record::DeleteDelayed { id: 1, due: 900 });
+        apply(&db, LogPos::new(2, 0), &gone, &mut refs).unwrap();
+        assert_eq!(refs, SegmentRefs::from([(1, 2)]), "segment 0 is free");
+        let order: Vec<(u64, u64)> = db
+            .delayed()
+            .unwrap()
+            .iter()
+            .map(|&(id, due, _)| (id, due))
+            .collect();
+        assert_eq!(order, [(2, 100), (3, 500)]);
+        drop(db);
+        let (_, counted) = StateDb::open(&dir).unwrap();
+        assert_eq!(counted, refs, "counted again at open");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
