@@ -784,3 +784,70 @@ async fn a_group_survives_kill_9_under_load_with_no_acknowledged_append_lost_and
     reader.leave().await;
     assert_eq!(broker.log(), "", "no warning or error");
 }
+
+#[tokio::test]
+async fn a_negative_ack_is_a_failed_attempt_and_the_message_comes_again_after_the_backoff() {
+    let (_dir, store) = disk_store("streams-nack");
+    let config = StreamConfig {
+        retry_backoff: vec!["200ms".into()],
+        ..orders(1)
+    };
+    let broker = start_with(config, &store).await;
+    let addr = broker.local_addrs()[0];
+    publish_orders(addr, &keyed(1, 2)).await;
+    let (mut member, _) = raw::connect_v5(addr, &raw::unique_id("nack")).await;
+    member
+        .send(&raw::subscribe(
+            1,
+            Some(&[]),
+            &[(b"$share/g/$stream/orders", 1)],
+        ))
+        .await;
+    member.expect_kind(raw::SUBACK).await;
+    let user_properties = |publish: &raw::Publish| -> Vec<(String, String)> {
+        publish
+            .properties
+            .iter()
+            .filter(|(id, _)| *id == 0x26)
+            .map(|(_, v)| {
+                let text = |at: usize| {
+                    let len = usize::from(u16::from_be_bytes([v[at], v[at + 1]]));
+                    (
+                        String::from_utf8_lossy(&v[at + 2..at + 2 + len]).into_owned(),
+                        at + 2 + len,
+                    )
+                };
+                let (name, next) = text(0);
+                (name, text(next).0)
+            })
+            .collect()
+    };
+    let first = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(first.payload, b"k000:0");
+    assert!(!user_properties(&first).iter().any(|(n, _)| n == "attempt"));
+    // PUBACK with 0x80: refused.
+    let id = first.packet_id.unwrap().to_be_bytes();
+    let refused = Instant::now();
+    member.send(&[0x40, 0x03, id[0], id[1], 0x80]).await;
+    let again = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert!(
+        refused.elapsed() >= Duration::from_millis(180),
+        "after the backoff"
+    );
+    assert_eq!(
+        again.payload, b"k000:0",
+        "the same message, before the next"
+    );
+    let properties = user_properties(&again);
+    assert!(properties.contains(&("offset".into(), "0".into())));
+    assert!(
+        properties.contains(&("attempt".into(), "2".into())),
+        "{properties:?}"
+    );
+    assert_eq!(broker.state().metrics().stream_deliveries_failed(), 1);
+    let id = again.packet_id.unwrap().to_be_bytes();
+    member.send(&[0x40, 0x02, id[0], id[1]]).await;
+    let next = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(next.payload, b"k000:1");
+    broker.shutdown().await;
+}

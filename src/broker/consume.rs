@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::{BrokerState, TimerEvent};
-use crate::protocol::QoS;
+use crate::protocol::{Message, QoS};
 use crate::session::{Delivery, Session, StreamOrigin, StreamSettled};
 use crate::store::{Committed, Record, StreamEntry};
 use crate::stream::group::{Effects, Group, GroupSettings, Member, PartitionSource};
@@ -521,7 +521,10 @@ impl BrokerState {
             while let Some(handout) = next {
                 if !held.ended {
                     let delivery = Delivery {
-                        message: handout.entry.message,
+                        message: match handout.attempt {
+                            1 => handout.entry.message,
+                            attempt => with_attempt(&handout.entry.message, attempt),
+                        },
                         qos: handout.qos,
                         retain: false,
                         subscription_ids: Vec::new(),
@@ -567,6 +570,17 @@ impl BrokerState {
                 .arm(deadline, TimerEvent::StreamGroup { group: cell.id });
         }
     }
+}
+
+/// A re-delivered stream message: the placed message with the v5 user
+/// property `attempt` (2 for the first re-delivery).
+fn with_attempt(placed: &Message, attempt: u32) -> Arc<Message> {
+    let mut again = placed.clone();
+    again
+        .properties
+        .user_properties
+        .push(("attempt".to_string(), attempt.to_string()));
+    Arc::new(again)
 }
 
 /// Whether a filter as sent reads a stream (cheap; parse to be sure).

@@ -54,6 +54,9 @@ pub struct Handout {
     pub partition: u32,
     pub epoch: u32,
     pub entry: StreamEntry,
+    /// Which delivery of this offset it is: 1, then one more after each
+    /// failed attempt.
+    pub attempt: u32,
 }
 
 /// A log read the group waits for: `fetched` takes its answer.
@@ -393,12 +396,18 @@ impl Group {
         let member = &self.members[owner];
         for entry in entries {
             cursor.inflight.push_back((entry.offset, now));
+            let failed = cursor
+                .attempts
+                .iter()
+                .find(|(offset, _)| *offset == entry.offset)
+                .map_or(0, |(_, count)| *count);
             effects.handouts.push(Handout {
                 session: member.session.clone(),
                 qos: member.qos,
                 partition,
                 epoch: cursor.epoch,
                 entry,
+                attempt: failed + 1,
             });
         }
         if let Some(&(_, handed_at)) = cursor.inflight.front() {
@@ -761,6 +770,8 @@ mod tests {
         let mut due = Effects::default();
         group.wake(1100, &log, &mut due);
         assert_eq!(handed(&due), [("a".into(), 0, 0)], "the same offset again");
+        assert_eq!(due.handouts[0].attempt, 2, "its second attempt");
+        assert_eq!(effects.handouts[0].attempt, 1);
         // A report about the first hand-out is stale now.
         let mut stale = Effects::default();
         group.settled(0, 0, 0, None, 1100, &log, &mut stale);
