@@ -851,3 +851,62 @@ async fn a_negative_ack_is_a_failed_attempt_and_the_message_comes_again_after_th
     assert_eq!(next.payload, b"k000:1");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_max_attempts_the_message_goes_to_the_groups_dead_letter_topic_and_the_partition_moves_on()
+ {
+    let (_dir, store) = disk_store("streams-dead");
+    let config = StreamConfig {
+        retry_backoff: vec!["50ms".into()],
+        max_attempts: 2,
+        ..orders(1)
+    };
+    let broker = start_with(config, &store).await;
+    let addr = broker.local_addrs()[0];
+    let (mut watcher, _) = raw::connect_v5(addr, &raw::unique_id("dlq")).await;
+    watcher
+        .send(&raw::subscribe(1, Some(&[]), &[(b"$dlq/g/orders", 1)]))
+        .await;
+    watcher.expect_kind(raw::SUBACK).await;
+    // Nobody but the broker publishes there.
+    watcher
+        .send(&raw::publish_v5("$dlq/g/orders", 1, 9, &[], b"forged"))
+        .await;
+    let refused = watcher.expect_kind(PUBACK).await;
+    assert_eq!(refused.body.get(2).copied(), Some(0x87));
+
+    publish_orders(addr, &keyed(1, 2)).await;
+    let (mut member, _) = raw::connect_v5(addr, &raw::unique_id("nack")).await;
+    member
+        .send(&raw::subscribe(
+            1,
+            Some(&[]),
+            &[(b"$share/g/$stream/orders", 1)],
+        ))
+        .await;
+    member.expect_kind(raw::SUBACK).await;
+    for _ in 0..2 {
+        let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+        assert_eq!(delivery.payload, b"k000:0");
+        let id = delivery.packet_id.unwrap().to_be_bytes();
+        member.send(&[0x40, 0x03, id[0], id[1], 0x80]).await;
+    }
+    let next = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(next.payload, b"k000:1", "the partition moved on");
+
+    let letter = raw::Publish::parse(&watcher.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(letter.topic, b"$dlq/g/orders");
+    assert_eq!(letter.payload, b"k000:0");
+    let text: Vec<String> = letter
+        .properties
+        .iter()
+        .filter(|(id, _)| *id == 0x26)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let joined = text.join(" ");
+    for wanted in ["stream", "orders", "offset", "attempts", "reason", "0x80"] {
+        assert!(joined.contains(wanted), "{wanted} in {joined:?}");
+    }
+    assert_eq!(broker.state().metrics().stream_dead_letters(), 1);
+    broker.shutdown().await;
+}

@@ -25,6 +25,10 @@ use crate::stream::spec::Start;
 use crate::stream::subscription::{StreamOffset, StreamSubscription, stream_subscription};
 use crate::topic;
 
+/// Where a group's dead letters are published as they happen:
+/// `$dlq/{group}/{stream}`.
+pub const DEAD_LETTER_PREFIX: &str = "$dlq/";
+
 /// How often retention is applied.
 const RETENTION_EVERY_MS: u64 = 1000;
 
@@ -122,6 +126,7 @@ fn settings_of(stream: &Stream) -> GroupSettings {
         max_inflight: stream.spec.max_inflight_per_partition as usize,
         ack_timeout_ms: u64::try_from(stream.spec.ack_timeout.as_millis()).unwrap_or(u64::MAX),
         retry_backoff: stream.spec.retry_backoff.clone(),
+        max_attempts: stream.spec.max_attempts,
     }
 }
 
@@ -494,6 +499,37 @@ impl BrokerState {
                 origin.group == cell.id && origin.partition == partition
             });
         }
+        // A dead letter is journalled before the commit that reads past it,
+        // so no crash can lose both; it goes out to `$dlq/{group}/{stream}`
+        // from the timer task, with no lock held.
+        for dead in effects.dead {
+            let reason = dead.cause.describe();
+            let now = crate::timer::now_ms();
+            self.metrics.stream_dead_letter();
+            tracing::warn!(stream = %stream.name, %group, partition = dead.partition, offset = dead.offset, attempts = dead.attempts, %reason, "stream message dead-lettered");
+            if self.keeps_messages {
+                self.journal.append(Record::PutDeadLetter {
+                    group: group.clone(),
+                    stream: stream.name.clone(),
+                    partition: dead.partition,
+                    offset: dead.offset,
+                    attempts: dead.attempts,
+                    reason: reason.clone(),
+                    at: now,
+                    message: dead.message.clone(),
+                });
+            }
+            let mut letter = Message::clone(&dead.message);
+            letter.topic = format!("{DEAD_LETTER_PREFIX}{group}/{}", stream.name).into();
+            letter.retain = false;
+            letter.publisher = None;
+            letter.properties.user_properties.extend([
+                ("attempts".to_string(), dead.attempts.to_string()),
+                ("reason".to_string(), reason),
+            ]);
+            self.timers
+                .arm(now, TimerEvent::DeadLetter(Box::new(letter)));
+        }
         // Commits are journalled before the next messages go out: a member
         // that received offset n+1 knows the commit of n precedes anything
         // it does next in the journal.
@@ -555,7 +591,7 @@ impl BrokerState {
         }
         for failed in effects.failed {
             self.metrics.stream_delivery_failed();
-            tracing::debug!(stream = %stream.name, %group, partition = failed.partition, offset = failed.offset, attempts = failed.attempts, reason = ?failed.reason, "stream delivery failed");
+            tracing::debug!(stream = %stream.name, %group, partition = failed.partition, offset = failed.offset, attempts = failed.attempts, cause = ?failed.cause, "stream delivery failed");
         }
         for skipped in effects.skipped {
             let count = skipped.to - skipped.from;

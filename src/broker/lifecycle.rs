@@ -121,7 +121,8 @@ impl BrokerState {
             | TimerEvent::ConnectionAlarm(_)
             | TimerEvent::StreamGroup { .. }
             | TimerEvent::StreamRetention
-            | TimerEvent::DelaysDue => {
+            | TimerEvent::DelaysDue
+            | TimerEvent::DeadLetter(_) => {
                 unreachable!("not a session timer")
             }
         };
@@ -146,6 +147,7 @@ impl BrokerState {
             TimerEvent::StreamGroup { group } => self.wake_group(group, now_ms),
             TimerEvent::StreamRetention => self.apply_retention(now_ms),
             TimerEvent::DelaysDue => self.delays_due(now_ms),
+            TimerEvent::DeadLetter(letter) => self.publish_internal(*letter, now_ms),
             TimerEvent::RetainedExpiry { topic, expires_at } => {
                 let mut trie = self.retained.write();
                 let due = trie

@@ -18,6 +18,7 @@ pub struct Metrics {
     stream_deliveries_failed: AtomicU64,
     stream_messages_skipped: AtomicU64,
     delays_refused: AtomicU64,
+    stream_dead_letters: AtomicU64,
 }
 
 /// One log line per power of two keeps a flood of events from flooding the
@@ -94,6 +95,15 @@ impl Metrics {
                 "delayed publish refused: max_delay or max_pending_delays"
             );
         }
+    }
+
+    /// Stream messages consumer groups gave up on after `max_attempts`.
+    pub fn stream_dead_letters(&self) -> u64 {
+        self.stream_dead_letters.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stream_dead_letter(&self) {
+        self.stream_dead_letters.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn stream_appends_add(&self, count: u64) {

@@ -86,6 +86,9 @@ pub enum TimerEvent {
     StreamRetention,
     /// The earliest delayed publish may be due.
     DelaysDue,
+    /// A consumer group gave up on a stream message: published to its
+    /// `$dlq/{group}/{stream}` topic.
+    DeadLetter(Box<Message>),
 }
 
 /// The broker's timers: one wheel for all of them, and the wake-up of the

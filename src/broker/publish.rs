@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::client::{Client, Close};
+use super::consume::DEAD_LETTER_PREFIX;
 use crate::delay::{DelayError, delayed_topic};
 use crate::protocol::{Ack, Message, Packet, Publish, QoS, ReasonCode, Version};
 use crate::session::QueueFull;
@@ -169,6 +170,12 @@ impl Client {
         }
         let inbound_qos2 = (message.qos == QoS::ExactlyOnce && broker.stores_for(&self.session))
             .then(|| (self.session.client_id(), packet_id));
+        if message.topic.starts_with(DEAD_LETTER_PREFIX) {
+            return Err(Refused {
+                reason: ReasonCode::NOT_AUTHORIZED,
+                text: "only the broker publishes dead letters to $dlq/...",
+            });
+        }
         match delayed_topic(&message.topic) {
             Ok(None) => {}
             Ok(Some(delayed)) => {

@@ -70,7 +70,8 @@ impl Store for MemoryStore {
             | Record::TrimPartition { .. }
             | Record::DeleteGroup { .. }
             | Record::PutDelayed { .. }
-            | Record::DeleteDelayed { .. } => {}
+            | Record::DeleteDelayed { .. }
+            | Record::PutDeadLetter { .. } => {}
         }
         Ok(())
     }

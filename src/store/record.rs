@@ -93,6 +93,19 @@ pub enum Record {
         id: u64,
         due: u64,
     },
+    /// A stream message `group` gave up on after `attempts` failed
+    /// deliveries, `reason` the last failure, at `at` (unix ms): kept in
+    /// the group's dead-letter queue.
+    PutDeadLetter {
+        group: Arc<str>,
+        stream: Arc<str>,
+        partition: u32,
+        offset: u64,
+        attempts: u32,
+        reason: String,
+        at: u64,
+        message: Arc<Message>,
+    },
 }
 
 /// One message appended to one stream partition, at `offset`.
@@ -156,7 +169,9 @@ impl Record {
     pub(super) fn weight(&self) -> usize {
         const BASE: usize = 64;
         BASE + match self {
-            Record::PutRetained(message) | Record::PutDelayed { message, .. } => message.size(),
+            Record::PutRetained(message)
+            | Record::PutDelayed { message, .. }
+            | Record::PutDeadLetter { message, .. } => message.size(),
             Record::PutCopies {
                 message,
                 copies,

@@ -160,6 +160,9 @@ pub struct StateDb {
     /// Delayed publishes: due (8 bytes) and id (8 bytes), big-endian so
     /// rows sort in due order -> the message's log position and size.
     delayed: sled::Tree,
+    /// Dead letters: group NUL stream NUL partition (4 bytes) offset (8
+    /// bytes) -> `DeadRow`.
+    dead: sled::Tree,
     /// Committed offsets folded since the last checkpoint, written with it:
     /// groups commit with every acknowledgement, and each write of a sled
     /// batch costs a write to its log, however small.
@@ -226,6 +229,12 @@ impl StateDb {
             let (pos, _) = delayed_row(&key, &value)?;
             add_ref(&mut refs, pos, 1);
         }
+        let dead = tree("dead")?;
+        for row in dead.iter() {
+            let (key, value) = row.map_err(backend)?;
+            let row: DeadRow = decode("dead", &key, &value)?;
+            add_ref(&mut refs, row.pos, 1);
+        }
         let sessions = tree("sessions")?;
         queues.remove_orphans(
             |client_id| sessions.contains_key(client_id).unwrap_or(true),
@@ -241,6 +250,7 @@ impl StateDb {
             retained: tree("retained")?,
             offsets: tree("offsets")?,
             delayed,
+            dead,
             commits: Mutex::new(HashMap::new()),
             db,
         };
@@ -284,6 +294,17 @@ fn owned_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
     let mut key = owner_prefix(client_id);
     key.extend_from_slice(suffix);
     key
+}
+
+/// A dead letter as the state database keeps it; the message stays in the
+/// log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadRow {
+    pub attempts: u32,
+    pub reason: String,
+    pub at: u64,
+    pub pos: LogPos,
+    pub size: u32,
 }
 
 fn delayed_key(due: u64, id: u64) -> [u8; 16] {
@@ -508,6 +529,34 @@ impl StateDb {
                         let (pos, _) = delayed_row(&key, &value)?;
                         drop_ref(refs, pos);
                     }
+                }
+                Record::PutDeadLetter {
+                    group,
+                    stream,
+                    partition,
+                    offset,
+                    attempts,
+                    reason,
+                    at,
+                    message,
+                } => {
+                    let mut key = owned_key(group, stream.as_bytes());
+                    key.push(0);
+                    key.extend_from_slice(&partition.to_be_bytes());
+                    key.extend_from_slice(&offset.to_be_bytes());
+                    let row = DeadRow {
+                        attempts: *attempts,
+                        reason: reason.clone(),
+                        at: *at,
+                        pos,
+                        size: u32::try_from(message.size()).unwrap_or(u32::MAX),
+                    };
+                    let previous = self.dead.insert(&key, encode(&row)?).map_err(backend)?;
+                    if let Some(old) = previous {
+                        let old: DeadRow = decode("dead", &key, &old)?;
+                        drop_ref(refs, old.pos);
+                    }
+                    add_ref(refs, pos, 1);
                 }
                 Record::DeleteGroup { group, stream } => {
                     let mut prefix = commit_key(group, stream);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::assign;
 use super::registry::Bounds;
-use crate::protocol::{QoS, ReasonCode};
+use crate::protocol::{Message, QoS, ReasonCode};
 use crate::session::Session;
 use crate::store::StreamEntry;
 
@@ -45,6 +45,8 @@ pub struct GroupSettings {
     pub ack_timeout_ms: u64,
     /// Pauses after a negative acknowledgement, by attempt.
     pub retry_backoff: Vec<Duration>,
+    /// Failed attempts after which a message is dead-lettered.
+    pub max_attempts: u32,
 }
 
 /// One message handed to a member.
@@ -67,13 +69,47 @@ pub struct Fetch {
     pub epoch: u32,
 }
 
+/// How a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A v5 negative acknowledgement, with its reason code.
+    Refused(ReasonCode),
+    /// Unacknowledged past the ack timeout.
+    TimedOut,
+    /// Its reader left (disconnected, unsubscribed, taken over).
+    ReaderLeft,
+}
+
+impl Failure {
+    /// As a dead letter's `reason` user property says it.
+    pub fn describe(self) -> String {
+        match self {
+            Failure::Refused(code) => format!("0x{:02x}", code.0),
+            Failure::TimedOut => "ack_timeout".into(),
+            Failure::ReaderLeft => "reader_left".into(),
+        }
+    }
+}
+
 /// A delivery that failed (negative ack, ack timeout, its reader left).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failed {
     pub partition: u32,
     pub offset: u64,
     pub attempts: u32,
-    pub reason: Option<ReasonCode>,
+    pub cause: Failure,
+}
+
+/// A message that failed `max_attempts` times: the partition moves on
+/// without it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: u32,
+    pub offset: u64,
+    pub attempts: u32,
+    pub cause: Failure,
+    /// As the group's members received it.
+    pub message: Arc<Message>,
 }
 
 /// Offsets retention dropped before the group read them.
@@ -96,6 +132,7 @@ pub struct Effects {
     pub commits: Vec<(u32, u64)>,
     pub fetches: Vec<Fetch>,
     pub failed: Vec<Failed>,
+    pub dead: Vec<DeadLetter>,
     pub skipped: Vec<Skipped>,
     pub deadline: Option<u64>,
 }
@@ -106,8 +143,11 @@ struct Cursor {
     committed: u64,
     /// The next offset to hand out.
     next: u64,
-    /// Handed out and not yet settled: `(offset, when)`, in offset order.
-    inflight: VecDeque<(u64, u64)>,
+    /// Handed out and not yet settled, in offset order.
+    inflight: VecDeque<Out>,
+    /// Offsets at or above `committed` that were dead-lettered: read past,
+    /// never handed out again.
+    dead: Vec<u64>,
     /// The member reading it, by index into `members`.
     owner: Option<usize>,
     /// Bumped whenever what was handed out is taken back: reports about
@@ -123,12 +163,21 @@ struct Cursor {
     fetching: bool,
 }
 
+/// One message handed out.
+struct Out {
+    offset: u64,
+    /// When (unix ms).
+    at: u64,
+    message: Arc<Message>,
+}
+
 impl Cursor {
     fn at(offset: u64) -> Cursor {
         Cursor {
             committed: offset,
             next: offset,
             inflight: VecDeque::new(),
+            dead: Vec::new(),
             owner: None,
             epoch: 0,
             paused_until: 0,
@@ -145,6 +194,18 @@ impl Cursor {
         self.next = self.committed;
         self.inflight.clear();
         self.read_ahead.clear();
+    }
+
+    /// Moves `committed` up to the oldest message still out (or the next
+    /// to hand out), and commits it.
+    fn recommit(&mut self, partition: u32, effects: &mut Effects) {
+        let committed = self.inflight.front().map_or(self.next, |out| out.offset);
+        if committed > self.committed {
+            self.committed = committed;
+            self.attempts.retain(|(o, _)| *o >= committed);
+            self.dead.retain(|o| *o >= committed);
+            effects.commits.push((partition, committed));
+        }
     }
 
     fn attempt(&mut self, offset: u64) -> u32 {
@@ -227,6 +288,7 @@ impl Group {
         source: &dyn PartitionSource,
         effects: &mut Effects,
     ) {
+        let max_attempts = self.settings.max_attempts;
         match self
             .members
             .iter()
@@ -235,7 +297,13 @@ impl Group {
             Some(index) => {
                 for (partition, cursor) in self.cursors.iter_mut().enumerate() {
                     if cursor.owner == Some(index) {
-                        fail_inflight(cursor, partition as u32, None, effects);
+                        fail_inflight(
+                            cursor,
+                            partition as u32,
+                            Failure::ReaderLeft,
+                            max_attempts,
+                            effects,
+                        );
                         effects
                             .withdrawals
                             .push((self.members[index].session.clone(), partition as u32));
@@ -267,10 +335,17 @@ impl Group {
             return false;
         };
         let gone = self.members.remove(index);
+        let max_attempts = self.settings.max_attempts;
         for (partition, cursor) in self.cursors.iter_mut().enumerate() {
             match cursor.owner {
                 Some(owner) if owner == index => {
-                    fail_inflight(cursor, partition as u32, None, effects);
+                    fail_inflight(
+                        cursor,
+                        partition as u32,
+                        Failure::ReaderLeft,
+                        max_attempts,
+                        effects,
+                    );
                     effects
                         .withdrawals
                         .push((gone.session.clone(), partition as u32));
@@ -374,16 +449,24 @@ impl Group {
                 entries.push(front);
             }
         }
+        entries.retain(|entry| !cursor.dead.contains(&entry.offset));
         if entries.len() < room && cursor.next < bounds.end {
             if cursor.next >= bounds.memory_start {
-                // Memory holds appends that are not durable yet too.
-                let readable = usize::try_from(bounds.end - cursor.next).unwrap_or(usize::MAX);
-                let want = (room - entries.len()).min(readable);
-                let read = source.read_memory(partition, cursor.next, want);
-                if let Some(last) = read.last() {
+                // Memory holds appends that are not durable yet too; dead
+                // letters are read past.
+                while entries.len() < room && cursor.next < bounds.end {
+                    let readable = usize::try_from(bounds.end - cursor.next).unwrap_or(usize::MAX);
+                    let want = (room - entries.len()).min(readable);
+                    let read = source.read_memory(partition, cursor.next, want);
+                    let Some(last) = read.last() else {
+                        break;
+                    };
                     cursor.next = last.offset + 1;
+                    entries.extend(
+                        read.into_iter()
+                            .filter(|entry| !cursor.dead.contains(&entry.offset)),
+                    );
                 }
-                entries.extend(read);
             } else if !cursor.fetching {
                 cursor.fetching = true;
                 effects.fetches.push(Fetch {
@@ -395,7 +478,11 @@ impl Group {
         }
         let member = &self.members[owner];
         for entry in entries {
-            cursor.inflight.push_back((entry.offset, now));
+            cursor.inflight.push_back(Out {
+                offset: entry.offset,
+                at: now,
+                message: entry.message.clone(),
+            });
             let failed = cursor
                 .attempts
                 .iter()
@@ -410,8 +497,10 @@ impl Group {
                 attempt: failed + 1,
             });
         }
-        if let Some(&(_, handed_at)) = cursor.inflight.front() {
-            note_deadline(effects, handed_at.saturating_add(timeout));
+        // Dead-lettered offsets read past may let the commit move on.
+        cursor.recommit(partition, effects);
+        if let Some(out) = cursor.inflight.front() {
+            note_deadline(effects, out.at.saturating_add(timeout));
         }
     }
 
@@ -472,18 +561,34 @@ impl Group {
         if cursor.epoch != epoch {
             return;
         }
-        let Some(at) = cursor.inflight.iter().position(|(o, _)| *o == offset) else {
+        let Some(at) = cursor.inflight.iter().position(|out| out.offset == offset) else {
             return;
         };
         match refused {
             Some(reason) => {
                 let attempts = cursor.attempt(offset);
+                let cause = Failure::Refused(reason);
                 effects.failed.push(Failed {
                     partition,
                     offset,
                     attempts,
-                    reason: Some(reason),
+                    cause,
                 });
+                if attempts >= self.settings.max_attempts {
+                    // Given up on: the partition moves on without it.
+                    let out = cursor.inflight.remove(at).expect("found above");
+                    effects.dead.push(DeadLetter {
+                        partition,
+                        offset,
+                        attempts,
+                        cause,
+                        message: out.message,
+                    });
+                    cursor.dead.push(offset);
+                    cursor.recommit(partition, effects);
+                    self.fill(partition, now, source, effects);
+                    return;
+                }
                 if let Some(owner) = cursor.owner {
                     effects
                         .withdrawals
@@ -499,12 +604,7 @@ impl Group {
             }
             None => {
                 cursor.inflight.remove(at);
-                let committed = cursor.inflight.front().map_or(cursor.next, |(o, _)| *o);
-                if committed > cursor.committed {
-                    cursor.committed = committed;
-                    cursor.attempts.retain(|(o, _)| *o >= committed);
-                    effects.commits.push((partition, committed));
-                }
+                cursor.recommit(partition, effects);
             }
         }
         self.fill(partition, now, source, effects);
@@ -514,13 +614,20 @@ impl Group {
     /// resumes partitions whose pause is over.
     pub fn wake(&mut self, now: u64, source: &dyn PartitionSource, effects: &mut Effects) {
         let timeout = self.settings.ack_timeout_ms;
+        let max_attempts = self.settings.max_attempts;
         for (partition, cursor) in self.cursors.iter_mut().enumerate() {
             let overdue = cursor
                 .inflight
                 .front()
-                .is_some_and(|&(_, at)| at.saturating_add(timeout) <= now);
+                .is_some_and(|out| out.at.saturating_add(timeout) <= now);
             if overdue {
-                fail_inflight(cursor, partition as u32, None, effects);
+                fail_inflight(
+                    cursor,
+                    partition as u32,
+                    Failure::TimedOut,
+                    max_attempts,
+                    effects,
+                );
                 if let Some(owner) = cursor.owner {
                     effects
                         .withdrawals
@@ -550,6 +657,7 @@ impl Group {
             }
             cursor.committed = offset;
             cursor.attempts.clear();
+            cursor.dead.clear();
             cursor.paused_until = 0;
             cursor.rewind();
             effects.commits.push((partition as u32, offset));
@@ -563,22 +671,39 @@ impl Group {
     }
 }
 
-/// Counts a failed attempt for each delivery of `cursor` still out.
+/// Counts a failed attempt for each delivery of `cursor` still out; those
+/// at `max_attempts` are dead-lettered, to be read past once the cursor
+/// rewinds.
 fn fail_inflight(
     cursor: &mut Cursor,
     partition: u32,
-    reason: Option<ReasonCode>,
+    cause: Failure,
+    max_attempts: u32,
     effects: &mut Effects,
 ) {
-    let offsets: Vec<u64> = cursor.inflight.iter().map(|(offset, _)| *offset).collect();
-    for offset in offsets {
+    let outs: Vec<(u64, Arc<Message>)> = cursor
+        .inflight
+        .iter()
+        .map(|out| (out.offset, out.message.clone()))
+        .collect();
+    for (offset, message) in outs {
         let attempts = cursor.attempt(offset);
         effects.failed.push(Failed {
             partition,
             offset,
             attempts,
-            reason,
+            cause,
         });
+        if attempts >= max_attempts {
+            effects.dead.push(DeadLetter {
+                partition,
+                offset,
+                attempts,
+                cause,
+                message,
+            });
+            cursor.dead.push(offset);
+        }
     }
 }
 
@@ -649,6 +774,7 @@ mod tests {
             max_inflight,
             ack_timeout_ms: 30_000,
             retry_backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
+            max_attempts: 3,
         }
     }
 
@@ -759,7 +885,7 @@ mod tests {
                 partition: 0,
                 offset: 0,
                 attempts: 1,
-                reason: Some(ReasonCode::UNSPECIFIED_ERROR)
+                cause: Failure::Refused(ReasonCode::UNSPECIFIED_ERROR)
             }]
         );
         assert!(nacked.handouts.is_empty(), "paused");
@@ -788,6 +914,62 @@ mod tests {
         );
         assert_eq!(second.failed[0].attempts, 2);
         assert_eq!(second.deadline, Some(6200), "second backoff step");
+    }
+
+    #[test]
+    fn after_max_attempts_a_message_is_dead_lettered_and_the_partition_moves_on() {
+        let log = Log::new(1, 3);
+        let mut group = Group::new("g".into(), settings(1), &[0]);
+        let mut effects = Effects::default();
+        group.join(member("a", 1), 0, &log, &mut effects);
+        let mut now = 0;
+        let mut epoch = effects.handouts[0].epoch;
+        for attempt in 1..=2 {
+            let mut nacked = Effects::default();
+            group.settled(0, 0, epoch, Some(ReasonCode(0x80)), now, &log, &mut nacked);
+            assert!(nacked.dead.is_empty(), "attempt {attempt}");
+            now = nacked.deadline.unwrap();
+            let mut again = Effects::default();
+            group.wake(now, &log, &mut again);
+            assert_eq!(handed(&again), [("a".into(), 0, 0)]);
+            assert_eq!(again.handouts[0].attempt, attempt + 1);
+            epoch = again.handouts[0].epoch;
+        }
+        let mut last = Effects::default();
+        group.settled(0, 0, epoch, Some(ReasonCode(0x83)), now, &log, &mut last);
+        assert_eq!(last.dead.len(), 1);
+        let dead = &last.dead[0];
+        assert_eq!((dead.offset, dead.attempts), (0, 3));
+        assert_eq!(dead.cause.describe(), "0x83");
+        assert_eq!(last.commits, [(0, 1)], "read past it");
+        assert_eq!(
+            handed(&last),
+            [("a".into(), 0, 1)],
+            "no pause: the next one"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_is_read_past_when_a_timeout_rewinds_the_partition() {
+        let log = Log::new(1, 3);
+        let mut group = Group::new(
+            "g".into(),
+            GroupSettings {
+                max_attempts: 1,
+                ..settings(2)
+            },
+            &[0],
+        );
+        let mut effects = Effects::default();
+        group.join(member("a", 1), 0, &log, &mut effects);
+        assert_eq!(effects.handouts.len(), 2);
+        let mut late = Effects::default();
+        group.wake(30_000, &log, &mut late);
+        let dead: Vec<u64> = late.dead.iter().map(|d| d.offset).collect();
+        assert_eq!(dead, [0, 1], "one attempt each, both timed out");
+        assert_eq!(late.dead[0].cause, Failure::TimedOut);
+        assert_eq!(handed(&late), [("a".into(), 0, 2)], "only what is left");
+        assert_eq!(late.commits, [(0, 2)]);
     }
 
     #[test]
