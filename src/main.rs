@@ -25,6 +25,9 @@ enum Command {
     /// Show a running broker's streams: partitions, end offsets, consumer
     /// groups, committed offsets and lag (through its admin API).
     Streams(StreamsArgs),
+    /// List consumer groups' dead letters, show one group's, or re-drive
+    /// them into their stream (through the admin API).
+    Dlq(DlqArgs),
     /// Generate load against a running broker and report throughput and latency.
     Bench(petrel_bench::BenchArgs),
 }
@@ -57,6 +60,49 @@ struct StreamsArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct DlqArgs {
+    /// The consumer group, to show (or re-drive) its dead letters.
+    #[arg(requires = "stream")]
+    group: Option<String>,
+    /// The stream of those dead letters.
+    stream: Option<String>,
+    /// Append the selected dead letters to the stream again and drop them
+    /// from the queue (all of them unless narrowed down).
+    #[arg(long, requires = "group")]
+    redrive: bool,
+    /// Only the dead letters of this key.
+    #[arg(long, requires = "redrive")]
+    key: Option<String>,
+    /// Only those of this partition.
+    #[arg(long, requires = "redrive")]
+    partition: Option<u32>,
+    /// Only offsets from this one on.
+    #[arg(long, requires = "redrive")]
+    from: Option<u64>,
+    /// Only offsets up to this one.
+    #[arg(long, requires = "redrive")]
+    to: Option<u64>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// Where the admin API is, for the commands that use it.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Address of the broker's admin API (its `[admin] bind`).
+    #[arg(long, value_name = "HOST:PORT", env = ADMIN_ADDRESS_VARIABLE,
+          default_value_t = DEFAULT_ADMIN_BIND.to_string())]
+    admin: String,
+    /// Bearer token the admin API asks for (its `[admin] token`); prefer the
+    /// environment variable, as other users can see a command's arguments.
+    #[arg(long, env = ADMIN_TOKEN_VARIABLE, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match petrel::server::runtime() {
@@ -69,6 +115,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Streams(args) => runtime.block_on(streams(args)),
+        Command::Dlq(args) => runtime.block_on(dlq(args)),
         Command::Bench(args) => runtime
             .block_on(petrel_bench::run(args))
             .map_err(|error| error.to_string()),
@@ -134,6 +181,95 @@ async fn streams(args: StreamsArgs) -> Result<(), String> {
         .lock()
         .write_all(text.as_bytes())
         .map_err(|error| format!("cannot write the output: {error}"))
+}
+
+async fn dlq(args: DlqArgs) -> Result<(), String> {
+    use petrel::admin::{client, render};
+    let admin = &args.admin;
+    let token = admin.token.as_deref();
+    let failed = |error: client::ClientError| error.to_string();
+    let text = match (&args.group, &args.stream) {
+        (Some(group), Some(stream)) if args.redrive => {
+            let mut query = Vec::new();
+            if let Some(key) = &args.key {
+                query.push(format!("key={}", percent_encode(key)));
+            }
+            for (name, value) in [
+                ("partition", args.partition.map(u64::from)),
+                ("from", args.from),
+                ("to", args.to),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("{name}={value}"));
+                }
+            }
+            let path = format!(
+                "/v1/dlq/{}/{}/redrive?{}",
+                percent_encode(group),
+                percent_encode(stream),
+                query.join("&")
+            );
+            let body = client::post(&admin.admin, token, &path)
+                .await
+                .map_err(failed)?;
+            if admin.json {
+                format!("{}\n", String::from_utf8_lossy(&body))
+            } else {
+                let done: petrel::admin::dlq::Redriven =
+                    serde_json::from_slice(&body).map_err(|error| {
+                        format!("the admin API answered JSON this petrel cannot read: {error}")
+                    })?;
+                format!("re-drove {} dead letter(s) into {stream}\n", done.redriven)
+            }
+        }
+        (Some(group), Some(stream)) => {
+            let path = format!(
+                "/v1/dlq/{}/{}",
+                percent_encode(group),
+                percent_encode(stream)
+            );
+            let body = client::get(&admin.admin, token, &path)
+                .await
+                .map_err(failed)?;
+            render_or_json(admin.json, &body, render::dead_letters)?
+        }
+        _ => {
+            let body = client::get(&admin.admin, token, "/v1/dlq")
+                .await
+                .map_err(failed)?;
+            render_or_json(admin.json, &body, render::dead_letter_queues)?
+        }
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|error| format!("cannot write the output: {error}"))
+}
+
+/// The API's JSON as it came, or rendered as tables.
+fn render_or_json(
+    json: bool,
+    body: &[u8],
+    render: fn(&[u8]) -> Result<String, serde_json::Error>,
+) -> Result<String, String> {
+    if json {
+        return Ok(format!("{}\n", String::from_utf8_lossy(body)));
+    }
+    render(body)
+        .map_err(|error| format!("the admin API answered JSON this petrel cannot read: {error}"))
+}
+
+/// A path segment or query value with everything but unreserved characters
+/// escaped.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn init_logging(settings: &Settings) {

@@ -451,3 +451,93 @@ fn serve_refuses_an_admin_api_open_to_the_network_without_a_token() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`admin.token`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
+    let dir = TempDir::new("admin-dlq");
+    let options = petrel::store::DiskOptions {
+        segment_bytes: 1 << 20,
+        max_disk_bytes: u64::MAX,
+    };
+    let store: std::sync::Arc<dyn petrel::store::Store> =
+        std::sync::Arc::new(petrel::store::DiskStore::open(dir.path(), options).unwrap());
+    let settings = Settings {
+        durability: petrel::config::Durability::Sync,
+        streams: vec![StreamConfig {
+            max_attempts: 1,
+            ..orders(1)
+        }],
+        admin: Some(Admin {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+        }),
+        ..Settings::ephemeral()
+    };
+    let broker = Broker::start_with_store(settings, store)
+        .await
+        .expect("broker starts");
+    let mqtt = broker.local_addrs()[0];
+    let admin = admin_addr(&broker);
+    publish_acknowledged(mqtt, DEVICE_1, 2).await;
+
+    let (mut member, _) = raw::connect_v5(mqtt, &raw::unique_id("nack")).await;
+    member
+        .send(&raw::subscribe(
+            1,
+            Some(&[]),
+            &[(b"$share/g/$stream/orders", 1)],
+        ))
+        .await;
+    member.expect_kind(raw::SUBACK).await;
+    let refuse_then_take = |refuse: bool, packet: raw::Packet| {
+        let publish = raw::Publish::parse(&packet, true);
+        let id = publish.packet_id.expect("QoS 1").to_be_bytes();
+        let ack = if refuse {
+            vec![0x40, 0x03, id[0], id[1], 0x80]
+        } else {
+            vec![0x40, 0x02, id[0], id[1]]
+        };
+        (publish, ack)
+    };
+    // One attempt allowed: the refused first message is a dead letter.
+    let (_, ack) = refuse_then_take(true, member.expect_kind(raw::PUBLISH).await);
+    member.send(&ack).await;
+    let (second, ack) = refuse_then_take(false, member.expect_kind(raw::PUBLISH).await);
+    member.send(&ack).await;
+    assert_eq!(second.payload, b"order");
+
+    let queues = answer_when(&admin, None, "/v1/dlq", |q| q[0]["count"] == 1).await;
+    assert_eq!(
+        queues,
+        json!([{"group": "g", "stream": "orders", "count": 1}])
+    );
+    let letters = client::get(&admin, None, "/v1/dlq/g/orders").await.unwrap();
+    let letters: Value = serde_json::from_slice(&letters).unwrap();
+    assert_eq!(letters[0]["offset"], 0);
+    assert_eq!(letters[0]["key"], "device-1");
+    assert_eq!(letters[0]["attempts"], 1);
+    assert_eq!(letters[0]["reason"], "0x80");
+    assert_eq!(letters[0]["topic"], DEVICE_1);
+    assert_eq!(letters[0]["payload"], "order");
+
+    let done = client::post(&admin, None, "/v1/dlq/g/orders/redrive?key=device-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&done).unwrap(),
+        json!({"redriven": 1})
+    );
+    // Back in the stream at a new offset, and read again.
+    let again = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(again.payload, b"order");
+    let offset = again
+        .properties
+        .iter()
+        .filter(|(id, _)| *id == 0x26)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .find(|p| p.contains("offset"))
+        .expect("an offset property");
+    assert!(offset.ends_with('2'), "{offset}");
+    answer_when(&admin, None, "/v1/dlq", |q| q == &json!([])).await;
+    broker.shutdown().await;
+}

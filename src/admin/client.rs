@@ -1,11 +1,11 @@
 //! The client side of the admin API, for the `petrel` commands that talk to
-//! a running broker: one GET on one short-lived connection.
+//! a running broker: one request on one short-lived connection.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::{Request, StatusCode, header};
+use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -41,15 +41,37 @@ pub enum ClientError {
 /// the bearer token when given, and returns the body of a 2xx answer. Any
 /// other status is an error carrying the API's own message.
 pub async fn get(addr: &str, token: Option<&str>, path: &str) -> Result<Bytes, ClientError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange(addr, token, path))
+    send(Method::GET, addr, token, path).await
+}
+
+/// `get`, as a POST with an empty body (an action such as a re-drive).
+pub async fn post(addr: &str, token: Option<&str>, path: &str) -> Result<Bytes, ClientError> {
+    send(Method::POST, addr, token, path).await
+}
+
+async fn send(
+    method: Method,
+    addr: &str,
+    token: Option<&str>,
+    path: &str,
+) -> Result<Bytes, ClientError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange(method, addr, token, path))
         .await
         .map_err(|_| ClientError::Timeout {
             addr: addr.to_string(),
         })?
 }
 
-async fn exchange(addr: &str, token: Option<&str>, path: &str) -> Result<Bytes, ClientError> {
-    let mut request = Request::get(path).header(header::HOST, addr);
+async fn exchange(
+    method: Method,
+    addr: &str,
+    token: Option<&str>,
+    path: &str,
+) -> Result<Bytes, ClientError> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr);
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }

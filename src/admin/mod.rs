@@ -7,6 +7,7 @@
 //! every request, for a known path or not, must carry it as a bearer token.
 
 pub mod client;
+pub mod dlq;
 pub mod render;
 mod streams;
 
@@ -17,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -37,6 +38,8 @@ pub enum ApiError {
     NoEndpoint(Uri),
     #[error("{method} is not allowed on {uri}")]
     MethodNotAllowed { method: Method, uri: Uri },
+    #[error("the store could not be read: {0}")]
+    Store(String),
 }
 
 impl ApiError {
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NoStream(_) | ApiError::NoEndpoint(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -77,6 +81,9 @@ pub fn router(state: Arc<BrokerState>, token: Option<&str>) -> Router {
     let api = Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{name}", get(streams::one))
+        .route("/v1/dlq", get(dlq::list))
+        .route("/v1/dlq/{group}/{stream}", get(dlq::show))
+        .route("/v1/dlq/{group}/{stream}/redrive", post(dlq::redrive))
         .fallback(no_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

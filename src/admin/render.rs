@@ -116,6 +116,58 @@ fn stream(stream: &Stream) -> String {
 }
 
 /// Left-aligned columns two spaces apart, indented under the stream's line.
+/// Renders the body of `GET /v1/dlq`: the groups with dead letters.
+pub fn dead_letter_queues(json: &[u8]) -> Result<String, serde_json::Error> {
+    let queues: Vec<super::dlq::DeadLetterQueue> = serde_json::from_slice(json)?;
+    if queues.is_empty() {
+        return Ok("no dead letters\n".into());
+    }
+    let rows = queues
+        .into_iter()
+        .map(|q| vec![q.group, q.stream, q.count.to_string()])
+        .collect();
+    Ok(table(&["GROUP", "STREAM", "DEAD LETTERS"], rows))
+}
+
+/// Renders the body of `GET /v1/dlq/{group}/{stream}`: its dead letters,
+/// payloads cut to a line.
+pub fn dead_letters(json: &[u8]) -> Result<String, serde_json::Error> {
+    let letters: Vec<super::dlq::DeadLetter> = serde_json::from_slice(json)?;
+    if letters.is_empty() {
+        return Ok("no dead letters\n".into());
+    }
+    let rows = letters
+        .into_iter()
+        .map(|letter| {
+            let mut payload: String = letter.payload.chars().take(40).collect();
+            if letter.payload.chars().count() > 40 {
+                payload.push('…');
+            }
+            vec![
+                letter.partition.to_string(),
+                letter.offset.to_string(),
+                letter.key,
+                letter.attempts.to_string(),
+                letter.reason,
+                letter.topic,
+                payload.replace('\n', " "),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "PARTITION",
+            "OFFSET",
+            "KEY",
+            "ATTEMPTS",
+            "REASON",
+            "TOPIC",
+            "PAYLOAD",
+        ],
+        rows,
+    ))
+}
+
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::{BrokerState, TimerEvent};
 use crate::protocol::{Message, QoS};
 use crate::session::{Delivery, Session, StreamOrigin, StreamSettled};
-use crate::store::{Committed, Record, StreamEntry};
+use crate::store::{Committed, DeadLetterEntry, Record, StreamEntry};
 use crate::stream::group::{Effects, Group, GroupSettings, Member, PartitionSource};
 use crate::stream::registry::{Bounds, Stream};
 use crate::stream::spec::Start;
@@ -399,6 +399,39 @@ impl BrokerState {
                 self.carry_out(&cell, &mut state, effects);
             }
         }
+    }
+
+    /// Appends dead letters to their streams again (each to its key's
+    /// partition, at a new offset, for every group of the stream) and
+    /// drops them from the dead-letter queue. Returns how many went.
+    pub fn redrive(&self, letters: &[DeadLetterEntry], now: u64) -> usize {
+        let mut count = 0;
+        for letter in letters {
+            let Some((index, stream)) = self.streams.find(&letter.stream) else {
+                continue;
+            };
+            let message = Arc::new(stream.unplaced(&letter.message));
+            let appended = self
+                .streams
+                .append_where(&message, now, Some(index), |appends| {
+                    self.journal.append(Record::PutCopies {
+                        message: Some(message.clone()),
+                        copies: Vec::new(),
+                        inbound_qos2: None,
+                        appends,
+                    })
+                });
+            self.journal.append(Record::DeleteDeadLetter {
+                group: letter.group.as_str().into(),
+                stream: stream.name.clone(),
+                partition: letter.partition,
+                offset: letter.offset,
+            });
+            self.metrics.stream_appends_add(appended.partitions as u64);
+            self.appended(&appended.readable, now);
+            count += 1;
+        }
+        count
     }
 
     /// Takes a session's reports on stream deliveries (taken from its

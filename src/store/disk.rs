@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use super::log::{CommitLog, LogPos, LogReader, segment_path};
 use super::state::{Folded, SegmentRefs, StateDb};
 use super::{
-    Record, STREAM_BLOCK, Snapshot, Store, StoreError, StoredDelivery, StreamBlock, StreamEntry,
+    DeadLetterEntry, Record, STREAM_BLOCK, Snapshot, Store, StoreError, StoredDelivery,
+    StreamBlock, StreamEntry,
 };
 use crate::delay::Pending;
 use crate::protocol::Message;
@@ -308,7 +309,8 @@ impl DiskStore {
                 message: Some(message),
                 ..
             }
-            | Record::PutDelayed { message, .. } => {
+            | Record::PutDelayed { message, .. }
+            | Record::PutDeadLetter { message, .. } => {
                 cache.insert(pos, message.clone());
                 Ok(message)
             }
@@ -517,6 +519,25 @@ impl Store for DiskStore {
             }
         }
         Ok(found)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetterEntry>, StoreError> {
+        self.settle_state()?;
+        let mut cache = HashMap::new();
+        let mut letters = Vec::new();
+        for (place, row) in self.state.dead_letters()? {
+            letters.push(DeadLetterEntry {
+                message: self.message_at(row.pos, &mut cache)?,
+                group: place.group,
+                stream: place.stream,
+                partition: place.partition,
+                offset: place.offset,
+                attempts: row.attempts,
+                reason: row.reason,
+                at: row.at,
+            });
+        }
+        Ok(letters)
     }
 
     fn read_copies(&self, client_id: &str, seqs: &[u64]) -> Result<Vec<Delivery>, StoreError> {

@@ -71,7 +71,8 @@ impl Store for MemoryStore {
             | Record::DeleteGroup { .. }
             | Record::PutDelayed { .. }
             | Record::DeleteDelayed { .. }
-            | Record::PutDeadLetter { .. } => {}
+            | Record::PutDeadLetter { .. }
+            | Record::DeleteDeadLetter { .. } => {}
         }
         Ok(())
     }

@@ -140,6 +140,21 @@ pub struct StreamBlock {
     pub newest_ms: u64,
 }
 
+/// A dead letter as read back: where it was in its stream, why it was
+/// given up, and the message as the group's members received it.
+#[derive(Debug, Clone)]
+pub struct DeadLetterEntry {
+    pub group: String,
+    pub stream: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempts: u32,
+    pub reason: String,
+    /// When it was given up (unix ms).
+    pub at: u64,
+    pub message: Arc<Message>,
+}
+
 /// One message of a stream partition as read back.
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
@@ -189,6 +204,10 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
         let _ = (partition, from, max);
+        Ok(Vec::new())
+    }
+    /// Every dead letter stored, by group, stream, partition and offset.
+    fn dead_letters(&self) -> Result<Vec<DeadLetterEntry>, StoreError> {
         Ok(Vec::new())
     }
     /// Waits until every record written so far can be read back by

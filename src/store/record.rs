@@ -106,6 +106,13 @@ pub enum Record {
         at: u64,
         message: Arc<Message>,
     },
+    /// A dead letter re-driven into its stream (or dropped).
+    DeleteDeadLetter {
+        group: Arc<str>,
+        stream: Arc<str>,
+        partition: u32,
+        offset: u64,
+    },
 }
 
 /// One message appended to one stream partition, at `offset`.

@@ -307,6 +307,23 @@ pub struct DeadRow {
     pub size: u32,
 }
 
+/// Where a dead letter was: its group, stream, partition and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadPlace {
+    pub group: String,
+    pub stream: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+fn dead_key(group: &str, stream: &str, partition: u32, offset: u64) -> Vec<u8> {
+    let mut key = owned_key(group, stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(&offset.to_be_bytes());
+    key
+}
+
 fn delayed_key(due: u64, id: u64) -> [u8; 16] {
     let mut key = [0; 16];
     key[..8].copy_from_slice(&due.to_be_bytes());
@@ -540,10 +557,7 @@ impl StateDb {
                     at,
                     message,
                 } => {
-                    let mut key = owned_key(group, stream.as_bytes());
-                    key.push(0);
-                    key.extend_from_slice(&partition.to_be_bytes());
-                    key.extend_from_slice(&offset.to_be_bytes());
+                    let key = dead_key(group, stream, *partition, *offset);
                     let row = DeadRow {
                         attempts: *attempts,
                         reason: reason.clone(),
@@ -557,6 +571,18 @@ impl StateDb {
                         drop_ref(refs, old.pos);
                     }
                     add_ref(refs, pos, 1);
+                }
+                Record::DeleteDeadLetter {
+                    group,
+                    stream,
+                    partition,
+                    offset,
+                } => {
+                    let key = dead_key(group, stream, *partition, *offset);
+                    if let Some(old) = self.dead.remove(&key).map_err(backend)? {
+                        let old: DeadRow = decode("dead", &key, &old)?;
+                        drop_ref(refs, old.pos);
+                    }
                 }
                 Record::DeleteGroup { group, stream } => {
                     let mut prefix = commit_key(group, stream);
@@ -627,6 +653,34 @@ impl StateDb {
         visit: impl FnMut(&Entry),
     ) -> Result<(), StoreError> {
         self.partitions().visit_owner(partition, visit)
+    }
+
+    /// The dead letters stored, by group, stream, partition and offset.
+    pub fn dead_letters(&self) -> Result<Vec<(DeadPlace, DeadRow)>, StoreError> {
+        let mut letters = Vec::new();
+        for row in self.dead.iter() {
+            let (key, value) = row.map_err(backend)?;
+            let parsed = split_key(&key).and_then(|(group, rest)| {
+                let nul = rest.iter().position(|&b| b == 0)?;
+                let stream = std::str::from_utf8(&rest[..nul]).ok()?.to_string();
+                let place = &rest[nul + 1..];
+                let partition = u32::from_be_bytes(place.get(..4)?.try_into().ok()?);
+                let offset = u64::from_be_bytes(place.get(4..12)?.try_into().ok()?);
+                Some((group, stream, partition, offset))
+            });
+            let Some((group, stream, partition, offset)) = parsed else {
+                return Err(StoreError::Corrupt(format!("dead: malformed key {key:?}")));
+            };
+            let row: DeadRow = decode("dead", &key, &value)?;
+            let place = DeadPlace {
+                group,
+                stream,
+                partition,
+                offset,
+            };
+            letters.push((place, row));
+        }
+        Ok(letters)
     }
 
     /// The delayed publishes stored, in due order: id, due and where the

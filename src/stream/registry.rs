@@ -181,15 +181,30 @@ impl Streams {
         now_ms: u64,
         write: impl FnOnce(Vec<Append>) -> Ticket,
     ) -> Appended<Ticket> {
+        self.append_where(message, now_ms, None, write)
+    }
+
+    /// `append`, into stream `only` alone (a dead letter re-driven), or
+    /// into every stream whose filters match.
+    pub fn append_where(
+        &self,
+        message: &Arc<Message>,
+        now_ms: u64,
+        only: Option<usize>,
+        write: impl FnOnce(Vec<Append>) -> Ticket,
+    ) -> Appended<Ticket> {
         // Locks are taken in stream order, so two publishes feeding the
         // same streams never wait on each other in a cycle.
         let mut held: Vec<(MutexGuard<'_, Partition>, Append, usize)> = Vec::new();
         for (index, stream) in self.streams.iter().enumerate() {
-            let feeds = stream
-                .spec
-                .filters
-                .iter()
-                .any(|filter| topic::matches(filter, &message.topic));
+            let feeds = match only {
+                Some(only) => index == only,
+                None => stream
+                    .spec
+                    .filters
+                    .iter()
+                    .any(|filter| topic::matches(filter, &message.topic)),
+            };
             if !feeds {
                 continue;
             }
@@ -278,6 +293,23 @@ impl Stream {
             ("key".to_string(), key),
         ]);
         Arc::new(placed)
+    }
+
+    /// The message `placed` was made from: without the user properties
+    /// `placed` added.
+    pub fn unplaced(&self, placed: &Message) -> Message {
+        let mut message = placed.clone();
+        let properties = &mut message.properties.user_properties;
+        let added = ["stream", "partition", "offset", "key"];
+        if properties.len() >= added.len()
+            && properties[properties.len() - added.len()..]
+                .iter()
+                .zip(added)
+                .all(|((name, _), wanted)| name == wanted)
+        {
+            properties.truncate(properties.len() - added.len());
+        }
+        message
     }
 
     fn lock(&self, partition: u32) -> MutexGuard<'_, Partition> {
