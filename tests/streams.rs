@@ -910,3 +910,43 @@ async fn after_max_attempts_the_message_goes_to_the_groups_dead_letter_topic_and
     assert_eq!(broker.state().metrics().stream_dead_letters(), 1);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn dead_letters_older_than_dlq_retention_are_dropped_from_disk() {
+    let (_dir, store) = disk_store("streams-dlq-retention");
+    let config = StreamConfig {
+        max_attempts: 1,
+        dlq_retention: "200ms".into(),
+        ..orders(1)
+    };
+    let broker = start_with(config, &store).await;
+    let addr = broker.local_addrs()[0];
+    publish_orders(addr, &keyed(1, 1)).await;
+    let (mut member, _) = raw::connect_v5(addr, &raw::unique_id("nack")).await;
+    member
+        .send(&raw::subscribe(
+            1,
+            Some(&[]),
+            &[(b"$share/g/$stream/orders", 1)],
+        ))
+        .await;
+    member.expect_kind(raw::SUBACK).await;
+    let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    let id = delivery.packet_id.unwrap().to_be_bytes();
+    member.send(&[0x40, 0x03, id[0], id[1], 0x80]).await;
+
+    let metrics = || broker.state().metrics();
+    let deadline = Instant::now() + WAIT;
+    while metrics().stream_dead_letters() == 0 || metrics().dead_letters_dropped() == 0 {
+        assert!(Instant::now() < deadline, "dead-lettered, then dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kept = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.dead_letters().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(kept.is_empty(), "gone from disk too: {kept:?}");
+    broker.shutdown().await;
+}

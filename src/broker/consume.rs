@@ -10,7 +10,7 @@
 //! still locked, so one partition's messages reach their reader in offset
 //! order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::{BrokerState, TimerEvent};
 use crate::protocol::{Message, QoS};
 use crate::session::{Delivery, Session, StreamOrigin, StreamSettled};
-use crate::store::{Committed, DeadLetterEntry, Record, StreamEntry};
+use crate::store::{Committed, DeadLetterEntry, DeadLetterMark, Record, StreamEntry};
 use crate::stream::group::{Effects, Group, GroupSettings, Member, PartitionSource};
 use crate::stream::registry::{Bounds, Stream};
 use crate::stream::spec::Start;
@@ -28,6 +28,46 @@ use crate::topic;
 /// Where a group's dead letters are published as they happen:
 /// `$dlq/{group}/{stream}`.
 pub const DEAD_LETTER_PREFIX: &str = "$dlq/";
+
+/// The dead letters kept, per group and stream, oldest first: what
+/// `dlq_retention` and `dlq_max_bytes` drop.
+#[derive(Default)]
+pub(super) struct DeadLetterIndex {
+    queues: Mutex<HashMap<(Arc<str>, usize), DeadQueue>>,
+}
+
+#[derive(Default)]
+struct DeadQueue {
+    /// `(at, partition, offset, size)`, in the order they were given up.
+    letters: VecDeque<(u64, u32, u64, u64)>,
+    bytes: u64,
+}
+
+impl DeadLetterIndex {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(Arc<str>, usize), DeadQueue>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, group: Arc<str>, stream: usize, letter: (u64, u32, u64, u64)) {
+        let mut queues = self.lock();
+        let queue = queues.entry((group, stream)).or_default();
+        queue.bytes += letter.3;
+        queue.letters.push_back(letter);
+    }
+
+    fn remove(&self, group: &str, stream: usize, partition: u32, offset: u64) {
+        let mut queues = self.lock();
+        if let Some(queue) = queues.get_mut(&(Arc::from(group), stream))
+            && let Some(at) = queue
+                .letters
+                .iter()
+                .position(|l| l.1 == partition && l.2 == offset)
+        {
+            let gone = queue.letters.remove(at).expect("found above");
+            queue.bytes -= gone.3;
+        }
+    }
+}
 
 /// How often retention is applied.
 const RETENTION_EVERY_MS: u64 = 1000;
@@ -427,6 +467,8 @@ impl BrokerState {
                 partition: letter.partition,
                 offset: letter.offset,
             });
+            self.dead_letters
+                .remove(&letter.group, index, letter.partition, letter.offset);
             self.metrics.stream_appends_add(appended.partitions as u64);
             self.appended(&appended.readable, now);
             count += 1;
@@ -490,8 +532,59 @@ impl BrokerState {
         }
     }
 
+    /// Takes back the dead letters kept before a restart.
+    pub(super) fn restore_dead_letters(&self, mut marks: Vec<DeadLetterMark>) {
+        marks.sort_by_key(|mark| mark.at);
+        for mark in marks {
+            if let Some((index, _)) = self.streams.find(&mark.stream) {
+                self.dead_letters.add(
+                    mark.group.as_str().into(),
+                    index,
+                    (mark.at, mark.partition, mark.offset, u64::from(mark.size)),
+                );
+            }
+        }
+    }
+
+    /// Drops the dead letters older than their stream's `dlq_retention`,
+    /// and the oldest of a group while it keeps more than `dlq_max_bytes`.
+    fn trim_dead_letters(&self, now: u64) {
+        let mut dropped = Vec::new();
+        {
+            let mut queues = self.dead_letters.lock();
+            for ((group, index), queue) in queues.iter_mut() {
+                let spec = &self.streams.get(*index).spec;
+                let retention = u64::try_from(spec.dlq_retention.as_millis()).unwrap_or(u64::MAX);
+                while let Some(&(at, partition, offset, size)) = queue.letters.front() {
+                    let too_old = at.saturating_add(retention) <= now;
+                    if !too_old && queue.bytes <= spec.dlq_max_bytes {
+                        break;
+                    }
+                    queue.letters.pop_front();
+                    queue.bytes -= size;
+                    dropped.push((group.clone(), *index, partition, offset));
+                }
+            }
+            queues.retain(|_, queue| !queue.letters.is_empty());
+        }
+        for (group, index, partition, offset) in dropped {
+            let stream = self.streams.get(index);
+            tracing::info!(stream = %stream.name, %group, partition, offset, "dead letter dropped by dlq_retention or dlq_max_bytes");
+            self.metrics.dead_letter_dropped();
+            if self.keeps_messages {
+                self.journal.append(Record::DeleteDeadLetter {
+                    group,
+                    stream: stream.name.clone(),
+                    partition,
+                    offset,
+                });
+            }
+        }
+    }
+
     /// Applies every stream's retention, then arms the next pass.
     pub(super) fn apply_retention(&self, now: u64) {
+        self.trim_dead_letters(now);
         for (index, stream) in self.streams.iter().enumerate() {
             let trimmed = stream.trim(now);
             if trimmed.is_empty() {
@@ -539,6 +632,11 @@ impl BrokerState {
             let reason = dead.cause.describe();
             let now = crate::timer::now_ms();
             self.metrics.stream_dead_letter();
+            self.dead_letters.add(
+                group.clone(),
+                cell.stream,
+                (now, dead.partition, dead.offset, dead.message.size() as u64),
+            );
             tracing::warn!(stream = %stream.name, %group, partition = dead.partition, offset = dead.offset, attempts = dead.attempts, %reason, "stream message dead-lettered");
             if self.keeps_messages {
                 self.journal.append(Record::PutDeadLetter {

@@ -19,6 +19,7 @@ pub struct Metrics {
     stream_messages_skipped: AtomicU64,
     delays_refused: AtomicU64,
     stream_dead_letters: AtomicU64,
+    dead_letters_dropped: AtomicU64,
 }
 
 /// One log line per power of two keeps a flood of events from flooding the
@@ -100,6 +101,15 @@ impl Metrics {
     /// Stream messages consumer groups gave up on after `max_attempts`.
     pub fn stream_dead_letters(&self) -> u64 {
         self.stream_dead_letters.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters dropped by `dlq_retention` or `dlq_max_bytes`.
+    pub fn dead_letters_dropped(&self) -> u64 {
+        self.dead_letters_dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn dead_letter_dropped(&self) {
+        self.dead_letters_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn stream_dead_letter(&self) {

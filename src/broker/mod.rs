@@ -182,6 +182,8 @@ pub struct BrokerState {
     streams: Streams,
     /// The consumer groups reading them.
     consumers: consume::Consumers,
+    /// Consumer groups' dead letters, for their retention.
+    dead_letters: consume::DeadLetterIndex,
     /// Delayed publishes waiting for their time.
     delays: delayed::DelayQueue,
     /// Ids of delayed publishes; continues after the highest stored one.
@@ -225,6 +227,7 @@ impl BrokerState {
             next_seq: AtomicU64::new(snapshot.last_seq() + 1),
             refills: refill::Refills::new(),
             consumers: consume::Consumers::new(stream_specs.len()),
+            dead_letters: consume::DeadLetterIndex::default(),
             delays: delayed::DelayQueue::new(),
             next_delay_id: AtomicU64::new(1),
             streams: Streams::new(stream_specs, &snapshot, !keeps_messages),
@@ -233,6 +236,7 @@ impl BrokerState {
         state.restore_groups(std::mem::take(&mut snapshot.committed));
         state.arm_retention(now);
         state.restore_delays(std::mem::take(&mut snapshot.delayed), now);
+        state.restore_dead_letters(std::mem::take(&mut snapshot.dead_letters));
         restore::restore(&state, snapshot, now);
         state
     }

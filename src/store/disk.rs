@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use super::log::{CommitLog, LogPos, LogReader, segment_path};
 use super::state::{Folded, SegmentRefs, StateDb};
 use super::{
-    DeadLetterEntry, Record, STREAM_BLOCK, Snapshot, Store, StoreError, StoredDelivery,
-    StreamBlock, StreamEntry,
+    DeadLetterEntry, DeadLetterMark, Record, STREAM_BLOCK, Snapshot, Store, StoreError,
+    StoredDelivery, StreamBlock, StreamEntry,
 };
 use crate::delay::Pending;
 use crate::protocol::Message;
@@ -460,6 +460,16 @@ impl Store for DiskStore {
         for (id, due, pos) in self.state.delayed()? {
             let message = self.message_at(pos, &mut cache)?;
             snapshot.delayed.push(Pending { id, due, message });
+        }
+        for (place, row) in self.state.dead_letters()? {
+            snapshot.dead_letters.push(DeadLetterMark {
+                group: place.group,
+                stream: place.stream,
+                partition: place.partition,
+                offset: place.offset,
+                at: row.at,
+                size: row.size,
+            });
         }
         for (partition, _, last) in self.state.partition_bounds() {
             let blocks = self.partition_blocks(&partition)?;

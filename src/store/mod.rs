@@ -113,6 +113,19 @@ pub struct Snapshot {
     pub stream_blocks: HashMap<String, Vec<StreamBlock>>,
     /// Delayed publishes waiting, in due order.
     pub delayed: Vec<crate::delay::Pending>,
+    /// The dead letters kept, without their messages.
+    pub dead_letters: Vec<DeadLetterMark>,
+}
+
+/// A dead letter as retention sees it: which queue, where, when, how big.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterMark {
+    pub group: String,
+    pub stream: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub at: u64,
+    pub size: u32,
 }
 
 /// How far a consumer group has read one partition: the next offset it

@@ -30,6 +30,12 @@ pub struct StreamConfig {
     pub max_inflight_per_partition: u32,
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: String,
+    /// How long a group's dead letters are kept.
+    #[serde(default = "default_dlq_retention")]
+    pub dlq_retention: String,
+    /// Bytes of dead letters kept per group: the oldest go first.
+    #[serde(default = "default_dlq_max_bytes")]
+    pub dlq_max_bytes: ByteCount,
 }
 
 /// A byte count: a number, or a string with a unit (`"512MiB"`, `"10GiB"`).
@@ -61,6 +67,8 @@ pub struct StreamSpec {
     pub retry_backoff: Vec<Duration>,
     pub max_inflight_per_partition: u32,
     pub ack_timeout: Duration,
+    pub dlq_retention: Duration,
+    pub dlq_max_bytes: u64,
 }
 
 /// Kept when neither `retention` nor `max_bytes` is given (Kafka's
@@ -78,6 +86,13 @@ fn default_key() -> String {
 }
 fn default_start() -> String {
     "latest".into()
+}
+fn default_dlq_retention() -> String {
+    // RocketMQ's.
+    "3d".into()
+}
+fn default_dlq_max_bytes() -> ByteCount {
+    ByteCount::Text("1GiB".into())
 }
 fn default_max_attempts() -> u32 {
     16
@@ -121,6 +136,8 @@ impl StreamConfig {
             retry_backoff: default_retry_backoff(),
             max_inflight_per_partition: default_max_inflight(),
             ack_timeout: default_ack_timeout(),
+            dlq_retention: default_dlq_retention(),
+            dlq_max_bytes: default_dlq_max_bytes(),
         }
     }
 
@@ -211,6 +228,12 @@ impl StreamConfig {
         if ack_timeout.is_zero() {
             return Err(fail("ack_timeout", "must be more than 0".into()));
         }
+        let dlq_retention = parse_duration(&self.dlq_retention)
+            .map_err(|problem| fail("dlq_retention", problem))?;
+        let dlq_max_bytes = self
+            .dlq_max_bytes
+            .bytes()
+            .map_err(|problem| fail("dlq_max_bytes", problem))?;
         Ok(StreamSpec {
             name: self.name.clone(),
             filters: self.filters.clone(),
@@ -223,6 +246,8 @@ impl StreamConfig {
             retry_backoff,
             max_inflight_per_partition: self.max_inflight_per_partition,
             ack_timeout,
+            dlq_retention,
+            dlq_max_bytes,
         })
     }
 }
@@ -377,7 +402,7 @@ mod tests {
     #[test]
     fn every_bad_value_is_refused_with_its_key_named() {
         type Spoil = fn(&mut StreamConfig);
-        let cases: [(&str, Spoil); 10] = [
+        let cases: [(&str, Spoil); 12] = [
             ("name", |s| s.name = "a/b".into()),
             ("filters", |s| s.filters.clear()),
             ("filters", |s| s.filters = vec!["a/#/b".into()]),
@@ -390,6 +415,10 @@ mod tests {
             }),
             ("start", |s| s.start = "beginning".into()),
             ("ack_timeout", |s| s.ack_timeout = "0s".into()),
+            ("dlq_retention", |s| s.dlq_retention = "soon".into()),
+            ("dlq_max_bytes", |s| {
+                s.dlq_max_bytes = ByteCount::Text("lots".into())
+            }),
         ];
         for (key, spoil) in cases {
             let mut stream = orders();
