@@ -24,7 +24,7 @@ enum Command {
     Serve(ServeArgs),
     /// Show a running broker's streams: partitions, end offsets, consumer
     /// groups, committed offsets and lag (through its admin API).
-    Streams(StreamsArgs),
+    Streams(AdminArgs),
     /// List consumer groups' dead letters, show one group's, or re-drive
     /// them into their stream (through the admin API).
     Dlq(DlqArgs),
@@ -43,21 +43,6 @@ struct ServeArgs {
     /// Directory for durable state, overriding the configuration.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-}
-
-#[derive(clap::Args)]
-struct StreamsArgs {
-    /// Address of the broker's admin API (its `[admin] bind`).
-    #[arg(long, value_name = "HOST:PORT", env = ADMIN_ADDRESS_VARIABLE,
-          default_value_t = DEFAULT_ADMIN_BIND.to_string())]
-    admin: String,
-    /// Bearer token the admin API asks for (its `[admin] token`); prefer the
-    /// environment variable, as other users can see a command's arguments.
-    #[arg(long, env = ADMIN_TOKEN_VARIABLE, hide_env_values = true)]
-    token: Option<String>,
-    /// Print the API's JSON instead of tables.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -159,22 +144,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn streams(args: StreamsArgs) -> Result<(), String> {
+async fn streams(args: AdminArgs) -> Result<(), String> {
     let body = petrel::admin::client::get(&args.admin, args.token.as_deref(), "/v1/streams")
         .await
         .map_err(|error| error.to_string())?;
-    let text = if args.json {
-        let mut json = String::from_utf8_lossy(&body).into_owned();
-        json.push('\n');
-        json
-    } else {
-        petrel::admin::render::streams(&body).map_err(|error| {
-            format!(
-                "the admin API at {} answered JSON this petrel cannot read: {error}",
-                args.admin
-            )
-        })?
-    };
+    let text = render_or_json(args.json, &body, petrel::admin::render::streams)?;
     // Written rather than printed: `petrel streams | head` must end with an
     // error message, not a panic.
     std::io::stdout()
