@@ -130,6 +130,7 @@ async fn a_bad_delayed_topic_is_refused_and_not_published_as_it_is() {
         (1, "$delayed/soon/t"),
         (2, "$delayed/5/"),
         (3, "$delayed/-1/t"),
+        (5, "$delayed/1/$delayed/1/t"),
     ] {
         publisher
             .send(&publish_v5(topic, 1, packet_id, &[], b"x"))
@@ -137,6 +138,11 @@ async fn a_bad_delayed_topic_is_refused_and_not_published_as_it_is() {
         let ack = publisher.expect_kind(PUBACK).await;
         assert_eq!(reason(&ack), 0x90, "{topic}: topic name invalid");
     }
+    publisher
+        .send(&publish_v5("$delayed/0/$dlq/g/s", 1, 6, &[], b"x"))
+        .await;
+    let ack = publisher.expect_kind(PUBACK).await;
+    assert_eq!(reason(&ack), 0x87, "no forged dead letters");
     publisher.send(&publish_v5("marker", 1, 4, &[], b"m")).await;
     publisher.expect_kind(PUBACK).await;
     let first = Publish::parse(&watcher.expect_kind(PUBLISH).await, true);

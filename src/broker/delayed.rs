@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::consume::DEAD_LETTER_PREFIX;
 use super::{BrokerState, TimerEvent};
-use crate::delay::{DelayedTopic, Delays, Pending};
+use crate::delay::{DelayedTopic, Delays, Pending, delayed_topic};
 use crate::protocol::{Message, ReasonCode};
 use crate::store::{Record, Ticket};
 use crate::topic;
@@ -72,6 +73,20 @@ impl BrokerState {
             return Err(DelayRefused {
                 reason: ReasonCode::TOPIC_NAME_INVALID,
                 text: "the delayed topic is not a valid topic name",
+            });
+        }
+        // Published later without the checks a client's publish gets: a
+        // delay of a delay, or a dead letter, is refused now.
+        if !matches!(delayed_topic(delayed.topic), Ok(None)) {
+            return Err(DelayRefused {
+                reason: ReasonCode::TOPIC_NAME_INVALID,
+                text: "a delayed publish cannot itself be delayed",
+            });
+        }
+        if delayed.topic.starts_with(DEAD_LETTER_PREFIX) {
+            return Err(DelayRefused {
+                reason: ReasonCode::NOT_AUTHORIZED,
+                text: "only the broker publishes dead letters to $dlq/...",
             });
         }
         let limits = &self.settings.limits;
