@@ -950,3 +950,56 @@ async fn dead_letters_older_than_dlq_retention_are_dropped_from_disk() {
     assert!(kept.is_empty(), "gone from disk too: {kept:?}");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn retries_follow_each_backoff_step_in_order_then_the_dead_letter_and_the_next_of_the_key() {
+    let (_dir, store) = disk_store("streams-backoff");
+    let config = StreamConfig {
+        retry_backoff: vec!["100ms".into(), "300ms".into()],
+        max_attempts: 3,
+        ..orders(1)
+    };
+    let broker = start_with(config, &store).await;
+    let addr = broker.local_addrs()[0];
+    let (mut watcher, _) = raw::connect_v5(addr, &raw::unique_id("dlq")).await;
+    watcher
+        .send(&raw::subscribe(1, Some(&[]), &[(b"$dlq/g/orders", 1)]))
+        .await;
+    watcher.expect_kind(raw::SUBACK).await;
+    publish_orders(addr, &keyed(1, 2)).await;
+    let (mut member, _) = raw::connect_v5(addr, &raw::unique_id("nack")).await;
+    member
+        .send(&raw::subscribe(
+            1,
+            Some(&[]),
+            &[(b"$share/g/$stream/orders", 1)],
+        ))
+        .await;
+    member.expect_kind(raw::SUBACK).await;
+    let mut refused_at = None;
+    for wait in [None, Some(100), Some(300)] {
+        let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+        assert_eq!(
+            delivery.payload, b"k000:0",
+            "the later message of the key waits"
+        );
+        if let (Some(wait), Some(at)) = (wait, refused_at) {
+            let waited = Instant::elapsed(&at);
+            assert!(
+                waited >= Duration::from_millis(wait - 20),
+                "attempt after {waited:?}, the step is {wait} ms"
+            );
+        }
+        let id = delivery.packet_id.unwrap().to_be_bytes();
+        member.send(&[0x40, 0x03, id[0], id[1], 0x80]).await;
+        refused_at = Some(Instant::now());
+    }
+    let next = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(
+        next.payload, b"k000:1",
+        "after three attempts it is given up"
+    );
+    let letter = raw::Publish::parse(&watcher.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(letter.payload, b"k000:0");
+    broker.shutdown().await;
+}

@@ -80,6 +80,9 @@ pub struct SubscribeExtras {
     /// Once subscribed, publish this (topic, payload) at QoS 1 on the same
     /// connection (paho only); returns once it is acknowledged.
     pub publish_after_subscribe: Option<(String, String)>,
+    /// Answer the first this many QoS 1 messages with PUBACK 0x80, printing
+    /// `REFUSED <topic> <payload>` (MQTT.js v5 only).
+    pub refuse_first: usize,
 }
 
 impl SubscribeExtras {
@@ -164,6 +167,14 @@ impl Client {
             "a 3.1.1 SUBSCRIBE has no user properties"
         );
         match self.family {
+            _ if extras.refuse_first > 0
+                && !matches!((self.family, self.version), (Family::MqttJs, Version::V5)) =>
+            {
+                panic!(
+                    "only MQTT.js v5 refuses messages here, not {}",
+                    self.label()
+                )
+            }
             Family::Mosquitto => {
                 assert!(!extras.paho_only(), "mosquitto_sub cannot do {extras:?}");
                 let format = if extras.show_properties {
@@ -217,6 +228,9 @@ impl Client {
                 }
                 if let Some(count) = extras.exit_after_messages {
                     cmd.args(["--exit-after-messages", &count.to_string()]);
+                }
+                if extras.refuse_first > 0 {
+                    cmd.args(["--refuse-first", &extras.refuse_first.to_string()]);
                 }
                 for (name, value) in &extras.user_properties {
                     cmd.args(["--subscribe-user-property", name, value]);

@@ -214,6 +214,63 @@ async fn stream_offset_earliest_reads_what_came_before_the_group(ctx: &Ctx, clie
     check_group(&feed, &mut members, &[&[1]], after, 1, &scenario);
 }
 
+/// MQTT.js refuses its first delivery with PUBACK 0x80: the same message
+/// comes again after the stream's first backoff step, marked as attempt 2,
+/// before the key's next message.
+async fn a_refused_message_comes_again_with_its_attempt_before_the_next(ctx: &Ctx, client: Client) {
+    let filter = group_filter(ctx, "nack");
+    let extras = SubscribeExtras {
+        refuse_first: 1,
+        ..SubscribeExtras::default()
+    };
+    let member = join(ctx, client, "a", &filter, 1, extras).await;
+    let mut proc = member.proc;
+    let mut feed = Feed::new(ctx, 1);
+    feed.publish(ctx, 0..2).await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deliveries = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| {
+                l.starts_with("REFUSED ") || l.starts_with("MSG ") || l.starts_with("PROPS ")
+            })
+            .cloned()
+            .collect()
+    };
+    while deliveries(proc.lines())
+        .iter()
+        .filter(|l| l.starts_with("MSG "))
+        .count()
+        < 2
+    {
+        match proc.read_line(deadline).await {
+            crate::process::Read::Line => {}
+            _ => panic!(
+                "the client ended or went quiet before two messages: {}",
+                proc.report()
+            ),
+        }
+    }
+    let seen = deliveries(proc.lines());
+    let payloads: Vec<&str> = seen
+        .iter()
+        .filter(|l| !l.starts_with("PROPS "))
+        .map(|l| l.rsplit(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(payloads, ["k00/0", "k00/0", "k00/1"], "{seen:#?}");
+    assert!(
+        seen[0].starts_with("PROPS ") && !seen[0].contains("attempt:"),
+        "{seen:#?}"
+    );
+    assert!(seen[1].starts_with("REFUSED "), "{seen:#?}");
+    assert!(
+        seen[2].contains("attempt:2") && seen[2].contains("offset:0"),
+        "{seen:#?}"
+    );
+    assert!(seen[3].starts_with("MSG "), "{seen:#?}");
+    assert!(!seen[4].contains("attempt:"), "{seen:#?}");
+}
+
 macro_rules! stream_tests {
     ($($name:ident: $scenario:ident($($arg:expr),*);)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,4 +387,7 @@ stream_tests! {
         stream_offset_earliest_reads_what_came_before_the_group(MQTTJS_V5);
     rumqttc_v5_stream_offset_earliest_reads_what_came_before_the_group:
         stream_offset_earliest_reads_what_came_before_the_group(RUMQTTC_V5);
+
+    mqttjs_v5_a_refused_stream_message_comes_again_with_its_attempt_before_the_next:
+        a_refused_message_comes_again_with_its_attempt_before_the_next(MQTTJS_V5);
 }

@@ -8,8 +8,10 @@ can publish), then one MSG line per message. --no-subscribe only reconnects
 (to collect what a persistent session queued); --exit-after-subscribe
 disconnects cleanly once subscribed; --exit-after-messages N once N messages
 have arrived. --subscribe-user-property NAME VALUE adds a v5 user property to
-the SUBSCRIBE. --show-properties prints each message's v5 properties on a line
-before it, as paho_sub.py does:
+the SUBSCRIBE. --refuse-first N (v5) answers the first N QoS 1 messages with
+PUBACK 0x80 and prints REFUSED <topic> <payload> for each instead of MSG.
+--show-properties prints each message's v5 properties on a line before it, as
+paho_sub.py does:
 
     PROPS ct=<content type>|rt=<response topic>|cd=<correlation data>|pf=<payload format indicator>|ex=<message expiry>|up=<k:v k:v ...>`;
 
@@ -39,6 +41,7 @@ function main() {
     'exit-after-messages': 'value',
     'show-properties': 'flag',
     'subscribe-user-property': 'pairs',
+    'refuse-first': 'value',
   });
   const topics = args.topic || [];
   const qos = parseQos(args.qos);
@@ -47,7 +50,24 @@ function main() {
   const userProperties = args.subscribeUserProperty || [];
   if (userProperties.length > 0 && args.version !== '5') fail('SUBSCRIBE properties need --version 5', 64);
 
-  const { client, state } = connect(args);
+  const refuseFirst = args.refuseFirst === undefined ? 0 : Number(args.refuseFirst);
+  if (refuseFirst > 0 && args.version !== '5') fail('--refuse-first needs --version 5', 64);
+  let refused = 0;
+  const extraOptions = {};
+  if (refuseFirst > 0) {
+    // A negative acknowledgement: MQTT.js then emits no 'message' for it.
+    extraOptions.customHandleAcks = (topic, payload, packet, done) => {
+      if (refused < refuseFirst) {
+        refused += 1;
+        if (args.showProperties) emit(propertiesLine(packet.properties));
+        emit(`REFUSED ${topic} ${payload.toString('utf8')}`);
+        done(0x80);
+      } else {
+        done(0);
+      }
+    };
+  }
+  const { client, state } = connect(args, extraOptions);
   let received = 0;
   client.on('message', (topic, payload, packet) => {
     if (args.showProperties) emit(propertiesLine(packet.properties));
