@@ -511,6 +511,11 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
         queues,
         json!([{"group": "g", "stream": "orders", "count": 1}])
     );
+    let streams = answer_when(&admin, None, "/v1/streams", |s| {
+        s[0]["groups"][0]["dead_letters"] == 1
+    })
+    .await;
+    assert_eq!(streams[0]["groups"][0]["name"], "g");
     let letters = client::get(&admin, None, "/v1/dlq/g/orders").await.unwrap();
     let letters: Value = serde_json::from_slice(&letters).unwrap();
     assert_eq!(letters[0]["offset"], 0);
@@ -539,5 +544,9 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
         .expect("an offset property");
     assert!(offset.ends_with('2'), "{offset}");
     answer_when(&admin, None, "/v1/dlq", |q| q == &json!([])).await;
+    answer_when(&admin, None, "/v1/streams", |s| {
+        s[0]["groups"][0]["dead_letters"] == 0
+    })
+    .await;
     broker.shutdown().await;
 }

@@ -29,6 +29,8 @@ struct Group {
     members: Vec<String>,
     partitions: Vec<GroupPartition>,
     skipped: u64,
+    #[serde(default)]
+    dead_letters: usize,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +107,12 @@ fn stream(stream: &Stream) -> String {
             members => members.join(", "),
         };
         out += &format!("  members of {}: {members}\n", group.name);
+        if group.dead_letters > 0 {
+            out += &format!(
+                "  {} dead letters (petrel dlq {} {})\n",
+                group.dead_letters, group.name, stream.name
+            );
+        }
         if group.skipped > 0 {
             out += &format!(
                 "  {} messages lost to retention before {} read them\n",
@@ -234,6 +242,7 @@ mod tests {
                     },
                 ],
                 skipped: 0,
+                dead_letters: 0,
             }],
         };
         serde_json::to_vec(&vec![report]).unwrap()

@@ -55,6 +55,12 @@ impl DeadLetterIndex {
         queue.letters.push_back(letter);
     }
 
+    fn count(&self, group: &str, stream: usize) -> usize {
+        self.lock()
+            .get(&(Arc::from(group), stream))
+            .map_or(0, |queue| queue.letters.len())
+    }
+
     fn remove(&self, group: &str, stream: usize, partition: u32, offset: u64) {
         let mut queues = self.lock();
         if let Some(queue) = queues.get_mut(&(Arc::from(group), stream))
@@ -530,6 +536,11 @@ impl BrokerState {
             self.timers
                 .arm(now + RETENTION_EVERY_MS, TimerEvent::StreamRetention);
         }
+    }
+
+    /// The dead letters `group` keeps for stream `stream`.
+    pub(super) fn dead_letters_of(&self, group: &str, stream: usize) -> usize {
+        self.dead_letters.count(group, stream)
     }
 
     /// Takes back the dead letters kept before a restart.

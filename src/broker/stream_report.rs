@@ -32,6 +32,8 @@ pub struct GroupReport {
     pub partitions: Vec<GroupPartitionReport>,
     /// Messages lost to retention before the group read them.
     pub skipped: u64,
+    /// Messages the group gave up on, kept in its dead-letter queue.
+    pub dead_letters: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +79,7 @@ impl BrokerState {
                                 ids
                             },
                             skipped: group.skipped(),
+                            dead_letters: self.dead_letters_of(&group.name, index),
                             partitions: group
                                 .report()
                                 .into_iter()
