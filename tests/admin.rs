@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::WAIT;
 use common::mqtt::{Client4, v4api};
+use common::ports::free_port;
 use common::scratch::TempDir;
 use petrel::admin::client::{self, ClientError};
 use petrel::config::Admin;
@@ -264,14 +265,6 @@ async fn an_admin_address_in_use_stops_the_start_naming_admin_bind() {
         Err(other) => panic!("expected AdminBind, got {other}"),
         Ok(_) => panic!("the broker started on an address in use"),
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `petrel serve` child, killed when dropped.

@@ -11,6 +11,7 @@
 pub mod faulty_store;
 pub mod ids;
 pub mod mqtt;
+pub mod ports;
 pub mod scoped;
 pub mod scratch;
 pub mod wire;
