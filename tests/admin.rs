@@ -484,11 +484,11 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
     member.expect_kind(raw::SUBACK).await;
     let refuse_then_take = |refuse: bool, packet: raw::Packet| {
         let publish = raw::Publish::parse(&packet, true);
-        let id = publish.packet_id.expect("QoS 1").to_be_bytes();
+        let id = publish.packet_id.expect("QoS 1");
         let ack = if refuse {
-            vec![0x40, 0x03, id[0], id[1], 0x80]
+            raw::ack_with_reason(0x40, id, 0x80)
         } else {
-            vec![0x40, 0x02, id[0], id[1]]
+            raw::ack(0x40, id)
         };
         (publish, ack)
     };
@@ -528,14 +528,8 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
     // Back in the stream at a new offset, and read again.
     let again = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
     assert_eq!(again.payload, b"order");
-    let offset = again
-        .properties
-        .iter()
-        .filter(|(id, _)| *id == 0x26)
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .find(|p| p.contains("offset"))
-        .expect("an offset property");
-    assert!(offset.ends_with('2'), "{offset}");
+    let offset = ("offset".to_string(), "2".to_string());
+    assert!(again.user_properties().contains(&offset), "{again:?}");
     answer_when(&admin, None, "/v1/dlq", |q| q == &json!([])).await;
     answer_when(&admin, None, "/v1/streams", |s| {
         s[0]["groups"][0]["dead_letters"] == 0

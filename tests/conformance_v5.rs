@@ -19,9 +19,9 @@ use std::time::Duration;
 use raw::{
     CONNACK, Connack, Connect, MAXIMUM_PACKET_SIZE, PAYLOAD_FORMAT_INDICATOR, PUBACK, PUBLISH,
     PUBREC, Packet, Publish, RawClient, SESSION_EXPIRY_INTERVAL, SUBACK, TOPIC_ALIAS,
-    TOPIC_ALIAS_MAXIMUM, UNSUBACK, Will, ack, connect_v5, connect_v5_with, packet,
-    parse_properties, prop_byte, prop_u16, prop_u32, properties, publish, publish_v5, string,
-    subscribe, unique_id,
+    TOPIC_ALIAS_MAXIMUM, UNSUBACK, USER_PROPERTY, Will, ack, connect_v5, connect_v5_with, packet,
+    parse_properties, prop_byte, prop_pair, prop_u16, prop_u32, properties, publish, publish_v5,
+    string, subscribe, unique_id,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,7 +44,6 @@ const SUBSCRIPTION_IDENTIFIER: u8 = 0x0b;
 const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
 const AUTHENTICATION_METHOD: u8 = 0x15;
 const REASON_STRING: u8 = 0x1f;
-const USER_PROPERTY: u8 = 0x26;
 const WILL_DELAY_INTERVAL: u8 = 0x18;
 
 /// A topic prefix that no other test, and no other run against a shared
@@ -57,14 +56,6 @@ fn prefix(name: &str) -> String {
 fn prop_string(id: u8, bytes: &[u8]) -> Vec<u8> {
     let mut out = vec![id];
     out.extend(string(bytes));
-    out
-}
-
-/// A User Property (the bytes need not be UTF-8).
-fn prop_pair(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = vec![USER_PROPERTY];
-    out.extend(string(key));
-    out.extend(string(value));
     out
 }
 

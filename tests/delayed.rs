@@ -20,19 +20,8 @@ use broker::BrokerProcess;
 use petrel::config::Lifetime;
 use raw::{
     MESSAGE_EXPIRY_INTERVAL, PUBACK, PUBLISH, Publish, SUBACK, connect_accepted, persistent_v311,
-    prop_u32, publish_v5, publish_v311, subscribe,
+    prop_pair, prop_u32, publish_v5, publish_v311, subscribe,
 };
-
-const USER_PROPERTY: u8 = 0x26;
-
-fn user_property(key: &str, value: &str) -> Vec<u8> {
-    let mut out = vec![USER_PROPERTY];
-    for text in [key, value] {
-        out.extend((text.len() as u16).to_be_bytes());
-        out.extend(text.as_bytes());
-    }
-    out
-}
 
 /// The reason code of a v5 PUBACK (absent means success).
 fn reason(puback: &raw::Packet) -> u8 {
@@ -50,7 +39,7 @@ async fn a_delayed_publish_goes_out_when_due_with_its_qos_properties_and_retain_
     subscriber.expect_kind(SUBACK).await;
 
     let (mut publisher, _) = raw::connect_v5(addr, &raw::unique_id("pub")).await;
-    let mut props = user_property("origin", "test");
+    let mut props = prop_pair(b"origin", b"test");
     props.extend(prop_u32(MESSAGE_EXPIRY_INTERVAL, 60));
     let mut retained = publish_v5("$delayed/1/delay/t", 1, 7, &props, b"later");
     retained[0] |= 0x01;
@@ -69,12 +58,12 @@ async fn a_delayed_publish_goes_out_when_due_with_its_qos_properties_and_retain_
     assert_eq!(publish.topic, b"delay/t");
     assert_eq!(publish.payload, b"later");
     assert_eq!(publish.qos, 1);
-    let user = publish
-        .properties
-        .iter()
-        .find(|(id, _)| *id == USER_PROPERTY)
-        .expect("the user property kept");
-    assert!(user.1.ends_with(b"test"));
+    assert!(
+        publish
+            .user_properties()
+            .contains(&("origin".into(), "test".into())),
+        "the user property kept"
+    );
     let expiry = publish
         .properties
         .iter()

@@ -418,6 +418,14 @@ pub fn prop_u32(id: u8, value: u32) -> Vec<u8> {
     out
 }
 
+/// A User Property (the bytes need not be UTF-8).
+pub fn prop_pair(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![USER_PROPERTY];
+    out.extend(string(key));
+    out.extend(string(value));
+    out
+}
+
 pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
 pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
@@ -425,6 +433,7 @@ pub const RECEIVE_MAXIMUM: u8 = 0x21;
 pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
 pub const TOPIC_ALIAS: u8 = 0x23;
 pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+pub const USER_PROPERTY: u8 = 0x26;
 
 /// A CONNECT whose every field a test may set to anything.
 #[derive(Debug, Clone)]
@@ -587,6 +596,13 @@ pub fn ack(first: u8, packet_id: u16) -> Vec<u8> {
     packet(first, &packet_id.to_be_bytes())
 }
 
+/// A v5 PUBACK/PUBREC/PUBREL/PUBCOMP with a reason code and no properties.
+pub fn ack_with_reason(first: u8, packet_id: u16, reason: u8) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.push(reason);
+    packet(first, &body)
+}
+
 // ---------------------------------------------------------------------------
 // Decoding helpers for what the broker sends.
 
@@ -644,6 +660,26 @@ pub struct Publish {
 }
 
 impl Publish {
+    /// The v5 user properties, in order, as text.
+    pub fn user_properties(&self) -> Vec<(String, String)> {
+        self.properties
+            .iter()
+            .filter(|(id, _)| *id == USER_PROPERTY)
+            .map(|(_, value)| {
+                let text = |at: usize| {
+                    let len = usize::from(u16::from_be_bytes([value[at], value[at + 1]]));
+                    let end = at + 2 + len;
+                    (
+                        String::from_utf8_lossy(&value[at + 2..end]).into_owned(),
+                        end,
+                    )
+                };
+                let (name, next) = text(0);
+                (name, text(next).0)
+            })
+            .collect()
+    }
+
     pub fn parse(packet: &Packet, v5: bool) -> Publish {
         assert_eq!(packet.kind(), PUBLISH, "not a PUBLISH: {packet:?}");
         let qos = (packet.first >> 1) & 0x03;
