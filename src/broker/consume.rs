@@ -132,6 +132,16 @@ impl Consumers {
         }
     }
 
+    fn names(&self) -> MutexGuard<'_, Vec<HashMap<Arc<str>, u32>>> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The group called `name` reading stream `stream`, if there is one.
+    fn named(&self, stream: usize, name: &str) -> Option<Arc<GroupCell>> {
+        let id = self.names()[stream].get(name).copied()?;
+        self.get(id)
+    }
+
     pub(super) fn get(&self, id: u32) -> Option<Arc<GroupCell>> {
         let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
         groups.get(id as usize).cloned().flatten()
@@ -230,25 +240,14 @@ impl BrokerState {
         });
         groups.push(Some(cell.clone()));
         drop(groups);
-        self.consumers
-            .names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)[stream]
-            .insert(name, id);
+        self.consumers.names()[stream].insert(name, id);
         cell
     }
 
     /// The group `name` of stream `stream`, made at the stream's `start`
     /// (and that start committed) if it is new.
     fn group(&self, stream: usize, name: &Arc<str>) -> Arc<GroupCell> {
-        let known = self
-            .consumers
-            .names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)[stream]
-            .get(name)
-            .copied();
-        if let Some(cell) = known.and_then(|id| self.consumers.get(id)) {
+        if let Some(cell) = self.consumers.named(stream, name) {
             return cell;
         }
         let source = self.streams.get(stream);
@@ -334,22 +333,32 @@ impl BrokerState {
     /// connection resuming it).
     pub(super) fn join_streams_of(&self, session: &Arc<Session>, connection: u64, now: u64) {
         for (raw, qos) in self.stream_filters(session) {
-            if let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits())
-                && let Ok(Some(read)) = stream_subscription(&parsed)
-            {
-                self.join_stream(session, connection, &read, qos, None, now);
-            }
+            self.with_stream_subscription(&raw, |read| {
+                self.join_stream(session, connection, read, qos, None, now);
+            });
         }
     }
 
     /// Leaves the groups `connection` of `session` joined (it ended).
     pub(super) fn leave_streams_of(&self, session: &Arc<Session>, connection: u64, now: u64) {
         for (raw, _) in self.stream_filters(session) {
-            if let Ok(parsed) = topic::parse_filter(&raw, self.topic_limits())
-                && let Ok(Some(read)) = stream_subscription(&parsed)
-            {
-                self.leave_stream(session, connection, &read, now);
-            }
+            self.with_stream_subscription(&raw, |read| {
+                self.leave_stream(session, connection, read, now);
+            });
+        }
+    }
+
+    /// Calls `read` with the stream subscription the filter `raw` (as a
+    /// client sent it, already accepted once) makes, if it makes one.
+    pub(super) fn with_stream_subscription(
+        &self,
+        raw: &str,
+        read: impl FnOnce(&StreamSubscription<'_>),
+    ) {
+        if let Ok(parsed) = topic::parse_filter(raw, self.topic_limits())
+            && let Ok(Some(subscription)) = stream_subscription(&parsed)
+        {
+            read(&subscription);
         }
     }
 
@@ -380,14 +389,7 @@ impl BrokerState {
             return;
         };
         let name = group_name(subscription, session.client_id());
-        let known = self
-            .consumers
-            .names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)[index]
-            .get(&name)
-            .copied();
-        let Some(cell) = known.and_then(|id| self.consumers.get(id)) else {
+        let Some(cell) = self.consumers.named(index, &name) else {
             return;
         };
         let mut state = cell.lock();
@@ -411,12 +413,7 @@ impl BrokerState {
         let Some((index, stream)) = self.streams.find(stream) else {
             return;
         };
-        let removed = self
-            .consumers
-            .names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)[index]
-            .remove(&**client_id);
+        let removed = self.consumers.names()[index].remove(&**client_id);
         if let Some(id) = removed {
             self.consumers
                 .groups

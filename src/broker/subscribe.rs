@@ -137,11 +137,9 @@ impl Client {
             reason_string: reason_string.filter(|_| self.version == Version::V5),
         }));
         for (raw, qos) in joins {
-            if let Ok(parsed) = topic::parse_filter(raw, limits)
-                && let Ok(Some(read)) = stream_subscription(&parsed)
-            {
-                broker.join_stream(&self.session, self.connection_id, &read, qos, reset, now_ms);
-            }
+            broker.with_stream_subscription(raw, |read| {
+                broker.join_stream(&self.session, self.connection_id, read, qos, reset, now_ms);
+            });
         }
         Ok(())
     }
@@ -205,11 +203,9 @@ impl Client {
             self.settle_streamed(now_ms);
         }
         for raw in leaves {
-            if let Ok(parsed) = topic::parse_filter(raw, limits)
-                && let Ok(Some(read)) = stream_subscription(&parsed)
-            {
-                broker.leave_stream(&self.session, self.connection_id, &read, now_ms);
-            }
+            broker.with_stream_subscription(raw, |read| {
+                broker.leave_stream(&self.session, self.connection_id, read, now_ms);
+            });
         }
         Ok(())
     }

@@ -288,29 +288,13 @@ impl Group {
         source: &dyn PartitionSource,
         effects: &mut Effects,
     ) {
-        let max_attempts = self.settings.max_attempts;
         match self
             .members
             .iter()
             .position(|m| m.client_id == member.client_id)
         {
             Some(index) => {
-                for (partition, cursor) in self.cursors.iter_mut().enumerate() {
-                    if cursor.owner == Some(index) {
-                        fail_inflight(
-                            cursor,
-                            partition as u32,
-                            Failure::ReaderLeft,
-                            max_attempts,
-                            effects,
-                        );
-                        effects
-                            .withdrawals
-                            .push((self.members[index].session.clone(), partition as u32));
-                        cursor.rewind();
-                        cursor.owner = None;
-                    }
-                }
+                self.take_back(index, effects);
                 self.members[index] = member;
             }
             None => self.members.push(member),
@@ -334,30 +318,38 @@ impl Group {
         }) else {
             return false;
         };
-        let gone = self.members.remove(index);
-        let max_attempts = self.settings.max_attempts;
-        for (partition, cursor) in self.cursors.iter_mut().enumerate() {
-            match cursor.owner {
-                Some(owner) if owner == index => {
-                    fail_inflight(
-                        cursor,
-                        partition as u32,
-                        Failure::ReaderLeft,
-                        max_attempts,
-                        effects,
-                    );
-                    effects
-                        .withdrawals
-                        .push((gone.session.clone(), partition as u32));
-                    cursor.rewind();
-                    cursor.owner = None;
-                }
-                Some(owner) if owner > index => cursor.owner = Some(owner - 1),
-                _ => {}
+        self.take_back(index, effects);
+        self.members.remove(index);
+        for cursor in &mut self.cursors {
+            if let Some(owner) = cursor.owner.filter(|&owner| owner > index) {
+                cursor.owner = Some(owner - 1);
             }
         }
         self.rebalance(now, source, effects);
         true
+    }
+
+    /// Fails every delivery member `index` has out (its reader left) and
+    /// takes its partitions back, ownerless: whoever owns them next reads
+    /// them again from their committed offsets.
+    fn take_back(&mut self, index: usize, effects: &mut Effects) {
+        let max_attempts = self.settings.max_attempts;
+        let session = &self.members[index].session;
+        for (partition, cursor) in self.cursors.iter_mut().enumerate() {
+            if cursor.owner == Some(index) {
+                let partition = partition as u32;
+                fail_inflight(
+                    cursor,
+                    partition,
+                    Failure::ReaderLeft,
+                    max_attempts,
+                    effects,
+                );
+                effects.withdrawals.push((session.clone(), partition));
+                cursor.rewind();
+                cursor.owner = None;
+            }
+        }
     }
 
     /// Deals the partitions to the members as they now are: a partition
