@@ -20,9 +20,7 @@ pub(super) async fn one(
     Path(name): Path<String>,
 ) -> Result<Json<StreamReport>, ApiError> {
     state
-        .stream_reports()
-        .into_iter()
-        .find(|stream| stream.name == name)
+        .stream_report(&name)
         .map(Json)
         .ok_or(ApiError::NoStream(name))
 }

@@ -148,7 +148,7 @@ impl Consumers {
     }
 
     /// The groups reading stream `stream`.
-    fn of_stream(&self, stream: usize) -> Vec<Arc<GroupCell>> {
+    pub(super) fn of_stream(&self, stream: usize) -> Vec<Arc<GroupCell>> {
         let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
         groups
             .iter()
@@ -156,11 +156,6 @@ impl Consumers {
             .filter(|cell| cell.stream == stream)
             .cloned()
             .collect()
-    }
-
-    pub(super) fn all(&self) -> Vec<Arc<GroupCell>> {
-        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
-        groups.iter().flatten().cloned().collect()
     }
 }
 

@@ -51,60 +51,67 @@ pub struct GroupPartitionReport {
 impl BrokerState {
     /// Every stream with its partitions and groups, groups by name.
     pub fn stream_reports(&self) -> Vec<StreamReport> {
-        let cells = self.consumers.all();
         self.streams
             .iter()
             .enumerate()
-            .map(|(index, stream)| {
-                let partitions: Vec<PartitionReport> = (0..stream.partition_count())
-                    .map(|partition| PartitionReport {
-                        partition,
-                        start: stream.bounds(partition).start,
-                        end: stream.end(partition),
-                    })
-                    .collect();
-                let mut groups: Vec<GroupReport> = cells
-                    .iter()
-                    .filter(|cell| cell.stream == index)
-                    .map(|cell| {
-                        let state = cell.lock();
-                        let group = &state.group;
-                        GroupReport {
-                            name: group.name.to_string(),
-                            members: {
-                                // By id, the order partitions are dealt in.
-                                let mut ids: Vec<String> =
-                                    group.members().map(|m| m.client_id.to_string()).collect();
-                                ids.sort_unstable();
-                                ids
-                            },
-                            skipped: group.skipped(),
-                            dead_letters: self.dead_letters_of(&group.name, index),
-                            partitions: group
-                                .report()
-                                .into_iter()
-                                .map(|cursor| GroupPartitionReport {
-                                    partition: cursor.partition,
-                                    committed: cursor.committed,
-                                    lag: partitions
-                                        .get(cursor.partition as usize)
-                                        .map_or(0, |p| p.end.saturating_sub(cursor.committed)),
-                                    inflight: cursor.inflight,
-                                    owner: cursor.owner.map(|o| o.to_string()),
-                                })
-                                .collect(),
-                        }
-                    })
-                    .collect();
-                groups.sort_by(|a, b| a.name.cmp(&b.name));
-                StreamReport {
-                    name: stream.name.to_string(),
-                    filters: stream.spec.filters.clone(),
-                    key: stream.spec.key.to_string(),
-                    partitions,
-                    groups,
+            .map(|(index, _)| self.report_stream(index))
+            .collect()
+    }
+
+    /// The stream called `name`, if it is configured.
+    pub fn stream_report(&self, name: &str) -> Option<StreamReport> {
+        let (index, _) = self.streams.find(name)?;
+        Some(self.report_stream(index))
+    }
+
+    fn report_stream(&self, index: usize) -> StreamReport {
+        let stream = self.streams.get(index);
+        let partitions: Vec<PartitionReport> = (0..stream.partition_count())
+            .map(|partition| PartitionReport {
+                partition,
+                start: stream.bounds(partition).start,
+                end: stream.end(partition),
+            })
+            .collect();
+        let mut groups: Vec<GroupReport> = self
+            .consumers
+            .of_stream(index)
+            .iter()
+            .map(|cell| {
+                let state = cell.lock();
+                let group = &state.group;
+                // By id, the order partitions are dealt in.
+                let mut members: Vec<String> =
+                    group.members().map(|m| m.client_id.to_string()).collect();
+                members.sort_unstable();
+                GroupReport {
+                    name: group.name.to_string(),
+                    members,
+                    skipped: group.skipped(),
+                    dead_letters: self.dead_letters_of(&group.name, index),
+                    partitions: group
+                        .report()
+                        .into_iter()
+                        .map(|cursor| GroupPartitionReport {
+                            partition: cursor.partition,
+                            committed: cursor.committed,
+                            lag: partitions
+                                .get(cursor.partition as usize)
+                                .map_or(0, |p| p.end.saturating_sub(cursor.committed)),
+                            inflight: cursor.inflight,
+                            owner: cursor.owner.map(|o| o.to_string()),
+                        })
+                        .collect(),
                 }
             })
-            .collect()
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        StreamReport {
+            name: stream.name.to_string(),
+            filters: stream.spec.filters.clone(),
+            key: stream.spec.key.to_string(),
+            partitions,
+            groups,
+        }
     }
 }
