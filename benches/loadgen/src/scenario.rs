@@ -446,17 +446,7 @@ mod tests {
         for &(key, seq) in received {
             tracker.record(key, seq);
         }
-        SubscriberStats {
-            tracker,
-            latency: Histogram::new(),
-            first_rx: None,
-            last_rx: None,
-            unstamped: 0,
-            unexpected_packets: 0,
-            wrong_qos: 0,
-            timed_out: false,
-            error: None,
-        }
+        SubscriberStats::new(tracker)
     }
 
     #[test]

@@ -215,6 +215,23 @@ pub struct SubscriberStats {
     pub error: Option<String>,
 }
 
+impl SubscriberStats {
+    /// Nothing observed yet; deliveries are checked against `tracker`.
+    pub fn new(tracker: DeliveryTracker) -> SubscriberStats {
+        SubscriberStats {
+            tracker,
+            latency: Histogram::new(),
+            first_rx: None,
+            last_rx: None,
+            unstamped: 0,
+            unexpected_packets: 0,
+            wrong_qos: 0,
+            timed_out: false,
+            error: None,
+        }
+    }
+}
+
 /// Runs one subscriber on a connected and subscribed `conn` until it has
 /// every expected message, the publishers are done and the broker has gone
 /// quiet for `spec.drain`, an error, or the deadline.
@@ -224,17 +241,7 @@ pub async fn run(
     clock: Clock,
     mut publishers_done: watch::Receiver<bool>,
 ) -> SubscriberStats {
-    let mut stats = SubscriberStats {
-        tracker: spec.expect.tracker(),
-        latency: Histogram::new(),
-        first_rx: None,
-        last_rx: None,
-        unstamped: 0,
-        unexpected_packets: 0,
-        wrong_qos: 0,
-        timed_out: false,
-        error: None,
-    };
+    let mut stats = SubscriberStats::new(spec.expect.tracker());
     // Packet ids of QoS 2 deliveries awaiting PUBREL.
     let mut awaiting_rel = vec![false; 1 << 16];
     if let Err(e) = listen(
