@@ -967,3 +967,58 @@ async fn retries_follow_each_backoff_step_in_order_then_the_dead_letter_and_the_
     assert_eq!(letter.payload, b"k000:0");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn relaxed_ordering_moves_on_past_a_refused_message_and_keeps_it_across_a_restart() {
+    let (_dir, store) = disk_store("streams-relaxed");
+    let config = || StreamConfig {
+        ordering: "relaxed".into(),
+        retry_backoff: vec!["300ms".into(), "1h".into()],
+        ..orders(1)
+    };
+    let broker = start_with(config(), &store).await;
+    let addr = broker.local_addrs()[0];
+    publish_orders(addr, &keyed(1, 3)).await;
+    let mut member = raw_member(addr).await;
+    let first = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(first.payload, b"k000:0");
+    let refused = Instant::now();
+    member
+        .send(&raw::ack_with_reason(0x40, first.packet_id.unwrap(), 0x80))
+        .await;
+    for later in [b"k000:1", b"k000:2"] {
+        let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+        assert_eq!(delivery.payload, later, "the partition moved on");
+        member
+            .send(&raw::ack(0x40, delivery.packet_id.unwrap()))
+            .await;
+    }
+    let retry = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert!(
+        refused.elapsed() >= Duration::from_millis(280),
+        "after the backoff"
+    );
+    assert_eq!(retry.payload, b"k000:0");
+    assert!(
+        retry
+            .user_properties()
+            .contains(&("attempt".into(), "2".into()))
+    );
+    // Refused again: the next retry is an hour away when the broker stops.
+    member
+        .send(&raw::ack_with_reason(0x40, retry.packet_id.unwrap(), 0x80))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while broker.state().metrics().stream_deliveries_failed() < 2 {
+        assert!(Instant::now() < deadline, "the second refusal is counted");
+        tokio::task::yield_now().await;
+    }
+    broker.shutdown().await;
+
+    // The waiting message held the group's commit back: nothing is lost.
+    let broker = start_with(config(), &store).await;
+    let mut member = raw_member(broker.local_addrs()[0]).await;
+    let again = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+    assert_eq!(again.payload, b"k000:0", "read again after the restart");
+    broker.shutdown().await;
+}

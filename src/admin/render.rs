@@ -39,6 +39,8 @@ struct GroupPartition {
     committed: u64,
     lag: u64,
     inflight: usize,
+    #[serde(default)]
+    retrying: usize,
     owner: Option<String>,
 }
 
@@ -86,6 +88,7 @@ fn stream(stream: &Stream) -> String {
                     p.committed.to_string(),
                     p.lag.to_string(),
                     p.inflight.to_string(),
+                    p.retrying.to_string(),
                     p.owner.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
@@ -98,6 +101,7 @@ fn stream(stream: &Stream) -> String {
                 "COMMITTED",
                 "LAG",
                 "INFLIGHT",
+                "RETRYING",
                 "OWNER",
             ],
             rows,
@@ -231,6 +235,7 @@ mod tests {
                         committed: 0,
                         lag: 0,
                         inflight: 0,
+                        retrying: 0,
                         owner: None,
                     },
                     GroupPartitionReport {
@@ -238,6 +243,7 @@ mod tests {
                         committed: 20_000,
                         lag: 480,
                         inflight: 1,
+                        retrying: 2,
                         owner: Some("worker-1".into()),
                     },
                 ],
@@ -258,9 +264,9 @@ stream orders  filters: orders/#  key: topic:1
   0          0      0
   1          1024   20480
 
-  GROUP    PARTITION  COMMITTED  LAG  INFLIGHT  OWNER
-  billing  0          0          0    0         -
-  billing  1          20000      480  1         worker-1
+  GROUP    PARTITION  COMMITTED  LAG  INFLIGHT  RETRYING  OWNER
+  billing  0          0          0    0         0         -
+  billing  1          20000      480  1         2         worker-1
   members of billing: worker-1
 ";
         assert_eq!(text, expected);

@@ -178,6 +178,7 @@ fn settings_of(stream: &Stream) -> GroupSettings {
         ack_timeout_ms: u64::try_from(stream.spec.ack_timeout.as_millis()).unwrap_or(u64::MAX),
         retry_backoff: stream.spec.retry_backoff.clone(),
         max_attempts: stream.spec.max_attempts,
+        ordering: stream.spec.ordering,
     }
 }
 

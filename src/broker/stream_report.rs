@@ -45,6 +45,8 @@ pub struct GroupPartitionReport {
     pub lag: u64,
     /// Handed out and not yet settled.
     pub inflight: usize,
+    /// Failed messages waiting for their retry (`ordering = "relaxed"`).
+    pub retrying: usize,
     pub owner: Option<String>,
 }
 
@@ -99,6 +101,7 @@ impl BrokerState {
                                 .get(cursor.partition as usize)
                                 .map_or(0, |p| p.end.saturating_sub(cursor.committed)),
                             inflight: cursor.inflight,
+                            retrying: cursor.retrying,
                             owner: cursor.owner.map(|o| o.to_string()),
                         })
                         .collect(),

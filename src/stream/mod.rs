@@ -11,4 +11,4 @@ pub mod subscription;
 pub use assign::assign;
 pub use key::{KeySpec, partition_of};
 pub use registry::Streams;
-pub use spec::{StreamConfig, StreamSpec};
+pub use spec::{Ordering, StreamConfig, StreamSpec};

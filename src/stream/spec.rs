@@ -30,6 +30,10 @@ pub struct StreamConfig {
     pub max_inflight_per_partition: u32,
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: String,
+    /// `"strict"` or `"relaxed"`: what a partition does while one of its
+    /// messages waits for a retry.
+    #[serde(default = "default_ordering")]
+    pub ordering: String,
     /// How long a group's dead letters are kept.
     #[serde(default = "default_dlq_retention")]
     pub dlq_retention: String,
@@ -53,6 +57,16 @@ pub enum Start {
     Latest,
 }
 
+/// What a partition does while a failed message waits for its retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// The partition waits: a key's messages are handled in order.
+    Strict,
+    /// The message waits in the group's retry queue; the partition moves
+    /// on, so later messages of its key may overtake it.
+    Relaxed,
+}
+
 /// A checked stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSpec {
@@ -67,6 +81,7 @@ pub struct StreamSpec {
     pub retry_backoff: Vec<Duration>,
     pub max_inflight_per_partition: u32,
     pub ack_timeout: Duration,
+    pub ordering: Ordering,
     pub dlq_retention: Duration,
     pub dlq_max_bytes: u64,
 }
@@ -111,6 +126,9 @@ fn default_max_inflight() -> u32 {
 fn default_ack_timeout() -> String {
     "30s".into()
 }
+fn default_ordering() -> String {
+    "strict".into()
+}
 
 /// What is wrong with one key of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +154,7 @@ impl StreamConfig {
             retry_backoff: default_retry_backoff(),
             max_inflight_per_partition: default_max_inflight(),
             ack_timeout: default_ack_timeout(),
+            ordering: default_ordering(),
             dlq_retention: default_dlq_retention(),
             dlq_max_bytes: default_dlq_max_bytes(),
         }
@@ -228,6 +247,16 @@ impl StreamConfig {
         if ack_timeout.is_zero() {
             return Err(fail("ack_timeout", "must be more than 0".into()));
         }
+        let ordering = match self.ordering.as_str() {
+            "strict" => Ordering::Strict,
+            "relaxed" => Ordering::Relaxed,
+            other => {
+                return Err(fail(
+                    "ordering",
+                    format!("`{other}` is not \"strict\" or \"relaxed\""),
+                ));
+            }
+        };
         let dlq_retention = parse_duration(&self.dlq_retention)
             .map_err(|problem| fail("dlq_retention", problem))?;
         let dlq_max_bytes = self
@@ -246,6 +275,7 @@ impl StreamConfig {
             retry_backoff,
             max_inflight_per_partition: self.max_inflight_per_partition,
             ack_timeout,
+            ordering,
             dlq_retention,
             dlq_max_bytes,
         })
@@ -385,6 +415,7 @@ mod tests {
         assert_eq!(spec.retry_backoff[4], Duration::from_secs(60));
         assert_eq!(spec.max_inflight_per_partition, 1);
         assert_eq!(spec.ack_timeout, Duration::from_secs(30));
+        assert_eq!(spec.ordering, Ordering::Strict);
 
         let minimal = toml_stream("name = \"m\"\nfilters = [\"m/#\"]");
         let spec = minimal.check(limits()).unwrap();
@@ -402,7 +433,7 @@ mod tests {
     #[test]
     fn every_bad_value_is_refused_with_its_key_named() {
         type Spoil = fn(&mut StreamConfig);
-        let cases: [(&str, Spoil); 12] = [
+        let cases: [(&str, Spoil); 13] = [
             ("name", |s| s.name = "a/b".into()),
             ("filters", |s| s.filters.clear()),
             ("filters", |s| s.filters = vec!["a/#/b".into()]),
@@ -415,6 +446,7 @@ mod tests {
             }),
             ("start", |s| s.start = "beginning".into()),
             ("ack_timeout", |s| s.ack_timeout = "0s".into()),
+            ("ordering", |s| s.ordering = "loose".into()),
             ("dlq_retention", |s| s.dlq_retention = "soon".into()),
             ("dlq_max_bytes", |s| {
                 s.dlq_max_bytes = ByteCount::Text("lots".into())

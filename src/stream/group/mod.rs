@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::assign;
 use super::registry::Bounds;
+use super::spec::Ordering;
 use crate::protocol::{Message, QoS, ReasonCode};
 use crate::session::Session;
 use crate::store::StreamEntry;
@@ -47,7 +48,28 @@ pub struct GroupSettings {
     pub retry_backoff: Vec<Duration>,
     /// Failed attempts after which a message is dead-lettered.
     pub max_attempts: u32,
+    pub ordering: Ordering,
 }
+
+impl GroupSettings {
+    /// The pause before the retry that follows failed attempt `attempts`
+    /// (the last step repeats).
+    fn backoff_ms(&self, attempts: u32) -> u64 {
+        let backoff = &self.retry_backoff;
+        backoff
+            .get((attempts as usize).saturating_sub(1))
+            .or(backoff.last())
+            .map_or(0, |step| {
+                u64::try_from(step.as_millis()).unwrap_or(u64::MAX)
+            })
+    }
+}
+
+/// Under `relaxed` ordering, how many failed messages of one partition
+/// may wait for their retry: beyond it the partition waits, as under
+/// `strict`, so a consumer failing everything cannot grow the queue
+/// without bound.
+pub const MAX_RETRYING_PER_PARTITION: usize = 1024;
 
 /// One message handed to a member.
 pub struct Handout {
@@ -143,8 +165,13 @@ struct Cursor {
     committed: u64,
     /// The next offset to hand out.
     next: u64,
-    /// Handed out and not yet settled, in offset order.
+    /// Handed out and not yet settled: in offset order, except for
+    /// retries under `relaxed` ordering.
     inflight: VecDeque<Out>,
+    /// Under `relaxed` ordering, failed messages waiting for their retry
+    /// while the partition moves on. `committed` stays at or below the
+    /// oldest, so a restart reads them again.
+    retrying: Vec<Retry>,
     /// Offsets at or above `committed` that were dead-lettered: read past,
     /// never handed out again.
     dead: Vec<u64>,
@@ -163,12 +190,18 @@ struct Cursor {
     fetching: bool,
 }
 
+/// A failed message waiting for its retry.
+struct Retry {
+    entry: StreamEntry,
+    /// When it is handed out again (unix ms).
+    due: u64,
+}
+
 /// One message handed out.
 struct Out {
-    offset: u64,
+    entry: StreamEntry,
     /// When (unix ms).
     at: u64,
-    message: Arc<Message>,
 }
 
 impl Cursor {
@@ -177,6 +210,7 @@ impl Cursor {
             committed: offset,
             next: offset,
             inflight: VecDeque::new(),
+            retrying: Vec::new(),
             dead: Vec::new(),
             owner: None,
             epoch: 0,
@@ -196,15 +230,99 @@ impl Cursor {
         self.read_ahead.clear();
     }
 
-    /// Moves `committed` up to the oldest message still out (or the next
-    /// to hand out), and commits it.
+    /// Moves `committed` up to the oldest message still out or waiting for
+    /// a retry (or the next to hand out), and commits it.
     fn recommit(&mut self, partition: u32, effects: &mut Effects) {
-        let committed = self.inflight.front().map_or(self.next, |out| out.offset);
+        let committed = self
+            .inflight
+            .iter()
+            .map(|out| out.entry.offset)
+            .chain(self.retrying.iter().map(|retry| retry.entry.offset))
+            .fold(self.next, u64::min);
         if committed > self.committed {
             self.committed = committed;
             self.attempts.retain(|(o, _)| *o >= committed);
             self.dead.retain(|o| *o >= committed);
             effects.commits.push((partition, committed));
+        }
+    }
+
+    /// Dead-lettered or waiting for a retry: reading the partition passes
+    /// it by.
+    fn parked(&self, offset: u64) -> bool {
+        self.dead.contains(&offset) || self.retrying.iter().any(|r| r.entry.offset == offset)
+    }
+
+    /// Failed attempts of `offset` so far.
+    fn failures(&self, offset: u64) -> u32 {
+        self.attempts
+            .iter()
+            .find(|(o, _)| *o == offset)
+            .map_or(0, |(_, count)| *count)
+    }
+
+    /// Takes back what is out after its deliveries failed: under `strict`
+    /// ordering the partition is read again from its committed offset;
+    /// under `relaxed` the failed messages wait in the retry queue and the
+    /// partition goes on from where it was.
+    fn withdraw(&mut self, ordering: Ordering) {
+        match ordering {
+            Ordering::Strict => self.rewind(),
+            Ordering::Relaxed => {
+                self.epoch = self.epoch.wrapping_add(1);
+                self.inflight.clear();
+            }
+        }
+    }
+
+    /// Counts a failed attempt of `entry`; at `max_attempts` it is
+    /// dead-lettered, and otherwise, under `relaxed` ordering, it waits in
+    /// the retry queue for its backoff step.
+    fn fail(
+        &mut self,
+        partition: u32,
+        entry: StreamEntry,
+        cause: Failure,
+        settings: &GroupSettings,
+        now: u64,
+        effects: &mut Effects,
+    ) {
+        let offset = entry.offset;
+        let attempts = self.attempt(offset);
+        effects.failed.push(Failed {
+            partition,
+            offset,
+            attempts,
+            cause,
+        });
+        if attempts >= settings.max_attempts {
+            effects.dead.push(DeadLetter {
+                partition,
+                offset,
+                attempts,
+                cause,
+                message: entry.message,
+            });
+            self.dead.push(offset);
+        } else if settings.ordering == Ordering::Relaxed {
+            self.retrying.push(Retry {
+                entry,
+                due: now.saturating_add(settings.backoff_ms(attempts)),
+            });
+        }
+    }
+
+    /// Fails every delivery still out (`withdraw` then takes them back).
+    fn fail_inflight(
+        &mut self,
+        partition: u32,
+        cause: Failure,
+        settings: &GroupSettings,
+        now: u64,
+        effects: &mut Effects,
+    ) {
+        for out in std::mem::take(&mut self.inflight) {
+            self.fail(partition, out.entry, cause, settings, now, effects);
         }
     }
 
@@ -228,6 +346,8 @@ pub struct CursorReport {
     pub partition: u32,
     pub committed: u64,
     pub inflight: usize,
+    /// Failed messages waiting for their retry (`relaxed` ordering).
+    pub retrying: usize,
     pub owner: Option<Arc<str>>,
 }
 
@@ -272,6 +392,7 @@ impl Group {
                 partition: partition as u32,
                 committed: cursor.committed,
                 inflight: cursor.inflight.len(),
+                retrying: cursor.retrying.len(),
                 owner: cursor
                     .owner
                     .map(|index| self.members[index].client_id.clone()),
@@ -294,7 +415,7 @@ impl Group {
             .position(|m| m.client_id == member.client_id)
         {
             Some(index) => {
-                self.take_back(index, effects);
+                self.take_back(index, now, effects);
                 self.members[index] = member;
             }
             None => self.members.push(member),
@@ -318,7 +439,7 @@ impl Group {
         }) else {
             return false;
         };
-        self.take_back(index, effects);
+        self.take_back(index, now, effects);
         self.members.remove(index);
         for cursor in &mut self.cursors {
             if let Some(owner) = cursor.owner.filter(|&owner| owner > index) {
@@ -331,22 +452,18 @@ impl Group {
 
     /// Fails every delivery member `index` has out (its reader left) and
     /// takes its partitions back, ownerless: whoever owns them next reads
-    /// them again from their committed offsets.
-    fn take_back(&mut self, index: usize, effects: &mut Effects) {
-        let max_attempts = self.settings.max_attempts;
+    /// them again from their committed offsets (`strict`), or goes on
+    /// where it was while the failed messages wait for a retry
+    /// (`relaxed`).
+    fn take_back(&mut self, index: usize, now: u64, effects: &mut Effects) {
+        let settings = &self.settings;
         let session = &self.members[index].session;
         for (partition, cursor) in self.cursors.iter_mut().enumerate() {
             if cursor.owner == Some(index) {
                 let partition = partition as u32;
-                fail_inflight(
-                    cursor,
-                    partition,
-                    Failure::ReaderLeft,
-                    max_attempts,
-                    effects,
-                );
+                cursor.fail_inflight(partition, Failure::ReaderLeft, settings, now, effects);
                 effects.withdrawals.push((session.clone(), partition));
-                cursor.rewind();
+                cursor.withdraw(settings.ordering);
                 cursor.owner = None;
             }
         }
@@ -389,7 +506,8 @@ impl Group {
     }
 
     /// Hands the owner of `partition` its next messages, up to the
-    /// inflight limit.
+    /// inflight limit: retries that are due first, then the partition's
+    /// next offsets.
     pub fn fill(
         &mut self,
         partition: u32,
@@ -416,83 +534,32 @@ impl Group {
         if room == 0 {
             return;
         }
-        let bounds = source.bounds(partition);
-        if cursor.next < bounds.start {
-            self.skipped += bounds.start - cursor.next;
-            effects.skipped.push(Skipped {
-                partition,
-                from: cursor.next,
-                to: bounds.start,
-            });
-            cursor.next = bounds.start;
-            cursor.read_ahead.clear();
-            if cursor.inflight.is_empty() {
-                cursor.committed = bounds.start;
-                effects.commits.push((partition, bounds.start));
-            }
-        }
-        let mut entries: Vec<StreamEntry> = Vec::new();
-        while entries.len() < room {
-            let Some(front) = cursor.read_ahead.pop_front() else {
-                break;
-            };
-            if front.offset >= cursor.next {
-                cursor.next = front.offset + 1;
-                entries.push(front);
-            }
-        }
-        entries.retain(|entry| !cursor.dead.contains(&entry.offset));
-        if entries.len() < room && cursor.next < bounds.end {
-            if cursor.next >= bounds.memory_start {
-                // Memory holds appends that are not durable yet too; dead
-                // letters are read past.
-                while entries.len() < room && cursor.next < bounds.end {
-                    let readable = usize::try_from(bounds.end - cursor.next).unwrap_or(usize::MAX);
-                    let want = (room - entries.len()).min(readable);
-                    let read = source.read_memory(partition, cursor.next, want);
-                    let Some(last) = read.last() else {
-                        break;
-                    };
-                    cursor.next = last.offset + 1;
-                    entries.extend(
-                        read.into_iter()
-                            .filter(|entry| !cursor.dead.contains(&entry.offset)),
-                    );
-                }
-            } else if !cursor.fetching {
-                cursor.fetching = true;
-                effects.fetches.push(Fetch {
-                    partition,
-                    from: cursor.next,
-                    epoch: cursor.epoch,
-                });
-            }
+        let mut entries = take_due_retries(cursor, now, room, effects);
+        if cursor.retrying.len() < MAX_RETRYING_PER_PARTITION {
+            let fresh = read_next(cursor, partition, room - entries.len(), source, effects);
+            self.skipped += fresh.skipped;
+            entries.extend(fresh.entries);
         }
         let member = &self.members[owner];
         for entry in entries {
+            let attempt = cursor.failures(entry.offset) + 1;
             cursor.inflight.push_back(Out {
-                offset: entry.offset,
+                entry: entry.clone(),
                 at: now,
-                message: entry.message.clone(),
             });
-            let failed = cursor
-                .attempts
-                .iter()
-                .find(|(offset, _)| *offset == entry.offset)
-                .map_or(0, |(_, count)| *count);
             effects.handouts.push(Handout {
                 session: member.session.clone(),
                 qos: member.qos,
                 partition,
                 epoch: cursor.epoch,
                 entry,
-                attempt: failed + 1,
+                attempt,
             });
         }
         // Dead-lettered offsets read past may let the commit move on.
         cursor.recommit(partition, effects);
-        if let Some(out) = cursor.inflight.front() {
-            note_deadline(effects, out.at.saturating_add(timeout));
+        if let Some(oldest) = cursor.inflight.iter().map(|out| out.at).min() {
+            note_deadline(effects, oldest.saturating_add(timeout));
         }
     }
 
@@ -534,8 +601,9 @@ impl Group {
     }
 
     /// A member's report on one delivery: acknowledged (or sent at QoS 0)
-    /// commits it; refused fails it, and the partition pauses for the
-    /// stream's backoff before reading it again.
+    /// commits it; refused fails it, and it is read again after the
+    /// stream's backoff step: under `strict` ordering the partition pauses
+    /// until then, under `relaxed` it waits in the retry queue.
     #[allow(clippy::too_many_arguments)]
     pub fn settled(
         &mut self,
@@ -547,85 +615,68 @@ impl Group {
         source: &dyn PartitionSource,
         effects: &mut Effects,
     ) {
+        let settings = &self.settings;
         let Some(cursor) = self.cursors.get_mut(partition as usize) else {
             return;
         };
         if cursor.epoch != epoch {
             return;
         }
-        let Some(at) = cursor.inflight.iter().position(|out| out.offset == offset) else {
+        let Some(at) = cursor
+            .inflight
+            .iter()
+            .position(|out| out.entry.offset == offset)
+        else {
             return;
         };
-        match refused {
-            Some(reason) => {
-                let attempts = cursor.attempt(offset);
-                let cause = Failure::Refused(reason);
-                effects.failed.push(Failed {
-                    partition,
-                    offset,
-                    attempts,
-                    cause,
-                });
-                if attempts >= self.settings.max_attempts {
-                    // Given up on: the partition moves on without it.
-                    let out = cursor.inflight.remove(at).expect("found above");
-                    effects.dead.push(DeadLetter {
-                        partition,
-                        offset,
-                        attempts,
-                        cause,
-                        message: out.message,
-                    });
-                    cursor.dead.push(offset);
-                    cursor.recommit(partition, effects);
-                    self.fill(partition, now, source, effects);
-                    return;
-                }
+        let Some(out) = cursor.inflight.remove(at) else {
+            return;
+        };
+        if let Some(reason) = refused {
+            cursor.fail(
+                partition,
+                out.entry,
+                Failure::Refused(reason),
+                settings,
+                now,
+                effects,
+            );
+            let given_up = cursor.dead.contains(&offset);
+            if settings.ordering == Ordering::Strict && !given_up {
+                // The key's later messages wait for this one.
                 if let Some(owner) = cursor.owner {
                     effects
                         .withdrawals
                         .push((self.members[owner].session.clone(), partition));
                 }
-                let backoff = &self.settings.retry_backoff;
-                let pause = backoff
-                    .get(attempts as usize - 1)
-                    .or(backoff.last())
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 cursor.rewind();
-                cursor.paused_until = now.saturating_add(pause);
-            }
-            None => {
-                cursor.inflight.remove(at);
-                cursor.recommit(partition, effects);
+                cursor.paused_until =
+                    now.saturating_add(settings.backoff_ms(cursor.failures(offset)));
             }
         }
+        cursor.recommit(partition, effects);
         self.fill(partition, now, source, effects);
     }
 
     /// Fails the deliveries left unacknowledged past the ack timeout, and
-    /// resumes partitions whose pause is over.
+    /// resumes partitions whose pause is over or whose retries are due.
     pub fn wake(&mut self, now: u64, source: &dyn PartitionSource, effects: &mut Effects) {
-        let timeout = self.settings.ack_timeout_ms;
-        let max_attempts = self.settings.max_attempts;
+        let settings = &self.settings;
+        let timeout = settings.ack_timeout_ms;
         for (partition, cursor) in self.cursors.iter_mut().enumerate() {
             let overdue = cursor
                 .inflight
-                .front()
-                .is_some_and(|out| out.at.saturating_add(timeout) <= now);
+                .iter()
+                .any(|out| out.at.saturating_add(timeout) <= now);
             if overdue {
-                fail_inflight(
-                    cursor,
-                    partition as u32,
-                    Failure::TimedOut,
-                    max_attempts,
-                    effects,
-                );
+                let partition = partition as u32;
+                cursor.fail_inflight(partition, Failure::TimedOut, settings, now, effects);
                 if let Some(owner) = cursor.owner {
                     effects
                         .withdrawals
-                        .push((self.members[owner].session.clone(), partition as u32));
+                        .push((self.members[owner].session.clone(), partition));
                 }
-                cursor.rewind();
+                cursor.withdraw(settings.ordering);
             }
         }
         self.fill_all(now, source, effects);
@@ -650,6 +701,7 @@ impl Group {
             cursor.committed = offset;
             cursor.attempts.clear();
             cursor.dead.clear();
+            cursor.retrying.clear();
             cursor.paused_until = 0;
             cursor.rewind();
             effects.commits.push((partition as u32, offset));
@@ -663,40 +715,111 @@ impl Group {
     }
 }
 
-/// Counts a failed attempt for each delivery of `cursor` still out; those
-/// at `max_attempts` are dead-lettered, to be read past once the cursor
-/// rewinds.
-fn fail_inflight(
+/// Takes the retries that are due, oldest offset first, up to `room`;
+/// notes when the next falls due.
+fn take_due_retries(
     cursor: &mut Cursor,
-    partition: u32,
-    cause: Failure,
-    max_attempts: u32,
+    now: u64,
+    room: usize,
     effects: &mut Effects,
-) {
-    let outs: Vec<(u64, Arc<Message>)> = cursor
-        .inflight
-        .iter()
-        .map(|out| (out.offset, out.message.clone()))
-        .collect();
-    for (offset, message) in outs {
-        let attempts = cursor.attempt(offset);
-        effects.failed.push(Failed {
-            partition,
-            offset,
-            attempts,
-            cause,
-        });
-        if attempts >= max_attempts {
-            effects.dead.push(DeadLetter {
-                partition,
-                offset,
-                attempts,
-                cause,
-                message,
-            });
-            cursor.dead.push(offset);
+) -> Vec<StreamEntry> {
+    if cursor.retrying.is_empty() {
+        return Vec::new();
+    }
+    cursor.retrying.sort_by_key(|retry| retry.entry.offset);
+    let mut due = Vec::new();
+    let mut index = 0;
+    while index < cursor.retrying.len() {
+        if due.len() < room && cursor.retrying[index].due <= now {
+            due.push(cursor.retrying.remove(index).entry);
+        } else {
+            index += 1;
         }
     }
+    if let Some(next) = cursor.retrying.iter().map(|retry| retry.due).min() {
+        note_deadline(effects, next.max(now));
+    }
+    due
+}
+
+/// What `read_next` found.
+struct Fresh {
+    entries: Vec<StreamEntry>,
+    /// Offsets retention dropped before they were read.
+    skipped: u64,
+}
+
+/// Reads up to `room` of the partition's next offsets from what was read
+/// ahead or from memory, passing dead letters and waiting retries by; asks
+/// for a log read when the next offset is only on disk.
+fn read_next(
+    cursor: &mut Cursor,
+    partition: u32,
+    room: usize,
+    source: &dyn PartitionSource,
+    effects: &mut Effects,
+) -> Fresh {
+    let mut fresh = Fresh {
+        entries: Vec::new(),
+        skipped: 0,
+    };
+    if room == 0 {
+        return fresh;
+    }
+    let bounds = source.bounds(partition);
+    if cursor.next < bounds.start {
+        fresh.skipped = bounds.start - cursor.next;
+        effects.skipped.push(Skipped {
+            partition,
+            from: cursor.next,
+            to: bounds.start,
+        });
+        cursor.next = bounds.start;
+        cursor.read_ahead.clear();
+        if cursor.inflight.is_empty() && cursor.retrying.is_empty() {
+            cursor.committed = bounds.start;
+            effects.commits.push((partition, bounds.start));
+        }
+    }
+    let mut entries: Vec<StreamEntry> = Vec::new();
+    while entries.len() < room {
+        let Some(front) = cursor.read_ahead.pop_front() else {
+            break;
+        };
+        if front.offset >= cursor.next {
+            cursor.next = front.offset + 1;
+            if !cursor.parked(front.offset) {
+                entries.push(front);
+            }
+        }
+    }
+    if entries.len() < room && cursor.next < bounds.end {
+        if cursor.next >= bounds.memory_start {
+            // Memory holds appends that are not durable yet too.
+            while entries.len() < room && cursor.next < bounds.end {
+                let readable = usize::try_from(bounds.end - cursor.next).unwrap_or(usize::MAX);
+                let want = (room - entries.len()).min(readable);
+                let read = source.read_memory(partition, cursor.next, want);
+                let Some(last) = read.last() else {
+                    break;
+                };
+                cursor.next = last.offset + 1;
+                entries.extend(
+                    read.into_iter()
+                        .filter(|entry| !cursor.parked(entry.offset)),
+                );
+            }
+        } else if !cursor.fetching {
+            cursor.fetching = true;
+            effects.fetches.push(Fetch {
+                partition,
+                from: cursor.next,
+                epoch: cursor.epoch,
+            });
+        }
+    }
+    fresh.entries = entries;
+    fresh
 }
 
 fn note_deadline(effects: &mut Effects, at: u64) {

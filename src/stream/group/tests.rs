@@ -62,7 +62,36 @@ fn settings(max_inflight: usize) -> GroupSettings {
         ack_timeout_ms: 30_000,
         retry_backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
         max_attempts: 3,
+        ordering: Ordering::Strict,
     }
+}
+
+fn relaxed(max_inflight: usize) -> GroupSettings {
+    GroupSettings {
+        ordering: Ordering::Relaxed,
+        ..settings(max_inflight)
+    }
+}
+
+/// Refuses `offset` with PUBACK 0x80.
+fn nack(group: &mut Group, offset: u64, epoch: u32, now: u64, log: &Log) -> Effects {
+    let mut effects = Effects::default();
+    group.settled(
+        0,
+        offset,
+        epoch,
+        Some(ReasonCode::UNSPECIFIED_ERROR),
+        now,
+        log,
+        &mut effects,
+    );
+    effects
+}
+
+fn ack(group: &mut Group, offset: u64, epoch: u32, now: u64, log: &Log) -> Effects {
+    let mut effects = Effects::default();
+    group.settled(0, offset, epoch, None, now, log, &mut effects);
+    effects
 }
 
 fn member(id: &str, connection: u64) -> Member {
@@ -382,4 +411,132 @@ fn a_reset_moves_every_partition_and_commits_it() {
     group.reset(&[3, 4], 0, &log, &mut reset);
     assert_eq!(reset.commits, [(0, 3), (1, 4)]);
     assert_eq!(handed(&reset), [("a".into(), 0, 3), ("a".into(), 1, 4)]);
+}
+
+#[test]
+fn relaxed_a_refused_message_waits_for_its_retry_while_the_partition_moves_on() {
+    let log = Log::new(1, 4);
+    let mut group = Group::new("g".into(), relaxed(1), &[0]);
+    let mut effects = Effects::default();
+    group.join(member("a", 1), 0, &log, &mut effects);
+    assert_eq!(handed(&effects), [("a".into(), 0, 0)]);
+
+    let refused = nack(&mut group, 0, 0, 100, &log);
+    assert_eq!(handed(&refused), [("a".into(), 0, 1)], "the next offset");
+    assert!(
+        refused.withdrawals.is_empty(),
+        "offset 1 was not taken back"
+    );
+    assert_eq!(refused.deadline, Some(1100), "the first backoff step");
+    assert!(refused.commits.is_empty(), "offset 0 is not settled");
+    assert_eq!(group.report()[0].retrying, 1);
+
+    assert_eq!(
+        handed(&ack(&mut group, 1, 0, 200, &log)),
+        [("a".into(), 0, 2)]
+    );
+    let acked = ack(&mut group, 2, 0, 300, &log);
+    assert!(acked.commits.is_empty(), "held at the retried offset");
+    assert_eq!(handed(&acked), [("a".into(), 0, 3)]);
+    assert!(ack(&mut group, 3, 0, 400, &log).handouts.is_empty());
+
+    let mut early = Effects::default();
+    group.wake(1099, &log, &mut early);
+    assert!(early.handouts.is_empty());
+    let mut due = Effects::default();
+    group.wake(1100, &log, &mut due);
+    assert_eq!(handed(&due), [("a".into(), 0, 0)], "the retry");
+    assert_eq!(due.handouts[0].attempt, 2);
+    let settled = ack(&mut group, 0, due.handouts[0].epoch, 1200, &log);
+    assert_eq!(settled.commits, [(0, 4)], "everything read is settled");
+    assert_eq!(group.report()[0].retrying, 0);
+}
+
+#[test]
+fn relaxed_after_max_attempts_the_retried_message_is_dead_lettered() {
+    let log = Log::new(1, 2);
+    let mut group = Group::new("g".into(), relaxed(1), &[0]);
+    let mut effects = Effects::default();
+    group.join(member("a", 1), 0, &log, &mut effects);
+    nack(&mut group, 0, 0, 0, &log);
+    ack(&mut group, 1, 0, 10, &log);
+    let mut now = 10;
+    for attempt in 2..=3 {
+        let mut due = Effects::default();
+        now += 5_000;
+        group.wake(now, &log, &mut due);
+        assert_eq!(handed(&due), [("a".into(), 0, 0)]);
+        assert_eq!(due.handouts[0].attempt, attempt);
+        let refused = nack(&mut group, 0, due.handouts[0].epoch, now, &log);
+        if attempt == 3 {
+            assert_eq!(refused.dead.len(), 1, "max_attempts is 3");
+            assert_eq!(refused.dead[0].offset, 0);
+            assert_eq!(refused.commits, [(0, 2)]);
+        } else {
+            assert!(refused.dead.is_empty());
+        }
+    }
+}
+
+#[test]
+fn relaxed_a_timeout_or_a_departure_sends_the_deliveries_to_the_retry_queue() {
+    let log = Log::new(1, 6);
+    let mut group = Group::new("g".into(), relaxed(2), &[0]);
+    let mut effects = Effects::default();
+    group.join(member("a", 1), 0, &log, &mut effects);
+    assert_eq!(handed(&effects).len(), 2);
+
+    let mut timed_out = Effects::default();
+    group.wake(30_000, &log, &mut timed_out);
+    assert_eq!(timed_out.failed.len(), 2);
+    assert_eq!(
+        timed_out.withdrawals.len(),
+        1,
+        "taken back from the session"
+    );
+    assert_eq!(
+        handed(&timed_out),
+        [("a".into(), 0, 2), ("a".into(), 0, 3)],
+        "the partition went on"
+    );
+    assert_eq!(group.report()[0].retrying, 2);
+
+    let mut joined = Effects::default();
+    group.join(member("b", 2), 30_001, &log, &mut joined);
+    let mut left = Effects::default();
+    assert!(group.leave("a", Some(1), 30_002, &log, &mut left));
+    assert_eq!(
+        left.failed.len(),
+        2,
+        "offsets 2 and 3 failed with their reader"
+    );
+    assert_eq!(
+        handed(&left),
+        [("b".into(), 0, 4), ("b".into(), 0, 5)],
+        "the next owner goes on"
+    );
+    assert_eq!(group.report()[0].retrying, 4);
+    assert_eq!(group.report()[0].committed, 0);
+}
+
+#[test]
+fn relaxed_a_partition_stops_moving_on_when_its_retry_queue_is_full() {
+    let total = MAX_RETRYING_PER_PARTITION as u64 + 2;
+    let log = Log::new(1, total);
+    let mut group = Group::new("g".into(), relaxed(1), &[0]);
+    let mut effects = Effects::default();
+    group.join(member("a", 1), 0, &log, &mut effects);
+    let mut last = effects;
+    for offset in 0..MAX_RETRYING_PER_PARTITION as u64 {
+        assert_eq!(handed(&last), [("a".into(), 0, offset)]);
+        last = nack(&mut group, offset, 0, 0, &log);
+    }
+    assert!(
+        last.handouts.is_empty(),
+        "the queue is full: the partition waits"
+    );
+    assert_eq!(group.report()[0].retrying, MAX_RETRYING_PER_PARTITION);
+    let mut due = Effects::default();
+    group.wake(1_000, &log, &mut due);
+    assert_eq!(handed(&due), [("a".into(), 0, 0)], "retries still go out");
 }
