@@ -402,9 +402,10 @@ token = "{token}"
             "COMMITTED",
             "LAG",
             "INFLIGHT",
+            "RETRYING",
             "OWNER",
         ],
-        vec!["g", "1", "3", "0", "0", consumer_id.as_str()],
+        vec!["g", "1", "3", "0", "0", "0", consumer_id.as_str()],
         vec!["members", "of", "g:", consumer_id.as_str()],
     ] {
         assert!(lines.contains(&expected), "no line {expected:?} in\n{text}");
@@ -535,5 +536,132 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
         s[0]["groups"][0]["dead_letters"] == 0
     })
     .await;
+    broker.shutdown().await;
+}
+
+/// The value of the sample `line_start` (metric name and labels) in a
+/// Prometheus text exposition.
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+async fn metrics_when(admin: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = client::get(admin, None, "/metrics")
+            .await
+            .expect("/metrics answers");
+        let text = String::from_utf8(body.to_vec()).expect("text");
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed the expected state; last:\n{text}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_retries_by_attempt_dead_letters_by_group_and_delay_lateness() {
+    let settings = Settings {
+        streams: vec![StreamConfig {
+            max_attempts: 2,
+            retry_backoff: vec!["20ms".into()],
+            ..orders(1)
+        }],
+        admin: Some(Admin {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+        }),
+        ..Settings::ephemeral()
+    };
+    let broker = Broker::start(settings).await.expect("broker starts");
+    let mqtt = broker.local_addrs()[0];
+    let admin = admin_addr(&broker);
+    let before = metrics_when(&admin, |_| true).await;
+    for family in [
+        "# TYPE petrel_connections gauge",
+        "# TYPE petrel_messages_received_total counter",
+        "# TYPE petrel_delayed_lateness_seconds histogram",
+    ] {
+        assert!(before.contains(family), "{family} in\n{before}");
+    }
+    assert_eq!(sample(&before, "petrel_delayed_pending"), Some(0.0));
+
+    let (mut watcher, _) = raw::connect_v5(mqtt, &raw::unique_id("late")).await;
+    watcher
+        .send(&raw::subscribe(1, Some(&[]), &[(b"later/#", 0)]))
+        .await;
+    watcher.expect_kind(raw::SUBACK).await;
+    let mut delayer = raw::connect_v311(mqtt, &raw::unique_id("delay")).await;
+    delayer
+        .send(&publish_v311("$delayed/1/later/x", 1, 1, b"d"))
+        .await;
+    delayer.expect_kind(PUBACK).await;
+    let pending = metrics_when(&admin, |t| sample(t, "petrel_delayed_pending") == Some(1.0)).await;
+    assert_eq!(
+        sample(&pending, "petrel_delayed_lateness_seconds_count"),
+        Some(0.0)
+    );
+    watcher.expect_kind(raw::PUBLISH).await;
+    metrics_when(&admin, |t| {
+        sample(t, "petrel_delayed_lateness_seconds_count") == Some(1.0)
+            && sample(t, "petrel_delayed_pending") == Some(0.0)
+    })
+    .await;
+
+    publish_acknowledged(mqtt, DEVICE_1, 1).await;
+    let (mut member, _) = raw::connect_v5(mqtt, &raw::unique_id("nack")).await;
+    member
+        .send(&raw::subscribe(
+            1,
+            Some(&[]),
+            &[(b"$share/g/$stream/orders", 1)],
+        ))
+        .await;
+    member.expect_kind(raw::SUBACK).await;
+    for _ in 0..2 {
+        let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
+        let id = delivery.packet_id.expect("QoS 1");
+        member.send(&raw::ack_with_reason(0x40, id, 0x80)).await;
+    }
+    let text = metrics_when(&admin, |t| {
+        sample(
+            t,
+            "petrel_stream_dead_lettered_total{stream=\"orders\",group=\"g\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "petrel_stream_retries_total{stream=\"orders\",group=\"g\",attempt=\"2\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "petrel_stream_deliveries_failed_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "petrel_stream_group_dead_letters{stream=\"orders\",group=\"g\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "petrel_stream_group_lag{stream=\"orders\",group=\"g\"}"
+        ),
+        Some(0.0),
+        "the dead letter was read past"
+    );
+    assert_eq!(sample(&text, "petrel_stream_appends_total"), Some(1.0));
     broker.shutdown().await;
 }

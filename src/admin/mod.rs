@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod dlq;
+mod metrics;
 pub mod render;
 mod streams;
 
@@ -40,6 +41,8 @@ pub enum ApiError {
     MethodNotAllowed { method: Method, uri: Uri },
     #[error("the store could not be read: {0}")]
     Store(String),
+    #[error("the {0} could not be encoded")]
+    Encode(&'static str),
 }
 
 impl ApiError {
@@ -48,7 +51,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NoStream(_) | ApiError::NoEndpoint(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Store(_) | ApiError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -78,6 +81,10 @@ impl IntoResponse for ApiError {
 /// The API's routes over the broker's state, behind the token when one is
 /// configured.
 pub fn router(state: Arc<BrokerState>, token: Option<&str>) -> Router {
+    let exposition = Arc::new(metrics::Exposition::new(state.clone()));
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .with_state(exposition);
     let api = Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{name}", get(streams::one))
@@ -86,7 +93,8 @@ pub fn router(state: Arc<BrokerState>, token: Option<&str>) -> Router {
         .route("/v1/dlq/{group}/{stream}/redrive", post(dlq::redrive))
         .fallback(no_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state)
+        .merge(scrape);
     match token {
         Some(token) => api.layer(middleware::from_fn_with_state(
             Arc::<str>::from(token),

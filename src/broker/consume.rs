@@ -635,7 +635,7 @@ impl BrokerState {
         for dead in effects.dead {
             let reason = dead.cause.describe();
             let now = crate::timer::now_ms();
-            self.metrics.stream_dead_letter();
+            self.metrics.stream_dead_letter(&stream.name, group);
             self.dead_letters.add(
                 group.clone(),
                 cell.stream,
@@ -690,6 +690,10 @@ impl BrokerState {
             let mut held = session.lock();
             let mut next = Some(first);
             while let Some(handout) = next {
+                if handout.attempt > 1 {
+                    self.metrics
+                        .stream_retry(&stream.name, group, handout.attempt);
+                }
                 if !held.ended {
                     let delivery = Delivery {
                         message: match handout.attempt {

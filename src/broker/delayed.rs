@@ -147,6 +147,8 @@ impl BrokerState {
             if pending.message.is_expired(now) {
                 self.metrics.messages_expired_add(1);
             } else {
+                self.metrics
+                    .delay_published(now.saturating_sub(pending.due));
                 self.publish_internal(Message::clone(&pending.message), now);
             }
             self.journal.append(Record::DeleteDelayed {

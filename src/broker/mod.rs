@@ -45,7 +45,7 @@ use crate::topic::TopicLimits;
 
 pub use client::{Client, Close, Output};
 pub use connect::{Connected, Refusal};
-pub use metrics::Metrics;
+pub use metrics::{GroupLabels, Labelled, Metrics, RetryLabels};
 pub use refill::serve_refills;
 pub use stream_report::{GroupPartitionReport, GroupReport, PartitionReport, StreamReport};
 pub use stream_tasks::{serve_stream_durability, serve_stream_reads};
