@@ -12,6 +12,7 @@
 //! `petrel bench` is the `petrel-bench` crate in `benches/loadgen`.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod delay;

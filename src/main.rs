@@ -1,5 +1,6 @@
-//! The `petrel` command: `serve` runs the broker, `streams` shows a running
-//! broker's streams through its admin API, `bench` runs the load generator.
+//! The `petrel` command: `serve` runs the broker, `passwd` edits a password
+//! file, `streams` and `dlq` show a running broker's streams and dead
+//! letters through its admin API, `bench` runs the load generator.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +31,10 @@ enum Command {
     Dlq(DlqArgs),
     /// Generate load against a running broker and report throughput and latency.
     Bench(petrel_bench::BenchArgs),
+    /// Add a user to a password file, change its password or delete it, like
+    /// mosquitto_passwd; new entries are argon2id plus SCRAM-SHA-256
+    /// credentials.
+    Passwd(PasswdArgs),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +77,27 @@ struct DlqArgs {
     admin: AdminArgs,
 }
 
+#[derive(clap::Args)]
+struct PasswdArgs {
+    /// Create the file, replacing any that exists.
+    #[arg(short = 'c', long, conflicts_with = "delete")]
+    create: bool,
+    /// Take the password as the last argument instead of prompting for it;
+    /// other users can see a command's arguments, so prefer the prompt.
+    #[arg(short = 'b', long, conflicts_with = "delete")]
+    batch: bool,
+    /// Delete the user instead of setting its password.
+    #[arg(short = 'D', long)]
+    delete: bool,
+    /// The password file.
+    file: PathBuf,
+    /// The user name; it may not contain ':'.
+    user: String,
+    /// The password, with -b.
+    #[arg(required_if_eq("batch", "true"), requires = "batch")]
+    password: Option<String>,
+}
+
 /// Where the admin API is, for the commands that use it.
 #[derive(clap::Args)]
 struct AdminArgs {
@@ -104,6 +130,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime
             .block_on(petrel_bench::run(args))
             .map_err(|error| error.to_string()),
+        Command::Passwd(args) => passwd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,6 +245,118 @@ async fn dlq(args: DlqArgs) -> Result<(), String> {
         .lock()
         .write_all(text.as_bytes())
         .map_err(|error| format!("cannot write the output: {error}"))
+}
+
+/// `petrel passwd`: changes one user and writes the whole file back in one
+/// step, keeping every other line as it was.
+fn passwd(args: PasswdArgs) -> Result<(), String> {
+    use petrel::auth::password::{self, Credentials, PasswordFile, PasswordFileError};
+    let path = args.file.display();
+    password::check_user_name(&args.user).map_err(|error| format!("{path}: {error}"))?;
+    let mut file = if args.create {
+        PasswordFile::new()
+    } else {
+        PasswordFile::load(&args.file).map_err(|error| match error {
+            PasswordFileError::Read { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                format!("password file {path} does not exist (-c creates it)")
+            }
+            other => other.to_string(),
+        })?
+    };
+    if args.delete {
+        if !file.delete(&args.user) {
+            return Err(format!("user {:?} is not in {path}", args.user));
+        }
+    } else {
+        let password = match args.password {
+            Some(password) => password,
+            None => read_password()?,
+        };
+        if password.is_empty() {
+            return Err("refusing an empty password".to_string());
+        }
+        let credentials = Credentials::new(password.as_bytes()).map_err(|e| e.to_string())?;
+        file.set(&args.user, credentials)
+            .map_err(|error| format!("{path}: {error}"))?;
+    }
+    file.write(&args.file).map_err(|error| error.to_string())
+}
+
+/// Prompts twice on a terminal, without echo; otherwise reads one line, so
+/// that a script can pipe the password in.
+fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let read_line = || {
+        let mut line = String::new();
+        let read = std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|error| format!("cannot read the password: {error}"))?;
+        if read == 0 {
+            return Err("no password on standard input".to_string());
+        }
+        let end = line.trim_end_matches(['\n', '\r']).len();
+        line.truncate(end);
+        Ok(line)
+    };
+    if !std::io::stdin().is_terminal() {
+        return read_line();
+    }
+    let prompt = |text: &str| {
+        // Echo goes off before the prompt shows, so nothing typed after
+        // seeing it can appear.
+        #[cfg(unix)]
+        let _echo_off = EchoOff::new()
+            .map_err(|error| format!("cannot turn off the terminal's echo: {error}"))?;
+        let mut stderr = std::io::stderr();
+        let _ = write!(stderr, "{text}");
+        let _ = stderr.flush();
+        read_line()
+    };
+    let password = prompt("Password: ")?;
+    if prompt("Reenter password: ")? != password {
+        return Err("the passwords do not match".to_string());
+    }
+    Ok(password)
+}
+
+/// Standard input's terminal with echo off (but the newline still echoed),
+/// restored when dropped.
+#[cfg(unix)]
+struct EchoOff(libc::termios);
+
+#[cfg(unix)]
+impl EchoOff {
+    fn new() -> std::io::Result<EchoOff> {
+        // SAFETY: termios is plain data, and tcgetattr fills it in before
+        // anything reads it.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointer is to a live termios; a bad descriptor is
+        // reported through the return value.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: as above, with a termios the terminal itself gave.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(EchoOff(saved))
+    }
+}
+
+#[cfg(unix)]
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new`, on the same descriptor.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0);
+        }
+    }
 }
 
 /// The API's JSON as it came, or rendered as tables.
