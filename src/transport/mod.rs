@@ -2,6 +2,7 @@
 
 mod arrival;
 mod connection;
+pub mod tls;
 
 pub use arrival::ArrivalOrder;
 
