@@ -15,6 +15,10 @@ use serde::Deserialize;
 /// field of strings over 65,535 bytes, so every limit stays well below that.
 const TOPIC_LENGTH_CEILING: usize = 65_535;
 
+/// The longest `sys_interval`: a year is already "never" in practice, and
+/// the timer that waits for it must not overflow.
+const MAX_SYS_INTERVAL: u64 = 365 * 24 * 3600;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -26,6 +30,13 @@ pub enum ConfigError {
     Invalid(config::ConfigError),
     #[error("invalid config: `{key}` {problem}")]
     OutOfRange { key: &'static str, problem: String },
+    #[error("invalid config: listener {index} ({bind}): `{key}` {problem}")]
+    Listener {
+        index: usize,
+        bind: SocketAddr,
+        key: &'static str,
+        problem: String,
+    },
     #[error("invalid config: stream `{stream}`: `{key}` {problem}")]
     Stream {
         stream: String,
@@ -57,9 +68,26 @@ pub struct Settings {
     /// 0: bounded only by the disk, whose filling up is refused the same way.
     #[serde(default)]
     pub max_disk_bytes: u64,
-    /// Whether clients without a username may connect.
+    /// Whether clients without a username may connect (refused with
+    /// CONNACK 0x87 / 3.1.1 code 5 when not).
     #[serde(default = "default_true")]
     pub allow_anonymous: bool,
+    /// Users and their password hashes, in Mosquitto's `password_file`
+    /// format (`petrel passwd` and `mosquitto_passwd` write it). When set, a
+    /// CONNECT with a username must carry that user's password (else
+    /// CONNACK 0x86 / 3.1.1 code 4); when not, a username is taken as
+    /// given. Read at start (a bad line stops it) and on SIGHUP.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Who may publish and subscribe to what, in Mosquitto's `acl_file`
+    /// format (see `auth::acl`). When not set, every client may do
+    /// everything. Read at start (a bad line stops it) and on SIGHUP.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+    /// Seconds between updates of the `$SYS/broker/...` topics (Mosquitto's
+    /// names and meanings, retained in memory); 0 publishes none.
+    #[serde(default = "default_sys_interval")]
+    pub sys_interval: u64,
     #[serde(default)]
     pub limits: Limits,
     /// Streams fed by topic filters (DESIGN §5).
@@ -72,10 +100,123 @@ pub struct Settings {
     pub admin: Option<Admin>,
 }
 
+/// `[[listeners]]`: an address and what is spoken on it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub bind: SocketAddr,
+    #[serde(default)]
+    pub transport: Transport,
+    /// PEM certificate chain (`tls`, `wss`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates are checked against.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate from `client_ca`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// The client certificate's common name is the username (and no
+    /// password is asked for).
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// The HTTP path of the WebSocket endpoint (`ws`, `wss`).
+    #[serde(default = "default_websocket_path")]
+    pub path: String,
+    /// New connections accepted per second on this listener (0: no
+    /// limit); sockets beyond it are closed at once and counted.
+    #[serde(default)]
+    pub max_connection_rate: u32,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+}
+
+fn default_websocket_path() -> String {
+    "/mqtt".into()
+}
+
+impl Listener {
+    /// Plain MQTT over TCP on `bind`.
+    pub fn tcp(bind: SocketAddr) -> Listener {
+        Listener {
+            bind,
+            transport: Transport::Tcp,
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+            path: default_websocket_path(),
+            max_connection_rate: 0,
+        }
+    }
+
+    /// The TLS files, for `tls` and `wss` listeners.
+    pub fn tls_files(&self) -> Option<crate::transport::tls::TlsFiles> {
+        if !self.transport.is_tls() {
+            return None;
+        }
+        Some(crate::transport::tls::TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.require_client_cert,
+        })
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let tls = self.transport.is_tls();
+        if tls && self.cert.is_none() {
+            return Err(("cert", "is required for a tls or wss listener".into()));
+        }
+        if tls && self.key.is_none() {
+            return Err(("key", "is required for a tls or wss listener".into()));
+        }
+        if !tls {
+            for (key, set) in [
+                ("cert", self.cert.is_some()),
+                ("key", self.key.is_some()),
+                ("client_ca", self.client_ca.is_some()),
+                ("require_client_cert", self.require_client_cert),
+                ("use_identity_as_username", self.use_identity_as_username),
+            ] {
+                if set {
+                    return Err((key, "applies only to tls and wss listeners".into()));
+                }
+            }
+        }
+        if self.require_client_cert && self.client_ca.is_none() {
+            return Err((
+                "require_client_cert",
+                "needs `client_ca` to check certificates against".into(),
+            ));
+        }
+        if self.use_identity_as_username && !self.require_client_cert {
+            return Err((
+                "use_identity_as_username",
+                "needs `require_client_cert = true`, or a client without a certificate would have no username".into(),
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err(("path", "must start with '/'".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `[admin]`: where the admin HTTP API listens and what it asks of callers.
@@ -167,6 +308,36 @@ pub struct Limits {
     /// Delayed publishes waiting at once; further ones are refused (v5
     /// 0x97).
     pub max_pending_delays: usize,
+    /// PUBLISH packets per second one connection may send (0: no limit).
+    /// A client going faster than this allows is disconnected: v5 with
+    /// DISCONNECT 0x96 (Message rate too high), 3.1.1 by closing. The
+    /// PUBLISH that went over is not delivered, nor acknowledged, so a
+    /// QoS 1/2 message is sent again when the client comes back.
+    pub max_publish_rate: u32,
+    /// PUBLISH packets a connection may send at once after a quiet spell,
+    /// above `max_publish_rate` (the token bucket's size); 0: one
+    /// second's worth.
+    pub max_publish_burst: u32,
+    /// Bytes (topic, payload and properties) per second one connection may
+    /// publish (0: no limit); passing it disconnects as `max_publish_rate`
+    /// does. A single message larger than the burst passes on a full
+    /// bucket and the client then waits it off.
+    pub max_publish_bytes_rate: u64,
+    /// Bytes a connection may publish at once after a quiet spell; 0: one
+    /// second's worth.
+    pub max_publish_bytes_burst: u64,
+}
+
+impl Limits {
+    /// The publish limits, as every connection's token buckets take them.
+    pub fn publish_rates(&self) -> crate::session::PublishRates {
+        crate::session::PublishRates {
+            messages_per_sec: u64::from(self.max_publish_rate),
+            messages_burst: u64::from(self.max_publish_burst),
+            bytes_per_sec: self.max_publish_bytes_rate,
+            bytes_burst: self.max_publish_bytes_burst,
+        }
+    }
 }
 
 /// The longest delay EMQX takes for `$delayed/...` (about 49.7 days).
@@ -263,6 +434,10 @@ impl Default for Limits {
             max_outbound_topic_aliases: 16,
             max_delay: Lifetime::Seconds(MAX_DELAY_SECS),
             max_pending_delays: 1_000_000,
+            max_publish_rate: 0,
+            max_publish_burst: 0,
+            max_publish_bytes_rate: 0,
+            max_publish_bytes_burst: 0,
         }
     }
 }
@@ -308,9 +483,7 @@ pub enum LogFormat {
 }
 
 fn default_listeners() -> Vec<Listener> {
-    vec![Listener {
-        bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-    }]
+    vec![Listener::tcp(SocketAddr::from(([127, 0, 0, 1], 1883)))]
 }
 
 fn default_data_dir() -> PathBuf {
@@ -329,6 +502,10 @@ fn default_true() -> bool {
     true
 }
 
+fn default_sys_interval() -> u64 {
+    10
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -339,6 +516,9 @@ impl Default for Settings {
             log_segment_bytes: default_log_segment_bytes(),
             max_disk_bytes: 0,
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            sys_interval: default_sys_interval(),
             limits: Limits::default(),
             streams: Vec::new(),
             log: Log::default(),
@@ -411,13 +591,14 @@ impl Settings {
     }
 
     /// Settings for a broker on an ephemeral loopback port with nothing on
-    /// disk, as tests want it.
+    /// disk, as tests want it. No `$SYS` topics: their retained messages
+    /// would count against the retained limits and counts tests check, and
+    /// the tests that want them set `sys_interval`.
     pub fn ephemeral() -> Settings {
         Settings {
-            listeners: vec![Listener {
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            }],
+            listeners: vec![Listener::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))],
             durability: Durability::Memory,
+            sys_interval: 0,
             ..Settings::default()
         }
     }
@@ -432,6 +613,24 @@ impl Settings {
         };
         if self.listeners.is_empty() {
             return out_of_range("listeners", "must name at least one listener");
+        }
+        for (key, path) in [
+            ("password_file", &self.password_file),
+            ("acl_file", &self.acl_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return out_of_range(key, "must name a file");
+            }
+        }
+        for (index, listener) in self.listeners.iter().enumerate() {
+            listener
+                .check()
+                .map_err(|(key, problem)| ConfigError::Listener {
+                    index,
+                    bind: listener.bind,
+                    key,
+                    problem,
+                })?;
         }
         let topic_limits = crate::topic::TopicLimits {
             max_length: limits.max_topic_length,
@@ -465,6 +664,12 @@ impl Settings {
         if self.flush_interval_ms == 0 {
             return out_of_range("flush_interval_ms", "must be at least 1");
         }
+        if self.sys_interval > MAX_SYS_INTERVAL {
+            return out_of_range(
+                "sys_interval",
+                "must be at most 31536000 (a year); 0 is off",
+            );
+        }
         if limits.max_topic_length == 0 || limits.max_topic_length > TOPIC_LENGTH_CEILING {
             return out_of_range("limits.max_topic_length", "must be 1 ..= 65535");
         }
@@ -485,6 +690,18 @@ impl Settings {
         }
         if limits.write_timeout_secs == 0 {
             return out_of_range("limits.write_timeout_secs", "must be at least 1");
+        }
+        if limits.max_publish_burst > 0 && limits.max_publish_rate == 0 {
+            return out_of_range(
+                "limits.max_publish_burst",
+                "needs `limits.max_publish_rate`, or it limits nothing",
+            );
+        }
+        if limits.max_publish_bytes_burst > 0 && limits.max_publish_bytes_rate == 0 {
+            return out_of_range(
+                "limits.max_publish_bytes_burst",
+                "needs `limits.max_publish_bytes_rate`, or it limits nothing",
+            );
         }
         if self
             .log
@@ -574,10 +791,20 @@ mod tests {
         assert_eq!(embedded.listeners[0].bind, built_in.listeners[0].bind);
         assert_eq!(embedded.data_dir, built_in.data_dir);
         assert_eq!(embedded.durability, built_in.durability);
+        assert_eq!(embedded.sys_interval, built_in.sys_interval);
         assert_eq!(
             format!("{:?}", embedded.limits),
             format!("{:?}", built_in.limits)
         );
+    }
+
+    #[test]
+    fn sys_interval_is_10_by_default_off_for_tests_and_at_most_a_year() {
+        assert_eq!(Settings::load(None).unwrap().sys_interval, 10);
+        assert_eq!(Settings::ephemeral().sys_interval, 0);
+        assert_eq!(load_str("sys_interval = 0\n").unwrap().sys_interval, 0);
+        let err = load_str("sys_interval = 31536001\n").unwrap_err();
+        assert!(err.to_string().contains("sys_interval"), "{err}");
     }
 
     #[test]
@@ -657,6 +884,58 @@ mod tests {
         }
         let err = load_str("[admin]\nport = 9100\n").unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn publish_limits_are_off_by_default_and_a_burst_needs_its_rate() {
+        let limits = Settings::load(None).unwrap().limits;
+        assert!(!limits.publish_rates().is_limited());
+        let limits = load_str(
+            "[limits]\nmax_publish_rate = 50\nmax_publish_bytes_rate = 10000\nmax_publish_bytes_burst = 65536\n",
+        )
+        .unwrap()
+        .limits;
+        let rates = limits.publish_rates();
+        assert_eq!(
+            (rates.messages_per_sec, rates.messages_burst),
+            (50, 0),
+            "burst 0: one second's worth"
+        );
+        assert_eq!((rates.bytes_per_sec, rates.bytes_burst), (10_000, 65_536));
+        for (key, text) in [
+            ("limits.max_publish_burst", "max_publish_burst = 5"),
+            (
+                "limits.max_publish_bytes_burst",
+                "max_publish_bytes_burst = 5",
+            ),
+        ] {
+            let err = load_str(&format!("[limits]\n{text}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn security_files_are_off_unless_named_and_an_empty_name_is_refused() {
+        let settings = Settings::load(None).unwrap();
+        assert_eq!(settings.password_file, None);
+        assert_eq!(settings.acl_file, None);
+        assert_eq!(Settings::ephemeral().password_file, None);
+        assert_eq!(Settings::ephemeral().acl_file, None);
+        let settings =
+            load_str("password_file = \"/etc/petrel/passwd\"\nacl_file = \"/etc/petrel/acl\"\n")
+                .unwrap();
+        assert_eq!(
+            settings.password_file.as_deref(),
+            Some(Path::new("/etc/petrel/passwd"))
+        );
+        assert_eq!(
+            settings.acl_file.as_deref(),
+            Some(Path::new("/etc/petrel/acl"))
+        );
+        for key in ["password_file", "acl_file"] {
+            let err = load_str(&format!("{key} = \"\"\n")).unwrap_err();
+            assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `petrel` command: `serve` runs the broker, `passwd` edits a password
 //! file, `streams` and `dlq` show a running broker's streams and dead
-//! letters through its admin API, `bench` runs the load generator.
+//! letters through its admin API, `ctl` its clients, sessions,
+//! subscriptions and retained messages, `bench` runs the load generator.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +30,10 @@ enum Command {
     /// List consumer groups' dead letters, show one group's, or re-drive
     /// them into their stream (through the admin API).
     Dlq(DlqArgs),
+    /// Inspect a running broker's clients, sessions, subscriptions and
+    /// retained messages, disconnect clients and delete what is stale
+    /// (through its admin API).
+    Ctl(CtlArgs),
     /// Generate load against a running broker and report throughput and latency.
     Bench(petrel_bench::BenchArgs),
     /// Add a user to a password file, change its password or delete it, like
@@ -73,6 +78,97 @@ struct DlqArgs {
     /// Only offsets up to this one.
     #[arg(long, requires = "redrive")]
     to: Option<u64>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// The broker at a glance: connections, sessions, message counts, the
+    /// most subscribed filters, stream lag.
+    Overview(AdminArgs),
+    /// List clients: connected or not, user, subscriptions, queues.
+    Clients(ListArgs),
+    /// Show one client and its subscriptions.
+    Client(ClientArgs),
+    /// Disconnect a client (MQTT 5: DISCONNECT 0x98, Administrative
+    /// action); its session stays.
+    Kick(ClientArgs),
+    /// List sessions: expiry, when they expire, queues.
+    Sessions(ListArgs),
+    /// Show one session: subscriptions, inflight messages, will.
+    Session(ClientArgs),
+    /// Delete a session as its expiry would, disconnecting its client
+    /// first.
+    DropSession(ClientArgs),
+    /// List subscriptions, every client's or one client's.
+    Subscriptions(SubscriptionArgs),
+    /// List retained messages.
+    Retained(RetainedArgs),
+    /// Delete the retained message of a topic.
+    DropRetained(TopicArgs),
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// Connected clients only.
+    #[arg(long, conflicts_with = "offline")]
+    online: bool,
+    /// Disconnected clients (kept sessions) only.
+    #[arg(long)]
+    offline: bool,
+    /// Client ids starting with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Rows at most, by client id (the broker shows 1000 unless told).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The client id.
+    client_id: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args)]
+struct SubscriptionArgs {
+    /// One client's subscriptions only.
+    #[arg(long, value_name = "CLIENT_ID")]
+    client: Option<String>,
+    /// Rows at most.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args)]
+struct RetainedArgs {
+    /// Topics starting with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Rows at most, by topic.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args)]
+struct TopicArgs {
+    /// The topic, exactly (no wildcards).
+    topic: String,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -127,6 +223,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Streams(args) => runtime.block_on(streams(args)),
         Command::Dlq(args) => runtime.block_on(dlq(args)),
+        Command::Ctl(args) => runtime.block_on(ctl(args.command)),
         Command::Bench(args) => runtime
             .block_on(petrel_bench::run(args))
             .map_err(|error| error.to_string()),
@@ -151,13 +248,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
-    init_logging(&settings);
+    let log_level = init_logging(&settings);
     std::fs::create_dir_all(&settings.data_dir).map_err(|error| {
         format!(
             "cannot create data_dir {}: {error}",
             settings.data_dir.display()
         )
     })?;
+    let settings_for_reload = settings.clone();
     let broker = Broker::start(settings).await.map_err(|e| e.to_string())?;
     for addr in broker.local_addrs() {
         tracing::info!(%addr, "listening");
@@ -165,7 +263,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(addr) = broker.admin_addr() {
         tracing::info!(%addr, "admin API listening");
     }
-    wait_for_signal().await;
+    let reload = Reload {
+        config: args.config.clone(),
+        level: std::sync::Mutex::new(settings_for_reload.log.level.clone()),
+        running: settings_for_reload,
+        log_level,
+    };
+    wait_for_stop(&broker, &reload).await;
     tracing::info!("shutting down");
     broker.shutdown().await;
     Ok(())
@@ -245,6 +349,109 @@ async fn dlq(args: DlqArgs) -> Result<(), String> {
         .lock()
         .write_all(text.as_bytes())
         .map_err(|error| format!("cannot write the output: {error}"))
+}
+
+/// `petrel ctl`: one request to the admin API, its answer as a table or
+/// as the JSON it came as.
+async fn ctl(command: CtlCommand) -> Result<(), String> {
+    use petrel::admin::{client, render};
+    enum Verb {
+        Get,
+        Post,
+        Delete,
+    }
+    type Render = fn(&[u8]) -> Result<String, serde_json::Error>;
+    let (admin, verb, path, render): (&AdminArgs, Verb, String, Render) = match &command {
+        CtlCommand::Overview(admin) => (admin, Verb::Get, "/v1/overview".into(), render::overview),
+        CtlCommand::Clients(list) => {
+            let path = format!("/v1/clients{}", list.query());
+            (&list.admin, Verb::Get, path, render::clients)
+        }
+        CtlCommand::Client(one) => {
+            let path = format!("/v1/clients/{}", percent_encode(&one.client_id));
+            (&one.admin, Verb::Get, path, render::client)
+        }
+        CtlCommand::Kick(one) => {
+            let path = format!("/v1/clients/{}/disconnect", percent_encode(&one.client_id));
+            (&one.admin, Verb::Post, path, render::disconnected)
+        }
+        CtlCommand::Sessions(list) => {
+            let path = format!("/v1/sessions{}", list.query());
+            (&list.admin, Verb::Get, path, render::sessions)
+        }
+        CtlCommand::Session(one) => {
+            let path = format!("/v1/sessions/{}", percent_encode(&one.client_id));
+            (&one.admin, Verb::Get, path, render::session)
+        }
+        CtlCommand::DropSession(one) => {
+            let path = format!("/v1/sessions/{}", percent_encode(&one.client_id));
+            (&one.admin, Verb::Delete, path, render::session_deleted)
+        }
+        CtlCommand::Subscriptions(args) => {
+            let query = query(&[
+                ("client", args.client.clone()),
+                ("limit", args.limit.map(|n| n.to_string())),
+            ]);
+            let path = format!("/v1/subscriptions{query}");
+            (&args.admin, Verb::Get, path, render::subscriptions)
+        }
+        CtlCommand::Retained(args) => {
+            let query = query(&[
+                ("prefix", args.prefix.clone()),
+                ("limit", args.limit.map(|n| n.to_string())),
+            ]);
+            let path = format!("/v1/retained{query}");
+            (&args.admin, Verb::Get, path, render::retained)
+        }
+        CtlCommand::DropRetained(args) => {
+            let path = format!(
+                "/v1/retained{}",
+                query(&[("topic", Some(args.topic.clone()))])
+            );
+            (&args.admin, Verb::Delete, path, render::retained_deleted)
+        }
+    };
+    let (addr, token) = (admin.admin.as_str(), admin.token.as_deref());
+    let body = match verb {
+        Verb::Get => client::get(addr, token, &path).await,
+        Verb::Post => client::post(addr, token, &path).await,
+        Verb::Delete => client::delete(addr, token, &path).await,
+    }
+    .map_err(|error| error.to_string())?;
+    let text = render_or_json(admin.json, &body, render)?;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|error| format!("cannot write the output: {error}"))
+}
+
+impl ListArgs {
+    fn query(&self) -> String {
+        let online = match (self.online, self.offline) {
+            (true, _) => Some("true".to_string()),
+            (_, true) => Some("false".to_string()),
+            _ => None,
+        };
+        query(&[
+            ("online", online),
+            ("prefix", self.prefix.clone()),
+            ("limit", self.limit.map(|n| n.to_string())),
+        ])
+    }
+}
+
+/// `?name=value&...` of the pairs that have a value, values escaped; empty
+/// when none has.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let given: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, value)| Some(format!("{name}={}", percent_encode(value.as_ref()?))))
+        .collect();
+    if given.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", given.join("&"))
+    }
 }
 
 /// `petrel passwd`: changes one user and writes the whole file back in one
@@ -385,34 +592,145 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-fn init_logging(settings: &Settings) {
+/// Changes the log filter of the running process (SIGHUP).
+type LogLevelHandle = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+fn init_logging(settings: &Settings) -> Option<LogLevelHandle> {
+    let from_environment = std::env::var(petrel::config::LOG_FILTER_VARIABLE).is_ok();
     let filter = tracing_subscriber::EnvFilter::try_from_env(petrel::config::LOG_FILTER_VARIABLE)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match settings.log.format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    // Colour only where a person reads it: escapes in a file or in the
+    // journal are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let base = tracing_subscriber::fmt().with_ansi(colour);
+    let set_level = match settings.log.format {
+        LogFormat::Human => {
+            let builder = base.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            level_setter(handle)
+        }
+        LogFormat::Json => {
+            let builder = base.json().with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            level_setter(handle)
+        }
+    };
+    // PETREL_LOG wins over the file, at start and on reload alike.
+    (!from_environment).then_some(set_level)
+}
+
+fn level_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> LogLevelHandle {
+    Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}
+
+/// What SIGHUP needs: where the configuration came from, what is running,
+/// and the log filter's handle.
+struct Reload {
+    config: Option<PathBuf>,
+    /// As started: what differs from it needs a restart.
+    running: Settings,
+    /// The log level in force.
+    level: std::sync::Mutex<String>,
+    log_level: Option<LogLevelHandle>,
+}
+
+impl Reload {
+    /// Reads the configuration again and applies what can change while
+    /// serving: the log level, certificates, the password file and the ACL.
+    /// Other changes are refused until a restart; the log says which.
+    fn apply(&self, broker: &Broker) {
+        match Settings::load(self.config.as_deref()) {
+            Err(error) => {
+                tracing::error!(%error, "configuration not reloaded; nothing changed");
+                return;
+            }
+            Ok(new) => {
+                let mut level = self.level.lock().unwrap_or_else(|e| e.into_inner());
+                if new.log.level != *level {
+                    match &self.log_level {
+                        Some(set) => match set(&new.log.level) {
+                            Ok(()) => {
+                                *level = new.log.level.clone();
+                                tracing::info!(level = %new.log.level, "log level applied");
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, level = %new.log.level, "log level refused")
+                            }
+                        },
+                        None => {
+                            tracing::warn!("log level set by PETREL_LOG: the file's is not applied")
+                        }
+                    }
+                }
+                let restart_only = restart_only_changes(&self.running, &new);
+                if !restart_only.is_empty() {
+                    tracing::warn!(keys = ?restart_only, "changed in the configuration but applied only at the next start");
+                }
+            }
+        }
+        broker.reload();
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The settings that differ between `running` and `new` and cannot change
+/// while serving.
+fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut keys = Vec::new();
+    for (key, changed) in [
+        ("listeners", differs(&running.listeners, &new.listeners)),
+        ("limits", differs(&running.limits, &new.limits)),
+        ("streams", differs(&running.streams, &new.streams)),
+        ("durability", differs(&running.durability, &new.durability)),
+        ("data_dir", differs(&running.data_dir, &new.data_dir)),
+        ("admin", differs(&running.admin, &new.admin)),
+        (
+            "allow_anonymous",
+            running.allow_anonymous != new.allow_anonymous,
+        ),
+        ("password_file", running.password_file != new.password_file),
+        ("acl_file", running.acl_file != new.acl_file),
+        ("log.format", differs(&running.log.format, &new.log.format)),
+    ] {
+        if changed {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C); each SIGHUP in between reloads
+/// what can change at runtime.
+async fn wait_for_stop(broker: &Broker, reload: &Reload) {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hangup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hangup.recv() => reload.apply(broker),
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let _ = (broker, reload);
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -11,13 +11,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
-use crate::broker::{BrokerState, Metrics};
+use crate::broker::{BrokerState, Metrics, Security, SecurityError};
 use crate::config::{Durability, Settings};
 use crate::store::{
     DiskOptions, DiskStore, Flush, Journal, MemoryStore, Snapshot, Store, StoreError,
 };
 use crate::timer::now_ms;
 use crate::transport;
+use crate::transport::tls::{TlsAcceptorCell, TlsError};
 
 /// How long shutdown waits for connections to say goodbye before cutting
 /// them, so a client that stopped reading cannot hold the broker up.
@@ -30,6 +31,11 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: Box<TlsError>,
+    },
     #[error("cannot listen on {addr} for the admin API (`admin.bind`): {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -37,6 +43,9 @@ pub enum BrokerError {
     },
     #[error("cannot restore stored state: {0}")]
     Restore(#[from] StoreError),
+    /// The password file or ACL file does not load; names the file and line.
+    #[error("{0}")]
+    Security(#[from] SecurityError),
     #[error("cannot start the journal writer: {0}")]
     Journal(std::io::Error),
     #[error(
@@ -91,6 +100,8 @@ pub struct Broker {
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The TLS listeners' certificates, reloaded on SIGHUP.
+    certificates: Vec<Arc<TlsAcceptorCell>>,
 }
 
 impl Broker {
@@ -125,7 +136,29 @@ impl Broker {
         settings: Settings,
         store: Arc<dyn Store>,
     ) -> Result<Broker, BrokerError> {
+        // The security files before anything binds: a broker that cannot
+        // tell who may connect must not accept anyone.
+        let security = Security::load(&settings)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // Certificates first: a listener that cannot serve TLS stops the
+        // start before anything binds.
+        let mut certificates = Vec::new();
+        let mut endpoints = Vec::new();
+        for listener in &settings.listeners {
+            let tls = match listener.tls_files() {
+                Some(files) => {
+                    let cell = TlsAcceptorCell::load(files).map_err(|source| BrokerError::Tls {
+                        addr: listener.bind,
+                        source: Box::new(source),
+                    })?;
+                    let cell = Arc::new(cell);
+                    certificates.push(cell.clone());
+                    Some(cell)
+                }
+                None => None,
+            };
+            endpoints.push(transport::Endpoint::new(listener, tls));
+        }
         let mut listeners = Vec::new();
         for listener in &settings.listeners {
             let socket = tokio::net::TcpListener::bind(listener.bind)
@@ -170,15 +203,23 @@ impl Broker {
         };
         let keeps_messages = settings.durability != Durability::Memory;
         let journal = Journal::start(store, flush).map_err(BrokerError::Journal)?;
-        let state = BrokerState::new(settings, journal, keeps_messages, snapshot, now_ms());
+        let state = BrokerState::with_security(
+            settings,
+            journal,
+            keeps_messages,
+            snapshot,
+            now_ms(),
+            security,
+        );
         // What the restore purged (expired sessions and retained messages)
         // is gone from disk before the first client is served.
         state.journal().drained().await;
         let mut tasks = JoinSet::new();
         let order = Arc::new(transport::ArrivalOrder::default());
-        for socket in listeners {
+        for (socket, endpoint) in listeners.into_iter().zip(endpoints) {
             tasks.spawn(transport::accept_loop(
                 socket,
+                endpoint,
                 state.clone(),
                 order.clone(),
                 shutdown_rx.clone(),
@@ -197,6 +238,10 @@ impl Broker {
             state.clone(),
             shutdown_rx.clone(),
         ));
+        tasks.spawn(crate::broker::serve_sys_tree(
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
         if let Some((socket, _, token)) = admin {
             tasks.spawn(crate::admin::serve(
                 socket,
@@ -212,6 +257,7 @@ impl Broker {
             admin_addr,
             shutdown,
             tasks,
+            certificates,
         })
     }
 
@@ -223,6 +269,35 @@ impl Broker {
     /// for port 0); `None` without an `[admin]` section.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Reloads what may change while serving (SIGHUP) and says in the log
+    /// what was applied and what was refused.
+    pub fn reload(&self) {
+        // The password file and the ACL (logged by `reload_security`).
+        self.state.reload_security();
+        let failures = self.reload_certificates();
+        let certificates = self.certificates.len();
+        for error in &failures {
+            tracing::error!(%error, "certificates not reloaded; the listener keeps its current ones");
+        }
+        if certificates > 0 {
+            tracing::info!(
+                reloaded = certificates - failures.len(),
+                refused = failures.len(),
+                "TLS certificates reloaded"
+            );
+        }
+    }
+
+    /// Reads every TLS listener's certificate and key files again; new
+    /// connections use them, open ones keep theirs. A listener whose files
+    /// do not load keeps its current ones; each failure is returned.
+    pub fn reload_certificates(&self) -> Vec<TlsError> {
+        self.certificates
+            .iter()
+            .filter_map(|cell| cell.reload().err())
+            .collect()
     }
 
     pub fn metrics(&self) -> &Metrics {

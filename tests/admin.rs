@@ -188,7 +188,7 @@ async fn unknown_streams_and_paths_are_json_404s() {
     for (path, expected) in [
         ("/v1/streams/invoices", "no stream named `invoices`"),
         ("/v1/nothing", "no such endpoint: /v1/nothing"),
-        ("/", "no such endpoint: /"),
+        ("/nothing", "no such endpoint: /nothing"),
     ] {
         match client::get(&admin, None, path).await {
             Err(ClientError::Refused {
@@ -663,5 +663,65 @@ async fn metrics_count_retries_by_attempt_dead_letters_by_group_and_delay_latene
         "the dead letter was read past"
     );
     assert_eq!(sample(&text, "petrel_stream_appends_total"), Some(1.0));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_connections_sessions_messages_by_qos_bytes_and_the_journal() {
+    let dir = TempDir::new("admin-metrics-disk");
+    let settings = Settings {
+        durability: petrel::config::Durability::Sync,
+        data_dir: dir.path().to_path_buf(),
+        admin: Some(Admin {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+        }),
+        ..Settings::ephemeral()
+    };
+    let broker = Broker::start(settings).await.expect("broker starts");
+    let mqtt = broker.local_addrs()[0];
+    let admin = admin_addr(&broker);
+    // A persistent session: its copies are journalled, so the journal
+    // flushes.
+    let persistent = raw::persistent_v311(&raw::unique_id("sub"));
+    let (mut subscriber, _) = raw::connect_accepted(mqtt, &persistent).await;
+    subscriber
+        .send(&raw::subscribe(1, None, &[(b"m/#", 1)]))
+        .await;
+    subscriber.expect_kind(raw::SUBACK).await;
+    publish_acknowledged(mqtt, "m/x", 3).await;
+    for _ in 0..3 {
+        let delivery = raw::Publish::parse(&subscriber.expect_kind(raw::PUBLISH).await, false);
+        subscriber
+            .send(&raw::ack(0x40, delivery.packet_id.expect("QoS 1")))
+            .await;
+    }
+    let text = metrics_when(&admin, |t| {
+        sample(t, "petrel_messages_sent_total{qos=\"1\"}") == Some(3.0)
+            && sample(t, "petrel_inflight_messages") == Some(0.0)
+    })
+    .await;
+    for (line, value) in [
+        ("petrel_messages_received_total{qos=\"1\"}", 3.0),
+        ("petrel_messages_received_total{qos=\"0\"}", 0.0),
+        ("petrel_sessions{state=\"online\"}", 1.0),
+        ("petrel_subscriptions", 1.0),
+        ("petrel_connections", 1.0),
+        ("petrel_connections_opened_total", 2.0),
+        ("petrel_connections_maximum", 2.0),
+        ("petrel_queued_messages", 0.0),
+        ("petrel_sessions_persistent", 1.0),
+    ] {
+        assert_eq!(sample(&text, line), Some(value), "{line} in\n{text}");
+    }
+    let received = sample(&text, "petrel_received_bytes_total").unwrap();
+    let sent = sample(&text, "petrel_sent_bytes_total").unwrap();
+    assert!(
+        received > 3.0 * 7.0 && sent > 3.0 * 7.0,
+        "{received} {sent}"
+    );
+    let flushes = sample(&text, "petrel_journal_flush_seconds_count").unwrap();
+    assert!(flushes >= 1.0, "a sync journal flushed: {flushes}");
+    assert!(sample(&text, "petrel_disk_bytes{kind=\"log\"}").unwrap() > 0.0);
     broker.shutdown().await;
 }

@@ -437,3 +437,19 @@ async fn acknowledgements_waiting_for_the_disk_stop_at_the_receive_maximum() {
     drop((reader, publisher));
     broker.shutdown().await;
 }
+
+/// SIGTERM: a connected v5 client is told the server is shutting down
+/// (DISCONNECT 0x8B) before petrel exits.
+#[tokio::test]
+async fn sigterm_tells_v5_clients_the_server_is_shutting_down() {
+    let dir = TempDir::new("sigterm-v5");
+    let (mut child, port) = spawn_petrel(&dir, "").await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (mut client, _) = raw::connect_v5(addr, "told").await;
+    let exited = terminate(&mut child, Duration::from_secs(8))
+        .await
+        .expect("petrel exits within its shutdown grace period");
+    assert!(exited.success(), "{exited:?}");
+    let disconnect = client.expect_kind(raw::DISCONNECT).await;
+    assert_eq!(disconnect.body.first(), Some(&0x8B), "{disconnect:?}");
+}

@@ -37,10 +37,14 @@ mod common;
 mod process;
 #[path = "interop/rumqttc_driver.rs"]
 mod rumqttc_driver;
+#[path = "interop/scram.rs"]
+mod scram;
 #[path = "interop/stream_group.rs"]
 mod stream_group;
 #[path = "interop/streams.rs"]
 mod streams;
+#[path = "interop/transports.rs"]
+mod transports;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -85,7 +85,10 @@ fn the_container_image_runs_petrel_unprivileged_with_the_packaged_configuration(
         .iter()
         .position(|l| l.starts_with("ENTRYPOINT"))
         .expect("an ENTRYPOINT");
-    assert!(user < entry, "the entry point runs as the unprivileged user");
+    assert!(
+        user < entry,
+        "the entry point runs as the unprivileged user"
+    );
     assert!(lines[entry].contains("\"serve\""), "{}", lines[entry]);
     assert!(runtime.contains("COPY packaging/petrel.toml /etc/petrel/petrel.toml"));
 }

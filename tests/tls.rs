@@ -10,15 +10,14 @@ mod common;
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use petrel::transport::tls::{TlsAcceptorCell, TlsError, TlsFiles, peer_identity, server_config};
-use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{CertificateError, ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, ClientConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -28,77 +27,13 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use common::WAIT;
+use common::certs::{Certs, run_script};
 use common::scratch::TempDir;
 
 /// A CONNECT as an MQTT 3.1.1 client sends it first on a plain connection.
 const MQTT_CONNECT: [u8; 14] = [
     0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00,
 ];
-
-/// One run of `make-dev-certs.sh` in a directory of its own.
-struct Certs(TempDir);
-
-impl Certs {
-    fn new(name: &str, args: &[&str]) -> Certs {
-        let dir = TempDir::new(name);
-        run_script(dir.path(), args);
-        Certs(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-
-    /// Server certificate and key; clients are not asked for certificates.
-    fn server(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.file("server.crt"),
-            key: self.file("server.key"),
-            client_ca: None,
-            require_client_cert: false,
-        }
-    }
-
-    /// Server certificate and key, checking client certificates against
-    /// this run's CA.
-    fn mutual(&self, require_client_cert: bool) -> TlsFiles {
-        TlsFiles {
-            client_ca: Some(self.file("ca.crt")),
-            require_client_cert,
-            ..self.server()
-        }
-    }
-
-    /// A client that trusts this run's CA and has no certificate.
-    fn client(&self) -> Arc<ClientConfig> {
-        client_config(&self.file("ca.crt"), None)
-    }
-
-    /// A client that trusts `trusted`'s CA and presents this run's client
-    /// certificate.
-    fn client_with_cert(&self, trusted: &Certs) -> Arc<ClientConfig> {
-        client_config(
-            &trusted.file("ca.crt"),
-            Some((&self.file("client.crt"), &self.file("client.key"))),
-        )
-    }
-}
-
-fn run_script(dir: &Path, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/make-dev-certs.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .args(args)
-        .arg(dir)
-        .output()
-        .expect("run make-dev-certs.sh");
-    assert!(
-        output.status.success(),
-        "make-dev-certs.sh failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn openssl(args: &[&str]) {
     let output = Command::new("openssl")
@@ -110,29 +45,6 @@ fn openssl(args: &[&str]) {
         "openssl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_file(key).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    Arc::new(config)
 }
 
 /// What the server saw of one connection's handshake: the client's identity,

@@ -49,6 +49,11 @@ pub async fn post(addr: &str, token: Option<&str>, path: &str) -> Result<Bytes, 
     send(Method::POST, addr, token, path).await
 }
 
+/// `get`, as a DELETE (removing a session or a retained message).
+pub async fn delete(addr: &str, token: Option<&str>, path: &str) -> Result<Bytes, ClientError> {
+    send(Method::DELETE, addr, token, path).await
+}
+
 async fn send(
     method: Method,
     addr: &str,

@@ -44,6 +44,17 @@ impl Exposition {
             "How long after its due time a delayed message was published",
             labelled.delay_lateness.clone(),
         );
+        let journal = state.journal().stats();
+        registry.register(
+            "journal_flush_seconds",
+            "How long each flush of the commit log to disk (fdatasync) took",
+            journal.flush_seconds.clone(),
+        );
+        registry.register(
+            "journal_batch_records",
+            "Records written per journal batch (per group commit under sync)",
+            journal.batch_records.clone(),
+        );
         registry.register_collector(Box::new(BrokerCollector(state)));
         Exposition { registry }
     }
@@ -99,6 +110,46 @@ fn gauge(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// One counter family with a single label.
+fn labelled_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (value, count) in values {
+        ConstCounter::new(*count).encode(family.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family with a single label.
+fn labelled_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (value, count) in values {
+        ConstGauge::new(as_gauge(*count)).encode(family.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
 fn as_gauge(count: impl TryInto<i64>) -> i64 {
     count.try_into().unwrap_or(i64::MAX)
 }
@@ -120,17 +171,77 @@ impl Collector for BrokerCollector {
             "Connections refused by max_connections or max_sessions",
             m.connections_refused(),
         )?;
+        labelled_counter(
+            e,
+            "auth_failures",
+            "CONNECTs refused by authentication, by reason",
+            "reason",
+            &[
+                ("bad_password", m.auth_bad_passwords()),
+                ("throttled", m.auth_throttled_total()),
+                ("anonymous", m.auth_anonymous_refused_total()),
+            ],
+        )?;
+        labelled_counter(
+            e,
+            "acl_denials",
+            "Operations the ACL denied, by kind (delivery: one per message and subscriber)",
+            "action",
+            &[
+                ("publish", m.acl_denied_publishes()),
+                ("subscribe", m.acl_denied_subscribes()),
+                ("delivery", m.acl_denied_deliveries()),
+            ],
+        )?;
         counter(
             e,
             "slow_consumers_closed",
             "Connections closed because the client stopped reading",
             m.slow_consumers_closed(),
         )?;
+        counter(
+            e,
+            "connections_opened",
+            "Connections accepted since start",
+            m.connections_opened(),
+        )?;
         gauge(
             e,
+            "connections_maximum",
+            "The most connections open at once since start",
+            as_gauge(m.connections_maximum()),
+        )?;
+        let tally = state.session_tally();
+        labelled_gauge(
+            e,
             "sessions",
-            "Sessions held, online and offline",
-            as_gauge(state.session_count()),
+            "Sessions held, by whether a client is connected to them",
+            "state",
+            &[("online", tally.online), ("offline", tally.offline)],
+        )?;
+        gauge(
+            e,
+            "sessions_persistent",
+            "Sessions that outlive their connection (expiry above 0)",
+            as_gauge(tally.persistent),
+        )?;
+        gauge(
+            e,
+            "subscriptions",
+            "Subscriptions held by all sessions",
+            as_gauge(tally.subscriptions),
+        )?;
+        gauge(
+            e,
+            "inflight_messages",
+            "Deliveries sent to clients and not yet acknowledged",
+            as_gauge(tally.inflight),
+        )?;
+        gauge(
+            e,
+            "queued_messages",
+            "Deliveries waiting in session queues, in memory or spilled to the log",
+            as_gauge(tally.queued),
         )?;
         counter(
             e,
@@ -144,38 +255,84 @@ impl Collector for BrokerCollector {
             "Retained messages held",
             as_gauge(state.retained_count()),
         )?;
-        counter(
+        gauge(
+            e,
+            "retained_bytes",
+            "Bytes of the retained messages held",
+            as_gauge(state.retained_bytes()),
+        )?;
+        labelled_counter(
             e,
             "messages_received",
-            "PUBLISH packets received from clients",
-            m.messages_received(),
+            "PUBLISH packets received from clients, by QoS",
+            "qos",
+            &[
+                ("0", m.messages_received_at(0)),
+                ("1", m.messages_received_at(1)),
+                ("2", m.messages_received_at(2)),
+            ],
+        )?;
+        labelled_counter(
+            e,
+            "messages_sent",
+            "PUBLISH packets sent to clients, by QoS",
+            "qos",
+            &[
+                ("0", m.messages_sent_at(0)),
+                ("1", m.messages_sent_at(1)),
+                ("2", m.messages_sent_at(2)),
+            ],
         )?;
         counter(
             e,
-            "messages_sent",
-            "PUBLISH packets sent to clients",
-            m.messages_sent(),
+            "received_bytes",
+            "MQTT bytes read from client connections",
+            m.bytes_received(),
         )?;
-        {
-            let mut dropped = e.encode_descriptor(
-                "messages_dropped",
-                "Messages not delivered to a session, by reason",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for (reason, count) in [
+        counter(
+            e,
+            "sent_bytes",
+            "MQTT bytes written to client connections",
+            m.bytes_sent(),
+        )?;
+        labelled_counter(
+            e,
+            "messages_dropped",
+            "Messages not delivered to a session, by reason",
+            "reason",
+            &[
                 ("queue_full", m.dropped_queue_full()),
                 ("too_large", m.dropped_too_large()),
                 ("expired", m.messages_expired()),
-            ] {
-                ConstCounter::new(count).encode(dropped.encode_family(&[("reason", reason)])?)?;
-            }
-        }
+            ],
+        )?;
         counter(
             e,
             "publishes_refused",
             "Publishes refused: limits, a full store, a bad $delayed topic",
             m.publishes_refused(),
+        )?;
+        labelled_counter(
+            e,
+            "publish_rate_exceeded",
+            "Clients disconnected for publishing faster than a limit (v5 0x96), by limit",
+            "limit",
+            &[
+                ("messages", m.publish_rate_exceeded()),
+                ("bytes", m.publish_bytes_rate_exceeded()),
+            ],
+        )?;
+        counter(
+            e,
+            "keepalive_capped",
+            "CONNECTs whose keep alive max_keepalive_secs lowered",
+            m.keep_alive_capped(),
+        )?;
+        counter(
+            e,
+            "enhanced_auth_failures",
+            "Enhanced authentications refused, at CONNECT or re-authentication",
+            m.enhanced_auth_failures(),
         )?;
         counter(
             e,
@@ -188,6 +345,12 @@ impl Collector for BrokerCollector {
             "stream_appends",
             "Messages appended to stream partitions",
             m.stream_appends(),
+        )?;
+        counter(
+            e,
+            "stream_acknowledged",
+            "Stream deliveries acknowledged by group members (QoS 0: sent)",
+            m.stream_acknowledged(),
         )?;
         counter(
             e,
@@ -219,8 +382,37 @@ impl Collector for BrokerCollector {
             "Delayed publishes refused by max_delay or max_pending_delays",
             m.delays_refused(),
         )?;
+        let settings = state.settings();
+        if settings.durability != crate::config::Durability::Memory {
+            let dir = &settings.data_dir;
+            labelled_gauge(
+                e,
+                "disk_bytes",
+                "Bytes on disk under data_dir: the commit log's segments, the state database",
+                "kind",
+                &[
+                    ("log", dir_bytes(&dir.join("log"))),
+                    ("state", dir_bytes(&dir.join("db"))),
+                ],
+            )?;
+        }
         encode_groups(state, e)
     }
+}
+
+/// What the files under `dir` take, summed (0 when it cannot be read).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Per stream and group: lag, inflight, waiting retries, dead letters kept.

@@ -4,12 +4,17 @@
 //!
 //! Every answer is JSON, errors included (`{"error": "..."}`), so a caller
 //! never has to tell an HTML error page from data. With `[admin] token` set,
-//! every request, for a known path or not, must carry it as a bearer token.
+//! every request, for a known path or not, must carry it as a bearer token;
+//! only the status page at `/` (HTML holding no data) is served without.
 
 pub mod client;
+pub mod clients;
 pub mod dlq;
 mod metrics;
 pub mod render;
+pub mod retained;
+pub mod sessions;
+pub mod status;
 mod streams;
 
 use std::sync::Arc;
@@ -35,6 +40,16 @@ pub enum ApiError {
     Unauthorized,
     #[error("no stream named `{0}`")]
     NoStream(String),
+    #[error("no client `{0}`")]
+    NoClient(String),
+    #[error("client `{0}` is not connected")]
+    NotConnected(String),
+    #[error("no session `{0}`")]
+    NoSession(String),
+    #[error("no retained message on `{0}`")]
+    NoRetained(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
     #[error("no such endpoint: {0}")]
     NoEndpoint(Uri),
     #[error("{method} is not allowed on {uri}")]
@@ -49,7 +64,13 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NoStream(_) | ApiError::NoEndpoint(_) => StatusCode::NOT_FOUND,
+            ApiError::NoStream(_)
+            | ApiError::NoClient(_)
+            | ApiError::NoSession(_)
+            | ApiError::NoRetained(_)
+            | ApiError::NoEndpoint(_) => StatusCode::NOT_FOUND,
+            ApiError::NotConnected(_) => StatusCode::CONFLICT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) | ApiError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,12 +100,27 @@ impl IntoResponse for ApiError {
 }
 
 /// The API's routes over the broker's state, behind the token when one is
-/// configured.
+/// configured, and the status page.
 pub fn router(state: Arc<BrokerState>, token: Option<&str>) -> Router {
     let exposition = Arc::new(metrics::Exposition::new(state.clone()));
     let scrape = Router::new()
         .route("/metrics", get(metrics::scrape))
         .with_state(exposition);
+    let console = Arc::new(status::Console::new(state.clone()));
+    let inspection = Router::new()
+        .route("/v1/overview", get(status::overview))
+        .route("/v1/clients", get(clients::list))
+        .route("/v1/clients/{id}", get(clients::one))
+        .route("/v1/clients/{id}/disconnect", post(clients::disconnect))
+        .route("/v1/sessions", get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::one).delete(sessions::delete),
+        )
+        .route("/v1/subscriptions", get(sessions::subscriptions))
+        .route("/v1/retained", get(retained::list).delete(retained::delete))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(console);
     let api = Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{name}", get(streams::one))
@@ -94,14 +130,20 @@ pub fn router(state: Arc<BrokerState>, token: Option<&str>) -> Router {
         .fallback(no_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .merge(scrape);
-    match token {
+        .merge(scrape)
+        .merge(inspection);
+    let api = match token {
         Some(token) => api.layer(middleware::from_fn_with_state(
             Arc::<str>::from(token),
             require_token,
         )),
         None => api,
-    }
+    };
+    // The status page lies outside the token's layer (see `status::page`).
+    Router::new()
+        .route("/", get(status::page))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(api)
 }
 
 /// Serves the API on `listener` until `shutdown` turns true, then gives

@@ -2,12 +2,14 @@
 //! the shared broker state. The task feeds it packets and the time, and
 //! writes what it hands back; it never touches the socket itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::BrokerState;
+use super::enhanced_auth::EnhancedAuth;
 use crate::protocol::{Ack, Disconnect, Packet, ReasonCode, Version};
-use crate::session::{AckOutcome, Session, SessionState, StreamSettled};
+use crate::session::{AckOutcome, PublishLimits, Session, SessionState, StreamSettled};
 use crate::store::{Record, Ticket};
 
 /// Why and how a connection ends.
@@ -55,9 +57,21 @@ pub struct Client {
 
 /// What few clients use, boxed in `Client`, whose idle size matters (every
 /// 8 bytes more in a connection's task can cost 128 in tokio's task cell):
-/// topic aliases, CONNECT user properties, stream acknowledgements.
+/// topic aliases, CONNECT user properties, stream acknowledgements, publish
+/// limits, enhanced authentication.
 #[derive(Default)]
 pub(super) struct ClientExtras {
+    /// The client's address, for the logs of its publish limits and its
+    /// re-authentication: set when the extras are made at CONNECT.
+    pub(super) peer: Option<SocketAddr>,
+    /// The token buckets of `limits.max_publish_rate` and
+    /// `max_publish_bytes_rate`, when either is set.
+    pub(super) publish_limits: Option<PublishLimits>,
+    /// How the client authenticated with AUTH, for re-authentication.
+    pub(super) enhanced_auth: Option<EnhancedAuth>,
+    /// The username the client was admitted with, whose ACL rights it has
+    /// (none: anonymous).
+    pub(super) username: Option<Arc<str>>,
     /// v5 topic aliases the client set up for its PUBLISHes (at most
     /// `limits.max_topic_alias`, so a list).
     pub(super) topic_aliases: Vec<(u16, Arc<str>)>,
@@ -70,12 +84,42 @@ pub(super) struct ClientExtras {
     pub(super) stream_settled: Vec<StreamSettled>,
 }
 
+impl ClientExtras {
+    /// The extras a CONNECT asks for, if any: its user properties, publish
+    /// limits, an enhanced authentication to keep; with the client's
+    /// address, which the last two log.
+    pub(super) fn at_connect(
+        connect_user_properties: Vec<(String, String)>,
+        publish_limits: Option<PublishLimits>,
+        enhanced_auth: Option<EnhancedAuth>,
+        peer: Option<SocketAddr>,
+    ) -> Option<Box<ClientExtras>> {
+        let needed = !connect_user_properties.is_empty()
+            || publish_limits.is_some()
+            || enhanced_auth.is_some();
+        needed.then(|| {
+            Box::new(ClientExtras {
+                peer,
+                publish_limits,
+                enhanced_auth,
+                connect_user_properties,
+                ..ClientExtras::default()
+            })
+        })
+    }
+}
+
 /// Queued messages one pump takes at most, however small they are.
 const PUMP_MESSAGES: usize = 256;
 
 impl Client {
     pub fn client_id(&self) -> &str {
         self.session.client_id()
+    }
+
+    /// The username the client was admitted with; `None` if anonymous.
+    pub fn username(&self) -> Option<&str> {
+        self.extras.as_ref()?.username.as_deref()
     }
 
     pub fn broker(&self) -> &Arc<BrokerState> {
@@ -117,6 +161,7 @@ impl Client {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
+            Packet::Auth(auth) => self.on_auth(auth),
             Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::Deliver(_)
@@ -241,6 +286,10 @@ impl Client {
             let mut bytes = 0;
             let mut count = 0;
             while let Some(publish) = state.outbound.next_publish(now_ms, &mut expired) {
+                if !self.may_receive(&publish.message.topic) {
+                    super::security::withdraw(&mut state.outbound, &publish);
+                    continue;
+                }
                 bytes += publish.message.size() + 16;
                 count += 1;
                 self.outgoing.push(Packet::Deliver(publish));

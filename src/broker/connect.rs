@@ -1,6 +1,7 @@
 //! CONNECT: validation, client identifier, session create / resume /
 //! takeover, and the CONNACK.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,9 +9,13 @@ use dashmap::mapref::entry::Entry;
 
 use super::BrokerState;
 use super::client::{Client, ClientExtras};
+use super::enhanced_auth::{Authenticated, EnhancedAuth};
+use super::metrics::Peer;
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
-use crate::session::{ConnectionLink, ConnectionSignal, Session, SessionState};
-use crate::store::Record;
+use crate::session::{
+    ConnectionLink, ConnectionSignal, Owner, PublishLimits, Session, SessionState,
+};
+use crate::store::{Record, Ticket};
 use crate::stream::subscription::stream_subscription;
 use crate::topic;
 
@@ -22,6 +27,14 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Refusal {
     pub connack: Option<Box<ConnAck>>,
     pub reason: ReasonCode,
+}
+
+impl Refusal {
+    /// The refusal of a CONNECT of `version` with `reason` (admission's
+    /// answer, `BrokerState::authenticate`, is sent this way too).
+    pub fn new(version: Version, reason: ReasonCode) -> Refusal {
+        refuse(version, reason)
+    }
 }
 
 fn refuse(version: Version, reason: ReasonCode) -> Refusal {
@@ -43,6 +56,16 @@ fn refuse(version: Version, reason: ReasonCode) -> Refusal {
     }
 }
 
+/// What the connection knows of a CONNECT besides the packet.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The client's address, for the logs of the limits it passes.
+    pub peer: Option<SocketAddr>,
+    /// The enhanced authentication the connection ran before the CONNACK
+    /// (`BrokerState::start_enhanced_auth`), when the CONNECT named a method.
+    pub authenticated: Option<Authenticated>,
+}
+
 /// An accepted CONNECT.
 pub struct Connected {
     pub client: Client,
@@ -58,6 +81,10 @@ impl BrokerState {
     fn check_will(&self, will: &Will) -> Result<(), ReasonCode> {
         topic::validate_name(&will.topic, self.topic_limits())
             .map_err(|_| ReasonCode::TOPIC_NAME_INVALID)?;
+        // A will under `$SYS` would forge the broker's own figures.
+        if super::sys::reserved_for_the_broker(&will.topic) {
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
         if will.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&will.payload).is_err()
         {
@@ -91,16 +118,28 @@ struct Attached {
     session: Arc<Session>,
     session_present: bool,
     previous: Option<Arc<ConnectionSignal>>,
-    /// Wills of the connection or session this one replaced that are due now.
-    wills: Vec<Will>,
+    /// Wills of the connection or session this one replaced that are due
+    /// now, with whose rights they are published under.
+    wills: Vec<(Will, Owner)>,
 }
 
 impl Client {
-    /// Accepts or refuses a CONNECT. On success the client is attached to its
-    /// session, taking over any earlier connection.
+    /// Accepts or refuses a CONNECT from nowhere in particular (the core's
+    /// tests): `connect_from` without an address or enhanced authentication.
     pub fn connect(
         broker: &Arc<BrokerState>,
         connect: Connect,
+        now_ms: u64,
+    ) -> Result<Connected, Refusal> {
+        Client::connect_from(broker, connect, Origin::default(), now_ms)
+    }
+
+    /// Accepts or refuses a CONNECT. On success the client is attached to its
+    /// session, taking over any earlier connection.
+    pub fn connect_from(
+        broker: &Arc<BrokerState>,
+        mut connect: Connect,
+        origin: Origin,
         now_ms: u64,
     ) -> Result<Connected, Refusal> {
         let version = connect.version;
@@ -108,12 +147,21 @@ impl Client {
         if broker.is_shutting_down() {
             return Err(refuse(version, ReasonCode::SERVER_UNAVAILABLE));
         }
-        if !broker.settings.allow_anonymous && connect.username.is_none() {
-            return Err(refuse(version, ReasonCode::NOT_AUTHORIZED));
+        match (&connect.authentication_method, &origin.authenticated) {
+            (None, None) => {}
+            // The exchange proved this user (the CONNECT's User Name, if it
+            // had one: the exchange checked that).
+            (Some(method), Some(authenticated)) if *method == authenticated.method => {
+                connect.username = Some(authenticated.username.clone());
+            }
+            // A method no exchange ran for is one the broker does not
+            // support [MQTT-4.12.0-1].
+            _ => return Err(refuse(version, ReasonCode::BAD_AUTHENTICATION_METHOD)),
         }
-        if connect.authentication_method.is_some() {
-            return Err(refuse(version, ReasonCode::BAD_AUTHENTICATION_METHOD));
-        }
+        // Who may connect at all (`allow_anonymous`, the password file) was
+        // decided before: `BrokerState::authenticate`. From here on
+        // `connect.username` is the name the client was admitted with.
+        let username: Option<Arc<str>> = connect.username.as_deref().map(Arc::from);
         if let Some(will) = &connect.will {
             broker
                 .check_will(will)
@@ -150,8 +198,12 @@ impl Client {
         let mut keep_alive = connect.keep_alive;
         let max_keep_alive = limits.max_keepalive_secs;
         if max_keep_alive > 0 && (keep_alive == 0 || keep_alive > max_keep_alive) {
+            // v5 is told, and must use it [MQTT-3.2.2-21]; 3.1.1 cannot
+            // be, and is held to it all the same: closed when silent for
+            // 1.5 times the bound.
             keep_alive = max_keep_alive;
             properties.server_keep_alive = Some(keep_alive);
+            broker.metrics.keep_alive_cap();
         }
 
         let connection_id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
@@ -163,15 +215,17 @@ impl Client {
         let client_id: Arc<str> = client_id.into();
         let window = connect.receive_maximum.min(limits.max_inflight);
         let will = connect.will.map(Box::new);
+        let owner = Owner::of(username.as_ref());
         let Some(attached) =
             broker.attach(&client_id, connect.clean_start, link, |state, session| {
                 Session::set_expiry(state, session, expiry_secs);
                 state.outbound.set_window(window);
                 state.will = will;
+                state.owner = owner;
             })
         else {
             broker.metrics.connection_refused();
-            tracing::warn!(client_id = %client_id, max_sessions = limits.max_sessions, "session limit reached: CONNECT refused");
+            tracing::warn!(client_id = %client_id, peer = %Peer(origin.peer), max_sessions = limits.max_sessions, "session limit reached: CONNECT refused");
             return Err(refuse(
                 version,
                 match version {
@@ -180,8 +234,8 @@ impl Client {
                 },
             ));
         };
-        for will in attached.wills {
-            broker.publish_will(&client_id, will, now_ms);
+        for (will, owner) in attached.wills {
+            broker.publish_will(&client_id, &owner, will, now_ms);
         }
 
         let mut client = Client {
@@ -192,15 +246,18 @@ impl Client {
             keep_alive,
             connected_with_zero_expiry: expiry_secs == 0,
             problem_information: connect.request_problem_information,
-            extras: (!connect.user_properties.is_empty()).then(|| {
-                Box::new(ClientExtras {
-                    connect_user_properties: connect.user_properties,
-                    ..ClientExtras::default()
-                })
-            }),
+            extras: ClientExtras::at_connect(
+                connect.user_properties,
+                PublishLimits::new(limits.publish_rates(), now_ms),
+                origin.authenticated.as_ref().map(EnhancedAuth::new),
+                origin.peer,
+            ),
             outgoing: Vec::new(),
             ticket: Default::default(),
         };
+        if username.is_some() {
+            client.extras.get_or_insert_default().username = username;
+        }
         let ticket = {
             let mut state = client.session.lock();
             broker.persist_session(&client.session, &mut state)
@@ -217,6 +274,10 @@ impl Client {
             if connect.request_response_information {
                 properties.response_information = Some(format!("petrel/response/{client_id}"));
             }
+            if let Some(authenticated) = origin.authenticated {
+                properties.authentication_method = Some(authenticated.method);
+                properties.authentication_data = authenticated.data;
+            }
         }
         client.outgoing.push(Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -225,10 +286,12 @@ impl Client {
         }));
         tracing::info!(
             client_id = %client_id,
+            peer = %Peer(origin.peer),
             ?version,
             clean_start = connect.clean_start,
             session_present = attached.session_present,
             keep_alive,
+            requested_keep_alive = connect.keep_alive,
             "client connected"
         );
         Ok(Connected {
@@ -251,8 +314,26 @@ impl Client {
             return;
         };
         state.draining = None;
-        let resend = state.outbound.resend(now_ms);
+        let mut resend = state.outbound.resend(now_ms);
+        // Sent before to whoever held the session then: it goes again only
+        // if this client may read it (another user may have resumed the
+        // session, or the ACL changed meanwhile).
+        let before = resend.len();
+        resend.retain(|packet| match packet {
+            Packet::Deliver(publish) if !self.may_receive(&publish.message.topic) => {
+                super::security::withdraw(&mut state.outbound, publish);
+                false
+            }
+            _ => true,
+        });
+        let ticket = if resend.len() < before {
+            self.broker
+                .journal_changes(self.session.client_id(), &mut state)
+        } else {
+            Ticket::NONE
+        };
         drop(state);
+        self.wait_for(ticket);
         self.outgoing.extend(resend);
     }
 }
@@ -286,7 +367,7 @@ impl BrokerState {
                     && replaced.is_some()
                     && will.delay_interval == 0
                 {
-                    wills.push(*will);
+                    wills.push((*will, state.owner.clone()));
                 }
                 setup(&mut state, &session);
                 drop(state);
@@ -340,11 +421,12 @@ impl BrokerState {
     /// replaced in it, with the entry locked): nothing may change it any
     /// more, its subscriptions leave the index, its stored record goes, and
     /// its timers are cancelled. Returns the connection still serving it
-    /// (told to close) and its will, due now that the session ended.
+    /// (told to close) and its will, due now that the session ended, with
+    /// whose rights it goes out under.
     pub(super) fn discard(
         &self,
         session: &Arc<Session>,
-    ) -> (Option<Arc<ConnectionSignal>>, Option<Will>) {
+    ) -> (Option<Arc<ConnectionSignal>>, Option<(Will, Owner)>) {
         let mut state = session.lock();
         let link = Session::end(&mut state, session);
         for timer in state.take_timers() {
@@ -370,7 +452,7 @@ impl BrokerState {
             self.journal
                 .append(Record::DeleteSession(session.client_id().clone()));
         }
-        let will = state.will.take().map(|will| *will);
+        let will = state.will.take().map(|will| (*will, state.owner.clone()));
         drop(state);
         for stream in own_groups {
             self.forget_own_group(session.client_id(), &stream);

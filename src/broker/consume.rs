@@ -492,6 +492,8 @@ impl BrokerState {
             let stream = self.streams.get(cell.stream);
             let mut state = cell.lock();
             let mut effects = Effects::default();
+            let acknowledged = run.iter().filter(|r| r.refused.is_none()).count();
+            self.metrics.stream_acknowledged_add(acknowledged as u64);
             for report in run {
                 let origin = report.origin;
                 state.group.settled(

@@ -12,7 +12,7 @@ use dashmap::mapref::entry::Entry;
 use super::client::{Client, Close};
 use super::{BrokerState, TimerEvent};
 use crate::protocol::{Message, Will};
-use crate::session::{Session, SessionState};
+use crate::session::{Owner, Session, SessionState};
 use crate::store::Record;
 
 impl Client {
@@ -59,8 +59,10 @@ impl Client {
                 Session::detach(&mut state, &self.session, self.connection_id);
             }
         }
+        // This connection's own will: its rights are this client's.
+        let owner = Owner::of(self.extras.as_ref().and_then(|e| e.username.as_ref()));
         for will in wills {
-            broker.publish_will(&client_id, will, now_ms);
+            broker.publish_will(&client_id, &owner, will, now_ms);
         }
     }
 }
@@ -178,8 +180,8 @@ impl BrokerState {
         let (_, will) = self.discard(&session);
         tracing::info!(client_id = %client_id, "session expired");
         self.metrics.session_expired();
-        if let Some(will) = will {
-            self.publish_will(client_id, will, now_ms);
+        if let Some((will, owner)) = will {
+            self.publish_will(client_id, &owner, will, now_ms);
         }
     }
 
@@ -189,7 +191,7 @@ impl BrokerState {
         let Some(session) = self.session(client_id) else {
             return;
         };
-        let will = {
+        let (will, owner) = {
             let mut state = session.lock();
             if state.generation != generation || state.connection.is_some() || state.ended {
                 return;
@@ -197,32 +199,41 @@ impl BrokerState {
             state.will_timer = None;
             let will = state.will.take();
             self.persist_session(&session, &mut state);
-            will
+            (will, state.owner.clone())
         };
         if let Some(will) = will {
-            self.publish_will(client_id, *will, now_ms);
+            self.publish_will(client_id, &owner, *will, now_ms);
         }
     }
 
-    /// Publishes a will on behalf of `publisher`.
-    pub(super) fn publish_will(&self, publisher: &Arc<str>, will: Will, now_ms: u64) {
+    /// Publishes a will on behalf of `publisher`, if `owner` (whose client
+    /// set it) may publish to its topic now.
+    pub(super) fn publish_will(
+        &self,
+        publisher: &Arc<str>,
+        owner: &Owner,
+        will: Will,
+        now_ms: u64,
+    ) {
         let mut properties = will.properties;
         let expires_at = properties
             .message_expiry_interval
             .take()
             .map(|secs| now_ms + u64::from(secs) * 1000);
-        tracing::debug!(client_id = %publisher, topic = %will.topic, "publishing will");
-        self.publish_internal(
-            Message {
-                topic: will.topic.as_str().into(),
-                payload: will.payload,
-                qos: will.qos,
-                retain: will.retain,
-                properties,
-                expires_at,
-                publisher: Some(publisher.clone()),
-            },
-            now_ms,
-        );
+        let message = Message {
+            topic: will.topic.as_str().into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            publisher: Some(publisher.clone()),
+        };
+        if !self.may_publish_will(owner, publisher, &message) {
+            tracing::debug!(client_id = %publisher, topic = %message.topic, "will not published: the ACL denies it");
+            return;
+        }
+        tracing::debug!(client_id = %publisher, topic = %message.topic, "publishing will");
+        self.publish_internal(message, now_ms);
     }
 }

@@ -14,14 +14,19 @@ mod client;
 mod connect;
 mod consume;
 mod delayed;
+pub mod enhanced_auth;
+pub mod inspect;
 mod lifecycle;
 mod metrics;
 mod publish;
 mod refill;
 mod restore;
+mod security;
 mod stream_report;
 mod stream_tasks;
 mod subscribe;
+mod sys;
+mod tally;
 #[cfg(test)]
 mod tests;
 
@@ -44,11 +49,14 @@ use crate::timer::{TimerId, TimerWheel};
 use crate::topic::TopicLimits;
 
 pub use client::{Client, Close, Output};
-pub use connect::{Connected, Refusal};
+pub use connect::{Connected, Origin, Refusal};
 pub use metrics::{GroupLabels, Labelled, Metrics, RetryLabels};
 pub use refill::serve_refills;
+pub use security::{FileReload, Security, SecurityError, SecurityReload};
 pub use stream_report::{GroupPartitionReport, GroupReport, PartitionReport, StreamReport};
 pub use stream_tasks::{serve_stream_durability, serve_stream_reads};
+pub use sys::serve_sys_tree;
+pub use tally::SessionTally;
 
 /// What routing one inbound message did.
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +196,8 @@ pub struct BrokerState {
     delays: delayed::DelayQueue,
     /// Ids of delayed publishes; continues after the highest stored one.
     next_delay_id: AtomicU64,
+    /// The password file, the ACL and the failed-login throttle.
+    security: Security,
     shutting_down: AtomicBool,
 }
 
@@ -196,12 +206,29 @@ impl BrokerState {
     /// with their subscriptions, deliveries, inbound QoS 2 ids and wills,
     /// and retained messages. Expiry counts wall-clock time, so time spent
     /// stopped counts too.
+    ///
+    /// The password and ACL files are read here; one that does not load is
+    /// logged and refuses what it decides (`Security::load_or_refuse`).
+    /// `Broker::start` loads them first and stops instead.
     pub fn new(
+        settings: Settings,
+        journal: Journal,
+        keeps_messages: bool,
+        snapshot: Snapshot,
+        now: u64,
+    ) -> Arc<BrokerState> {
+        let security = Security::load_or_refuse(&settings);
+        BrokerState::with_security(settings, journal, keeps_messages, snapshot, now, security)
+    }
+
+    /// `new` with the security files already loaded.
+    pub fn with_security(
         settings: Settings,
         journal: Journal,
         keeps_messages: bool,
         mut snapshot: Snapshot,
         now: u64,
+        security: Security,
     ) -> Arc<BrokerState> {
         // Loading the settings checked the streams; settings made in code
         // are checked here.
@@ -231,6 +258,7 @@ impl BrokerState {
             delays: delayed::DelayQueue::new(),
             next_delay_id: AtomicU64::new(1),
             streams: Streams::new(stream_specs, &snapshot, !keeps_messages),
+            security,
             shutting_down: AtomicBool::new(false),
         });
         state.restore_groups(std::mem::take(&mut snapshot.committed));
@@ -330,9 +358,16 @@ impl BrokerState {
         inbound_qos2: Option<(&Arc<str>, u16)>,
         now: u64,
     ) -> Routed {
-        let matches = self
+        let mut matches = self
             .index
             .matches(&message.topic, message.publisher.as_deref());
+        // Counted before the ACL leaves any out: as with Mosquitto, a
+        // publisher hears "no matching subscribers" only when nobody
+        // subscribed, not when a subscriber may not read the topic.
+        let matched = matches.len();
+        if self.security.has_acl() {
+            self.drop_unreadable(&mut matches, &message.topic);
+        }
         let deliveries: Vec<(Arc<Session>, Delivery)> = matches
             .into_iter()
             .map(|found| {
@@ -364,7 +399,6 @@ impl BrokerState {
                 appends,
             })
         });
-        let receivers = deliveries.len();
         for (session, delivery) in deliveries {
             self.deliver(&session, delivery);
         }
@@ -375,7 +409,7 @@ impl BrokerState {
             self.appended(&appended.readable, now);
         }
         Routed {
-            receivers: receivers + appended.partitions,
+            receivers: matched + appended.partitions,
             ticket: appended.written,
         }
     }

@@ -20,6 +20,7 @@ const COPY_PAYLOAD_BELOW: usize = 64 * 1024;
 impl Client {
     pub(super) fn on_publish(&mut self, mut publish: Publish, now_ms: u64) -> Result<(), Close> {
         let topic = self.resolve_topic_alias(&mut publish)?;
+        self.count_against_publish_limits(&topic, &publish, now_ms)?;
         if topic::validate_name(&topic, self.broker.topic_limits()).is_err() {
             return Err(Close::ByServer(ReasonCode::TOPIC_NAME_INVALID));
         }
@@ -28,7 +29,7 @@ impl Client {
         {
             return Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR));
         }
-        self.broker.metrics.message_received();
+        self.broker.metrics.message_received(publish.qos);
 
         // A payload announced as UTF-8 that is not is refused [MQTT-3.3.2-4
         // allows PUBACK/PUBREC 0x99 or DISCONNECT 0x99].
@@ -67,6 +68,23 @@ impl Client {
                     }
                 }
             }
+        }
+
+        // Only the broker writes `$SYS/...`: refused as the ACL refuses (v5
+        // 0x87; 3.1.1 acknowledged and dropped), as in Mosquitto, where that
+        // rule sits in front of every ACL check.
+        if super::sys::reserved_for_the_broker(&topic) {
+            self.broker
+                .metrics
+                .acl_publish_denied(self.client_id(), &topic);
+            self.deny_publish(&publish);
+            return Ok(());
+        }
+        // After the QoS 2 check: a re-sent PUBLISH the broker had accepted
+        // before an ACL reload is acknowledged as it was the first time.
+        if !self.may_publish(&topic) {
+            self.deny_publish(&publish);
+            return Ok(());
         }
 
         let payload = if publish.payload.len() < COPY_PAYLOAD_BELOW {
@@ -119,6 +137,52 @@ impl Client {
                 self.acknowledge(&publish, refusal.reason, reason_string);
                 Ok(())
             }
+        }
+    }
+
+    /// Counts a PUBLISH against the client's publish limits. Passing one
+    /// ends the connection (v5: DISCONNECT 0x96 Message rate too high)
+    /// before the message is routed or acknowledged, so a QoS 1/2 message
+    /// comes again with the client's next connection. Disconnecting, not
+    /// throttling: a client that keeps its rate is never slowed, and one
+    /// that does not is told so in the one code the protocol has for it.
+    fn count_against_publish_limits(
+        &mut self,
+        topic: &str,
+        publish: &Publish,
+        now_ms: u64,
+    ) -> Result<(), Close> {
+        let Some(extras) = self.extras.as_mut() else {
+            return Ok(());
+        };
+        let Some(limits) = extras.publish_limits.as_mut() else {
+            return Ok(());
+        };
+        let size = topic.len() + publish.payload.len() + publish.properties.size();
+        limits.admit(size, now_ms).map_err(|exceeded| {
+            self.broker.metrics.publish_rate_breach(
+                exceeded,
+                self.session.client_id(),
+                extras.peer,
+            );
+            Close::ByServer(ReasonCode::MESSAGE_RATE_TOO_HIGH)
+        })
+    }
+
+    /// A PUBLISH the ACL denies is dropped. v5 tells a QoS 1/2 publisher
+    /// (0x87, which ends a QoS 2 flow at PUBREC); 3.1.1 has no way to, so
+    /// its publisher is acknowledged as if the message had gone, as
+    /// Mosquitto does (a QoS 2 packet id then waits for PUBREL as usual).
+    fn deny_publish(&mut self, publish: &Publish) {
+        match self.version {
+            Version::V5 => {
+                if publish.qos == QoS::ExactlyOnce {
+                    self.session.lock().release_qos2(publish.packet_id);
+                }
+                let reason_string = self.reason_string("not authorized to publish to this topic");
+                self.acknowledge(publish, ReasonCode::NOT_AUTHORIZED, reason_string);
+            }
+            Version::V311 => self.acknowledge(publish, ReasonCode::SUCCESS, None),
         }
     }
 

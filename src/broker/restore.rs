@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::BrokerState;
 use crate::router::Subscriber;
-use crate::session::Session;
+use crate::session::{Owner, Session};
 use crate::store::{Record, Snapshot};
 use crate::stream::subscription::stream_subscription;
 use crate::topic;
@@ -102,7 +102,8 @@ pub(super) fn restore(broker: &Arc<BrokerState>, mut snapshot: Snapshot, now: u6
         broker.sessions.insert(client_id, session);
         broker.session_count.fetch_add(1, Ordering::AcqRel);
     }
+    // The store keeps no usernames: whose will it was is unknown now.
     for (client_id, will) in wills {
-        broker.publish_will(&client_id, will, now);
+        broker.publish_will(&client_id, &Owner::Unknown, will, now);
     }
 }

@@ -62,15 +62,15 @@ impl Client {
                 // [MQTT-3.8.3-4]
                 return Err(Close::ByServer(ReasonCode::PROTOCOL_ERROR));
             }
-            let reads_stream = match stream_subscription(&parsed) {
+            let stream = match stream_subscription(&parsed) {
                 Ok(Some(read)) if broker.streams().find(read.stream).is_none() => {
                     Err(format!("no stream is called `{}`", read.stream))
                 }
-                Ok(read) => Ok(read.is_some()),
+                Ok(read) => Ok(read.map(|read| read.stream)),
                 Err(problem) => Err(problem),
             };
-            let reads_stream = match reads_stream {
-                Ok(reads_stream) => reads_stream,
+            let stream = match stream {
+                Ok(stream) => stream,
                 Err(problem) => {
                     tracing::debug!(client_id = %self.client_id(), filter = %raw, %problem, "stream subscription refused");
                     reason_string = self.reason_string(&problem);
@@ -78,6 +78,14 @@ impl Client {
                     continue;
                 }
             };
+            let reads_stream = stream.is_some();
+            // On the inner filter of `$share/{group}/...`, or on every
+            // filter of a stream (3.1.1 encodes the refusal as 0x80).
+            if !self.may_subscribe(parsed.filter, stream) {
+                reason_string = self.reason_string("not authorized to read this filter");
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
             if state.subscription_count() >= max_subscriptions && !state.has_subscription(raw) {
                 tracing::warn!(client_id = %self.client_id(), "subscription limit reached");
                 reason_string = self.reason_string("too many subscriptions");
@@ -114,6 +122,9 @@ impl Client {
                 };
             if send_retained {
                 for message in retained.matching(parsed.filter, now_ms) {
+                    if !self.may_receive(&message.topic) {
+                        continue;
+                    }
                     let delivery = Delivery {
                         qos: message.qos.min(options.qos),
                         retain: true,

@@ -13,6 +13,8 @@ use crate::protocol::{
 };
 use crate::store::{Journal, Record, Snapshot, Ticket};
 
+mod limits;
+
 const T0: u64 = 1_700_000_000_000;
 
 fn broker_with(adjust: impl FnOnce(&mut Settings)) -> Arc<BrokerState> {
@@ -42,6 +44,7 @@ fn connect_packet(version: Version, id: &str, clean_start: bool, expiry: u32) ->
         request_problem_information: true,
         user_properties: Vec::new(),
         authentication_method: None,
+        authentication_data: None,
     }
 }
 

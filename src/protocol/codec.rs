@@ -53,6 +53,10 @@ pub struct Codec {
     /// MQTT 3.1 (`MQIsdp`): 3.1.1 packets, but a CONNACK without Session
     /// Present.
     mqtt31: bool,
+    /// The v5 CONNECT named an Authentication Method, so AUTH may follow
+    /// [MQTT-4.12.0-7]. Which method is the broker's to check: a flag
+    /// keeps the codec, which every connection holds, small.
+    enhanced_auth: bool,
     max_incoming: usize,
     max_outgoing: usize,
     /// v5 topic aliases for PUBLISHes to the client, once it allows some.
@@ -80,6 +84,7 @@ impl Codec {
         Codec {
             version: None,
             mqtt31: false,
+            enhanced_auth: false,
             max_incoming: max_incoming as usize,
             max_outgoing: MAX_REMAINING_LENGTH + 5,
             aliases: None,
@@ -140,6 +145,7 @@ impl Codec {
             self.version = Some(version);
             self.mqtt31 = mqtt31;
             let connect = decode::connect(body, version)?;
+            self.enhanced_auth = connect.authentication_method.is_some();
             return Ok(Some(Packet::Connect(Box::new(connect))));
         };
         let packet = match packet_type {
@@ -156,10 +162,10 @@ impl Codec {
                 Packet::PingReq
             }
             14 => Packet::Disconnect(decode::disconnect(version, body)?),
-            // AUTH: no authentication method is ever agreed, so it cannot come.
+            15 if version == Version::V5 && self.enhanced_auth => Packet::Auth(decode::auth(body)?),
             15 if version == Version::V5 => {
                 return Err(DecodeError::Protocol(
-                    "AUTH without an authentication method",
+                    "AUTH after a CONNECT without an authentication method",
                 ));
             }
             2 | 9 | 11 | 13 => return Err(DecodeError::Protocol("server-only packet type")),
@@ -174,7 +180,7 @@ impl Codec {
     /// A packet other than PUBLISH that exceeds the client's Maximum Packet
     /// Size goes out without its Reason String instead [MQTT-3.1.2-25,
     /// MQTT-3.4.2-2, MQTT-3.5.2-2, MQTT-3.6.2-2, MQTT-3.7.2-2, MQTT-3.9.2-1,
-    /// MQTT-3.14.2-3]; petrel sends User Properties only on PUBLISH. Only
+    /// MQTT-3.14.2-3, MQTT-3.15.2-2]; petrel sends User Properties only on PUBLISH. Only
     /// a PUBLISH (or a packet too large even without them) is refused.
     pub fn encode(&mut self, packet: &Packet, out: &mut BytesMut) -> Result<usize, EncodeError> {
         if let Packet::Deliver(deliver) = packet {
@@ -279,6 +285,10 @@ fn without_reason_string(packet: &Packet) -> Option<Packet> {
                 ..disconnect.clone()
             })
         }
+        Packet::Auth(auth) if auth.reason_string.is_some() => Packet::Auth(crate::protocol::Auth {
+            reason_string: None,
+            ..auth.clone()
+        }),
         Packet::ConnAck(connack) if connack.properties.reason_string.is_some() => {
             let mut connack = connack.clone();
             connack.properties.reason_string = None;
@@ -454,6 +464,84 @@ mod tests {
         );
         assert!(matches!(
             decode_one(&mut codec, &[0xC1, 0x00]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    /// A v5 codec whose CONNECT named the Authentication Method "M".
+    fn connected_with_method() -> Codec {
+        let mut codec = Codec::new(1024);
+        let connect = [
+            0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 4, 21, 0, 1, b'M', 0, 0,
+        ];
+        let Ok(Some(Packet::Connect(connect))) = decode_one(&mut codec, &connect) else {
+            panic!("connect expected");
+        };
+        assert_eq!(connect.authentication_method.as_deref(), Some("M"));
+        codec
+    }
+
+    #[test]
+    fn auth_is_read_only_after_a_connect_that_named_a_method() {
+        // AUTH 0x19, Authentication Method "M", Authentication Data "d".
+        let auth = [0xF0, 10, 0x19, 8, 21, 0, 1, b'M', 22, 0, 1, b'd'];
+        assert_eq!(
+            decode_one(&mut connected(Version::V5), &auth),
+            Err(DecodeError::Protocol(
+                "AUTH after a CONNECT without an authentication method"
+            )),
+            "[MQTT-4.12.0-7]"
+        );
+        assert!(matches!(
+            decode_one(&mut connected(Version::V311), &auth),
+            Err(DecodeError::Malformed(_))
+        ));
+        let Ok(Some(Packet::Auth(read))) = decode_one(&mut connected_with_method(), &auth) else {
+            panic!("AUTH expected");
+        };
+        assert_eq!(read.reason, ReasonCode::REAUTHENTICATE);
+        assert_eq!(read.method, "M");
+        assert_eq!(read.data.as_deref(), Some(&b"d"[..]));
+    }
+
+    #[test]
+    fn auth_from_a_client_breaking_the_rules_is_refused() {
+        let cases: [(&[u8], &str); 7] = [
+            (&[0xF0, 0], "short form: 0x00 Success is the server's"),
+            (&[0xF0, 1, 0x18], "no properties, so no method"),
+            (&[0xF0, 6, 0x00, 4, 21, 0, 1, b'M'], "0x00 Success"),
+            (&[0xF0, 6, 0x8C, 4, 21, 0, 1, b'M'], "a failure code"),
+            (&[0xF0, 5, 0x18, 3, 22, 0, 0], "data without a method"),
+            (
+                &[0xF0, 10, 0x18, 8, 21, 0, 1, b'M', 21, 0, 1, b'M'],
+                "the method twice",
+            ),
+            (
+                &[0xF0, 7, 0x18, 4, 21, 0, 1, b'M', 0],
+                "bytes after the properties",
+            ),
+        ];
+        for (bytes, case) in cases {
+            assert!(
+                decode_one(&mut connected_with_method(), bytes).is_err(),
+                "{case}"
+            );
+        }
+        // Reserved fixed-header flags [MQTT-3.15.1-1].
+        assert!(matches!(
+            decode_one(
+                &mut connected_with_method(),
+                &[0xF1, 6, 0x18, 4, 21, 0, 1, b'M']
+            ),
+            Err(DecodeError::Malformed(_))
+        ));
+        // Session Expiry Interval has no place in AUTH.
+        let mut codec = connected_with_method();
+        assert!(matches!(
+            decode_one(
+                &mut codec,
+                &[0xF0, 11, 0x18, 9, 21, 0, 1, b'M', 17, 0, 0, 0, 1]
+            ),
             Err(DecodeError::Malformed(_))
         ));
     }
@@ -652,11 +740,14 @@ mod tests {
             reasons: vec![ReasonCode::TOPIC_FILTER_INVALID],
             reason_string: long.clone(),
         };
+        let mut auth = crate::protocol::Auth::new(ReasonCode::CONTINUE_AUTHENTICATION, "M", None);
+        auth.reason_string = long.clone();
         let disconnect = Disconnect {
             reason_string: long,
             ..Disconnect::new(ReasonCode::PROTOCOL_ERROR)
         };
-        let cases: [(Packet, &[u8]); 4] = [
+        let cases: [(Packet, &[u8]); 5] = [
+            (Packet::Auth(auth), &[0xF0, 6, 0x18, 4, 21, 0, 1, b'M']),
             (
                 Packet::PubAck(ack.clone()),
                 &[0x40, 0x04, 0x00, 0x07, 0x99, 0x00],

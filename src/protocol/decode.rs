@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use super::codec::DecodeError;
 use super::properties::{self, Properties};
 use super::{
-    Ack, Connect, Disconnect, MessageProperties, Publish, QoS, ReasonCode, RetainHandling,
+    Ack, Auth, Connect, Disconnect, MessageProperties, Publish, QoS, ReasonCode, RetainHandling,
     Subscribe, SubscriptionOptions, Unsubscribe, Version, Will,
 };
 
@@ -226,6 +226,7 @@ pub fn connect(body: Bytes, version: Version) -> Result<Connect, DecodeError> {
         request_problem_information: props.request_problem_information != Some(0),
         user_properties: props.user_properties,
         authentication_method: props.authentication_method,
+        authentication_data: props.authentication_data,
     })
 }
 
@@ -259,6 +260,41 @@ pub fn disconnect(version: Version, body: Bytes) -> Result<Disconnect, DecodeErr
     }
     r.expect_end()?;
     Ok(disconnect)
+}
+
+/// AUTH from a client: reason 0x18 (Continue authentication) or 0x19
+/// (Re-authenticate) only, 0x00 being the server's [MQTT-3.15.2-1], and the
+/// Authentication Method exactly once (3.15.2.2.2). So the short forms
+/// (remaining length 0 or 1, meaning 0x00 or no properties) are all
+/// errors from a client.
+pub fn auth(body: Bytes) -> Result<Auth, DecodeError> {
+    let mut r = Reader::new(body);
+    let reason = match r.is_empty() {
+        true => ReasonCode::SUCCESS,
+        false => ReasonCode(r.u8()?),
+    };
+    if reason != ReasonCode::CONTINUE_AUTHENTICATION && reason != ReasonCode::REAUTHENTICATE {
+        return Err(DecodeError::Protocol(
+            "AUTH reason code a client may not send",
+        ));
+    }
+    if r.is_empty() {
+        return Err(DecodeError::Protocol(
+            "AUTH without an authentication method",
+        ));
+    }
+    let props = properties::read(&mut r, properties::AUTH)?;
+    r.expect_end()?;
+    let method = props.authentication_method.ok_or(DecodeError::Protocol(
+        "AUTH without an authentication method",
+    ))?;
+    Ok(Auth {
+        reason,
+        method,
+        data: props.authentication_data,
+        reason_string: props.reason_string,
+        user_properties: props.user_properties,
+    })
 }
 
 /// PUBLISH. The payload is a slice of the frame, not a copy.

@@ -9,7 +9,7 @@ use mqttbytes::{v4, v5};
 
 use super::codec::{EncodeError, MAX_REMAINING_LENGTH};
 use super::{
-    Ack, ConnAck, Deliver, Disconnect, Packet, QoS, ReasonCode, SubAck, UnsubAck, Version,
+    Ack, Auth, ConnAck, Deliver, Disconnect, Packet, QoS, ReasonCode, SubAck, UnsubAck, Version,
 };
 
 /// mqttbytes writes the length of longer strings truncated: never hand it one.
@@ -36,6 +36,8 @@ pub fn packet(
         (Packet::Disconnect(_), Version::V311) => {
             Err(EncodeError::Invalid("3.1.1 servers never send DISCONNECT"))
         }
+        (Packet::Auth(a), Version::V5) => v5_auth(a, out),
+        (Packet::Auth(_), Version::V311) => Err(EncodeError::Invalid("3.1.1 has no AUTH")),
         (Packet::Deliver(_), _) => Err(EncodeError::Invalid("PUBLISH goes through `deliver`")),
         (
             Packet::Connect(_)
@@ -207,6 +209,15 @@ fn v5_connack_code(reason: ReasonCode) -> v5::ConnectReturnCode {
 
 fn v5_connack(c: &ConnAck, out: &mut BytesMut) -> Result<(), EncodeError> {
     let p = &c.properties;
+    for value in [
+        p.authentication_method.as_deref().map(str::as_bytes),
+        p.authentication_data.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        check_length(value.len())?;
+    }
     let properties = v5::ConnAckProperties {
         session_expiry_interval: p.session_expiry_interval,
         receive_max: p.receive_maximum,
@@ -223,8 +234,8 @@ fn v5_connack(c: &ConnAck, out: &mut BytesMut) -> Result<(), EncodeError> {
         server_keep_alive: p.server_keep_alive,
         response_information: p.response_information.clone(),
         server_reference: None,
-        authentication_method: None,
-        authentication_data: None,
+        authentication_method: p.authentication_method.clone(),
+        authentication_data: p.authentication_data.clone(),
     };
     let connack = v5::ConnAck {
         session_present: c.session_present,
@@ -354,6 +365,23 @@ fn v5_disconnect(d: &Disconnect, out: &mut BytesMut) -> Result<(), EncodeError> 
     Ok(())
 }
 
+/// AUTH always in full: the method is in every AUTH (3.15.2.2.2), so the
+/// short forms never apply.
+fn v5_auth(a: &Auth, out: &mut BytesMut) -> Result<(), EncodeError> {
+    let mut section = Vec::new();
+    put_property_string(&mut section, 21, a.method.as_bytes())?;
+    if let Some(data) = &a.data {
+        put_property_string(&mut section, 22, data)?;
+    }
+    if let Some(text) = &a.reason_string {
+        put_property_string(&mut section, 31, text.as_bytes())?;
+    }
+    out.put_u8(0xF0);
+    put_varint(out, 1 + varint_len(section.len()) + section.len());
+    put_reason_and_properties(out, a.reason, &section);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +420,36 @@ mod tests {
         let mut out = BytesMut::new();
         v5_disconnect(&Disconnect::new(ReasonCode::SESSION_TAKEN_OVER), &mut out).unwrap();
         assert_eq!(&out[..], &[0xE0, 2, 0x8E, 0]);
+    }
+
+    #[test]
+    fn v5_auth_names_its_method_and_carries_the_data() {
+        let mut out = BytesMut::new();
+        let auth = Auth::new(
+            ReasonCode::CONTINUE_AUTHENTICATION,
+            "M",
+            Some(bytes::Bytes::from_static(b"xy")),
+        );
+        v5_auth(&auth, &mut out).unwrap();
+        assert_eq!(
+            &out[..],
+            &[0xF0, 11, 0x18, 9, 21, 0, 1, b'M', 22, 0, 2, b'x', b'y']
+        );
+        assert!(packet(Version::V311, false, &Packet::Auth(auth), &mut out).is_err());
+    }
+
+    #[test]
+    fn v5_connack_repeats_the_authentication_method_and_data() {
+        let mut out = BytesMut::new();
+        let mut connack = ConnAck::default();
+        connack.properties.authentication_method = Some("M".into());
+        connack.properties.authentication_data = Some(bytes::Bytes::from_static(b"v"));
+        v5_connack(&connack, &mut out).unwrap();
+        // Flags, reason, then properties: Authentication Method, Data.
+        assert_eq!(
+            &out[..],
+            &[0x20, 11, 0, 0, 8, 21, 0, 1, b'M', 22, 0, 1, b'v']
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum Packet {
     PingReq,
     PingResp,
     Disconnect(Disconnect),
+    /// v5 only, both ways: a step of enhanced authentication.
+    Auth(Auth),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +85,10 @@ pub struct Connect {
     pub request_response_information: bool,
     pub request_problem_information: bool,
     pub user_properties: Vec<(String, String)>,
+    /// v5 enhanced authentication: the method, and its first data (SCRAM:
+    /// client-first).
     pub authentication_method: Option<String>,
+    pub authentication_data: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +111,20 @@ pub struct MessageProperties {
     pub response_topic: Option<String>,
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<(String, String)>,
+}
+
+impl MessageProperties {
+    /// Bytes of the variable-length properties, as the limits count them.
+    pub fn size(&self) -> usize {
+        self.content_type.as_ref().map_or(0, String::len)
+            + self.response_topic.as_ref().map_or(0, String::len)
+            + self.correlation_data.as_ref().map_or(0, Bytes::len)
+            + self
+                .user_properties
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,17 +173,7 @@ impl Message {
 
     /// Bytes this message holds, for queue and retained-store limits.
     pub fn size(&self) -> usize {
-        let properties = &self.properties;
-        self.topic.len()
-            + self.payload.len()
-            + properties.content_type.as_ref().map_or(0, String::len)
-            + properties.response_topic.as_ref().map_or(0, String::len)
-            + properties.correlation_data.as_ref().map_or(0, Bytes::len)
-            + properties
-                .user_properties
-                .iter()
-                .map(|(key, value)| key.len() + value.len())
-                .sum::<usize>()
+        self.topic.len() + self.payload.len() + self.properties.size()
     }
 }
 
@@ -224,6 +233,11 @@ pub struct ConnAckProperties {
     pub shared_subscription_available: Option<u8>,
     pub server_keep_alive: Option<u16>,
     pub response_information: Option<String>,
+    /// The CONNECT's Authentication Method, repeated by a successful
+    /// CONNACK after enhanced authentication [MQTT-4.12.0-5], and the
+    /// method's last word (SCRAM: server-final).
+    pub authentication_method: Option<String>,
+    pub authentication_data: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -282,6 +296,31 @@ pub struct UnsubAck {
     pub packet_id: u16,
     /// Sent only on v5.
     pub reasons: Vec<ReasonCode>,
+}
+
+/// AUTH (v5). A client sends 0x18 (Continue authentication) or 0x19
+/// (Re-authenticate); the broker sends 0x18, or 0x00 (Success) to end a
+/// re-authentication. Every AUTH names the method (3.15.2.2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub reason: ReasonCode,
+    pub method: String,
+    pub data: Option<Bytes>,
+    pub reason_string: Option<String>,
+    /// Read from clients and ignored, as on every packet but PUBLISH.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl Auth {
+    pub fn new(reason: ReasonCode, method: &str, data: Option<Bytes>) -> Auth {
+        Auth {
+            reason,
+            method: method.to_string(),
+            data,
+            reason_string: None,
+            user_properties: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

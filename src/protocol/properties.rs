@@ -36,6 +36,7 @@ pub const ACK: Allowed = Allowed::of(&[31, 38]);
 pub const SUBSCRIBE: Allowed = Allowed::of(&[11, 38]);
 pub const UNSUBSCRIBE: Allowed = Allowed::of(&[38]);
 pub const DISCONNECT: Allowed = Allowed::of(&[17, 28, 31, 38]);
+pub const AUTH: Allowed = Allowed::of(&[21, 22, 31, 38]);
 
 /// Every property a client may send, typed.
 #[derive(Debug, Default)]

@@ -12,6 +12,8 @@ impl ReasonCode {
     pub const DISCONNECT_WITH_WILL: ReasonCode = ReasonCode(0x04);
     pub const NO_MATCHING_SUBSCRIBERS: ReasonCode = ReasonCode(0x10);
     pub const NO_SUBSCRIPTION_EXISTED: ReasonCode = ReasonCode(0x11);
+    pub const CONTINUE_AUTHENTICATION: ReasonCode = ReasonCode(0x18);
+    pub const REAUTHENTICATE: ReasonCode = ReasonCode(0x19);
     pub const UNSPECIFIED_ERROR: ReasonCode = ReasonCode(0x80);
     pub const MALFORMED_PACKET: ReasonCode = ReasonCode(0x81);
     pub const PROTOCOL_ERROR: ReasonCode = ReasonCode(0x82);
@@ -33,7 +35,9 @@ impl ReasonCode {
     pub const RECEIVE_MAXIMUM_EXCEEDED: ReasonCode = ReasonCode(0x93);
     pub const TOPIC_ALIAS_INVALID: ReasonCode = ReasonCode(0x94);
     pub const PACKET_TOO_LARGE: ReasonCode = ReasonCode(0x95);
+    pub const MESSAGE_RATE_TOO_HIGH: ReasonCode = ReasonCode(0x96);
     pub const QUOTA_EXCEEDED: ReasonCode = ReasonCode(0x97);
+    pub const ADMINISTRATIVE_ACTION: ReasonCode = ReasonCode(0x98);
     pub const PAYLOAD_FORMAT_INVALID: ReasonCode = ReasonCode(0x99);
     pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: ReasonCode = ReasonCode(0x9E);
 

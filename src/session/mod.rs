@@ -1,13 +1,15 @@
 //! Per-client session state that outlives a connection: subscriptions, the
 //! outbound queue and inflight window, inbound QoS 2 packet ids awaiting
 //! PUBREL, the will, the session's timers, and the link to the connection
-//! currently serving it.
+//! currently serving it. Beside it, `rate`: the token buckets of a
+//! connection's publish limits.
 //!
 //! Everything here is plain state without I/O. The broker core changes it
 //! under the session's lock; the connection task serving the session is
 //! woken through its `ConnectionSignal`.
 
 mod outbound;
+mod rate;
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -25,6 +27,7 @@ pub use outbound::{
     AckOutcome, AwaitedAck, Change, Delivery, Enqueued, HELD_IN_MEMORY, Inflight, Outbound,
     QueueFull, QueueLimits, Sent, Spilled, StreamOrigin, StreamSettled,
 };
+pub use rate::{PublishLimits, PublishRates, RateExceeded, TokenBucket};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
@@ -59,12 +62,16 @@ const SHUTTING_DOWN: u8 = 4;
 /// The connection's alarm (keep alive, write deadline) came due.
 const ALARM: u8 = 8;
 const FINISHED: u8 = 16;
+/// An operator disconnected the client (admin API).
+const KICKED: u8 = 32;
 
 /// Why the broker asked a connection to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     TakenOver,
     ShuttingDown,
+    /// An operator disconnected the client (v5: DISCONNECT 0x98).
+    Kicked,
 }
 
 impl ConnectionSignal {
@@ -99,6 +106,11 @@ impl ConnectionSignal {
         self.raise(SHUTTING_DOWN);
     }
 
+    /// An operator disconnected the client.
+    pub fn kick(&self) {
+        self.raise(KICKED);
+    }
+
     /// The connection's alarm came due.
     pub fn alarm(&self) {
         self.raise(ALARM);
@@ -125,7 +137,12 @@ impl ConnectionSignal {
     /// What the task has been asked to stop for, if anything.
     pub fn stop(&self) -> Option<Stop> {
         let flags = self.flags.load(Ordering::Acquire);
-        if flags & TAKEN_OVER != 0 {
+        // Before a takeover: deleting a session through the admin API both
+        // kicks its connection and discards the session (which raises
+        // `take_over`), and the client should hear why.
+        if flags & KICKED != 0 {
+            Some(Stop::Kicked)
+        } else if flags & TAKEN_OVER != 0 {
             Some(Stop::TakenOver)
         } else if flags & SHUTTING_DOWN != 0 {
             Some(Stop::ShuttingDown)
@@ -164,6 +181,26 @@ pub struct ConnectionLink {
     pub signal: Arc<ConnectionSignal>,
 }
 
+/// Whose ACL rights apply to what a session receives and to its will: the
+/// client that last attached to it. A different user may resume a
+/// session, so this follows every attach rather than the session's first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Owner {
+    /// Restored from the store and not attached to since: the store keeps
+    /// no usernames, so whose rights apply is unknown until a client
+    /// attaches (what is queued meanwhile is checked when it is sent).
+    #[default]
+    Unknown,
+    Anonymous,
+    User(Arc<str>),
+}
+
+impl Owner {
+    pub fn of(username: Option<&Arc<str>>) -> Owner {
+        username.map_or(Owner::Anonymous, |name| Owner::User(name.clone()))
+    }
+}
+
 /// A subscription as the session remembers it, by its filter as sent
 /// (including any `$share/{group}/` prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +235,8 @@ pub struct SessionState {
     pub will: Option<Box<Will>>,
     /// When the last connection ended; none while connected.
     pub disconnected_at_ms: Option<u64>,
+    /// Whose ACL rights apply to the session (set on every attach).
+    pub owner: Owner,
     /// Whether the store holds a record of this session, to be deleted
     /// when it ends.
     pub stored: bool,
@@ -348,6 +387,7 @@ impl Session {
                 ended: false,
                 will: None,
                 disconnected_at_ms: None,
+                owner: Owner::Unknown,
                 stored: false,
                 expiry_timer: None,
                 will_timer: None,

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::log::{CommitLog, LogPos, LogReader, segment_path};
+use super::recovery::{LogSpan, ReplayMeter, ReplayProgress};
 use super::state::{Folded, SegmentRefs, StateDb};
 use super::{
     DeadLetterEntry, DeadLetterMark, Record, STREAM_BLOCK, Snapshot, Store, StoreError,
@@ -225,11 +226,32 @@ impl DiskStore {
     }
 
     /// Applies what the log holds past the checkpoint to the state
-    /// database, so its rows are complete.
+    /// database, so its rows are complete, saying in the log how far it has
+    /// come while that takes long.
     fn replay(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.replay_with(&mut || started.elapsed(), &mut ReplayProgress::log)
+    }
+
+    /// `replay`, with the time since it started read from `elapsed` and
+    /// its progress (about once a second) and summary handed to `report`.
+    pub(super) fn replay_with(
+        &self,
+        elapsed: &mut dyn FnMut() -> Duration,
+        report: &mut dyn FnMut(&ReplayProgress),
+    ) -> Result<(), StoreError> {
         let from = self.state.checkpoint()?;
+        let span = {
+            let writer = self.writer();
+            LogSpan::measure(
+                &self.log_dir,
+                from,
+                writer.log.first_segment(),
+                writer.log.end(),
+            )
+        };
+        let mut meter = ReplayMeter::new(span);
         let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut replayed = 0u64;
         let mut run: Vec<(LogPos, Folded)> = Vec::with_capacity(REPLAY_RUN);
         let mut apply = |run: &mut Vec<(LogPos, Folded)>| {
             let applied = self
@@ -239,9 +261,11 @@ impl DiskStore {
             applied
         };
         self.reader.scan(from, |found| {
+            if let Some(progress) = meter.record(found.pos, elapsed) {
+                report(&progress);
+            }
             let record = Record::decode(&found.body, self.place(found.pos))?;
             run.push((found.pos, record.into()));
-            replayed += 1;
             if run.len() == REPLAY_RUN {
                 apply(&mut run)?;
             }
@@ -250,11 +274,8 @@ impl DiskStore {
         apply(&mut run)?;
         let end = self.writer().log.end();
         self.state.make_checkpoint(end)?;
-        if replayed > 0 {
-            tracing::info!(
-                records = replayed,
-                "replayed the commit log past its checkpoint"
-            );
+        if meter.records() > 0 {
+            report(&meter.finish(elapsed()));
         }
         Ok(())
     }

@@ -121,6 +121,28 @@ struct Shared {
     space_back: Notify,
     /// Whether acknowledgements wait for their records at all (`sync`).
     waits: bool,
+    stats: JournalStats,
+}
+
+/// How the writer's group commits go, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct JournalStats {
+    /// Seconds each flush to disk (fdatasync) took.
+    pub flush_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Records written per batch (per group commit under `sync`).
+    pub batch_records: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for JournalStats {
+    fn default() -> JournalStats {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        JournalStats {
+            // 50 µs to about 1.6 s.
+            flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            // 1 to 32768 records.
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+        }
+    }
 }
 
 /// How far the journal's records have settled (written and, under
@@ -186,7 +208,13 @@ impl Journal {
             relieved: Notify::new(),
             space_back: Notify::new(),
             waits,
+            stats: JournalStats::default(),
         })
+    }
+
+    /// The writer's flush times and batch sizes.
+    pub fn stats(&self) -> &JournalStats {
+        &self.shared.stats
     }
 
     /// Queues a record; its ticket says when it is durable (always at once
@@ -422,6 +450,7 @@ impl Shared {
             }
             if !batch.is_empty() {
                 let first = last + 1 - batch.len() as u64;
+                self.stats.batch_records.observe(batch.len() as f64);
                 let mut failure = None;
                 for record in batch {
                     if let Err(error) = store.write(record) {
@@ -429,7 +458,7 @@ impl Shared {
                     }
                 }
                 if flush == Flush::EveryBatch || stop {
-                    if let Err(error) = store.flush() {
+                    if let Err(error) = self.timed_flush(store) {
                         failure = Some(self.report(&error));
                     }
                 } else {
@@ -445,7 +474,7 @@ impl Shared {
             }
             if flush_due.is_some_and(|due| Instant::now() >= due) {
                 unflushed_since = None;
-                if let Err(error) = store.flush() {
+                if let Err(error) = self.timed_flush(store) {
                     self.report(&error);
                 }
             }
@@ -456,6 +485,15 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    fn timed_flush(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let flushed = store.flush();
+        self.stats
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        flushed
     }
 
     /// Waits for records (or, while the store is full, for the next probe,

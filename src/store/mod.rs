@@ -17,6 +17,7 @@ pub mod log;
 mod memory;
 mod queues;
 mod record;
+mod recovery;
 mod state;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crate::protocol::{Message, Will};
 use crate::session::{Delivery, Sent, Spilled, SubscriptionEntry};
 
 pub use disk::{DiskOptions, DiskStore};
-pub use journal::{Flush, Journal, SettledWatch, Ticket};
+pub use journal::{Flush, Journal, JournalStats, SettledWatch, Ticket};
 pub use memory::MemoryStore;
 pub use record::{Append, Copy, Record, partition_name};
 

@@ -24,13 +24,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::arrival::{ArrivalOrder, Stamp, has_subscription_change};
-use crate::broker::{BrokerState, Client, Close, Connected, Output};
+use super::socket::Socket;
+use crate::broker::{BrokerState, Client, Close, Connected, Metrics, Output};
 use crate::protocol::{
     Codec, ConnAck, Connect, DecodeError, Disconnect, EncodeError, Packet, ReasonCode, Version,
 };
@@ -64,14 +63,22 @@ const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
 const DRAIN_BYTES: usize = 1024 * 1024;
 
+/// Who is on the other end, as the transport knows it.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client certificate's identity, when the listener takes it as
+    /// the username (`use_identity_as_username`).
+    pub identity: Option<Arc<str>>,
+}
+
 /// The task serving one connection, from accept to close.
-pub fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub fn serve<S: Socket>(
+    stream: S,
+    peer: Peer,
     broker: Arc<BrokerState>,
     order: Arc<ArrivalOrder>,
     shutdown: watch::Receiver<bool>,
-) -> Task {
+) -> Task<S> {
     let accepting = Box::pin(accept(stream, peer, broker.clone(), order, shutdown));
     Task {
         phase: Phase::Accepting(accepting),
@@ -84,23 +91,21 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A connection's task. The phases before and after serving run in boxed
 /// futures, so the task itself is only as large as the state of a
 /// connection being served.
-pub struct Task {
-    phase: Phase,
+pub struct Task<S> {
+    phase: Phase<S>,
     broker: Arc<BrokerState>,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the served connection is the task's state; the other phases are boxed on purpose"
-)]
-enum Phase {
-    Accepting(Boxed<Option<Conn>>),
-    Serving(Conn),
+// The served connection is the task's state; the other phases are boxed
+// on purpose, so the task is only as large as a served connection.
+enum Phase<S> {
+    Accepting(Boxed<Option<Conn<S>>>),
+    Serving(Conn<S>),
     Finishing(Boxed<()>),
     Done,
 }
 
-impl Future for Task {
+impl<S: Socket> Future for Task<S> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -132,7 +137,7 @@ impl Future for Task {
     }
 }
 
-impl Drop for Task {
+impl<S> Drop for Task<S> {
     /// Counted here, whether the task ran to its end or was cut at
     /// shutdown.
     fn drop(&mut self) {
@@ -141,8 +146,8 @@ impl Drop for Task {
 }
 
 /// The socket with its codec and buffers.
-struct Wire {
-    stream: TcpStream,
+struct Wire<S> {
+    stream: S,
     codec: Codec,
     /// Allocated while there is something to read or write, released as
     /// soon as both run empty.
@@ -165,17 +170,27 @@ enum Read {
     Closed,
 }
 
-impl Wire {
+impl<S: Socket> Wire<S> {
+    fn new(stream: S, codec: Codec) -> Wire<S> {
+        Wire {
+            stream,
+            codec,
+            buffers: None,
+        }
+    }
+
     /// Reads what the socket has now. The read buffer is taken for the
     /// read and given back if nothing came.
-    fn try_read(&mut self) -> Read {
+    fn try_read(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> Read {
         let input = &mut self.buffers.get_or_insert_default().input;
         input.reserve(READ_BUFFER);
-        let read = match self.stream.try_read_buf(input) {
-            Ok(0) => Read::Closed,
-            Ok(_) => Read::Data,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Read::Empty,
-            Err(_) => Read::Closed,
+        let read = match self.stream.poll_read_into(cx, input) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Read::Closed,
+            Poll::Ready(Ok(read)) => {
+                metrics.bytes_received_add(read as u64);
+                Read::Data
+            }
+            Poll::Pending => Read::Empty,
         };
         if read != Read::Data {
             self.release_empty_buffers();
@@ -205,6 +220,12 @@ impl Wire {
         self.buffers.as_ref().map_or(0, |b| b.output.len())
     }
 
+    /// Output waits: encoded, or written into a stream that has not sent
+    /// it yet.
+    fn has_output(&self) -> bool {
+        self.output_len() > 0 || self.stream.unflushed()
+    }
+
     /// The next whole packet in the input.
     fn decode(&mut self) -> Result<Option<Packet>, DecodeError> {
         match &mut self.buffers {
@@ -219,20 +240,27 @@ impl Wire {
         self.codec.encode(packet, output)
     }
 
-    /// Writes as much output as the socket takes now; returns whether any
-    /// went out.
-    fn try_write(&mut self) -> std::io::Result<bool> {
+    /// Writes as much output as the socket takes now, and flushes what
+    /// the stream holds back; returns whether any went out. What is left
+    /// wakes the task when the socket takes more.
+    fn try_write(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> std::io::Result<bool> {
         let mut progress = false;
         while let Some(buffers) = self.buffers.as_mut().filter(|b| !b.output.is_empty()) {
-            match self.stream.try_write(&buffers.output) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(written) => {
+            match self.stream.poll_write_from(cx, &buffers.output) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(written)) => {
                     let _ = buffers.output.split_to(written);
+                    metrics.bytes_sent_add(written as u64);
                     progress = true;
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(error) => return Err(error),
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Pending => break,
             }
+        }
+        if self.stream.unflushed()
+            && let Poll::Ready(Err(error)) = self.stream.poll_flush(cx)
+        {
+            return Err(error);
         }
         self.release_empty_buffers();
         Ok(progress)
@@ -241,10 +269,14 @@ impl Wire {
     /// Encodes packets into the output and counts the PUBLISHes sent. A
     /// message larger than the client accepts is skipped for this client.
     fn encode(&mut self, client: &mut Client, packets: Vec<Packet>) {
-        let mut publishes = 0;
+        let mut publishes = [0; 3];
         for packet in &packets {
             match self.encode_one(packet) {
-                Ok(_) => publishes += u64::from(matches!(packet, Packet::Deliver(_))),
+                Ok(_) => {
+                    if let Packet::Deliver(deliver) = packet {
+                        publishes[deliver.qos as usize] += 1;
+                    }
+                }
                 // The codec already retried other packets without their
                 // Reason String; what is still too large cannot be sent.
                 Err(EncodeError::TooLarge { size }) => match packet {
@@ -272,23 +304,30 @@ impl Wire {
     }
 
     /// Writes everything in the output within `limit`.
-    async fn write_all_within(&mut self, limit: Duration) {
-        if let Some(buffers) = self.buffers.take() {
-            let _ = timeout(limit, self.stream.write_all(&buffers.output)).await;
-        }
+    async fn write_all_within(&mut self, limit: Duration, metrics: &Metrics) {
+        let written = std::future::poll_fn(|cx| match self.try_write(cx, metrics) {
+            Err(_) => Poll::Ready(()),
+            Ok(_) if !self.has_output() => Poll::Ready(()),
+            Ok(_) => Poll::Pending,
+        });
+        let _ = timeout(limit, written).await;
+        self.buffers = None;
     }
 
     /// Closes gracefully: FIN first, then whatever the client still sends
     /// is read and dropped for a short while, so that closing with unread
     /// input does not turn into a reset that destroys the last packets.
     async fn close(mut self) {
-        let _ = timeout(LAST_WORDS_WAIT, self.stream.shutdown()).await;
+        let shutdown = std::future::poll_fn(|cx| self.stream.poll_shutdown(cx));
+        let _ = timeout(LAST_WORDS_WAIT, shutdown).await;
         let drain = async {
             let mut drained = 0;
             let mut scratch = BytesMut::with_capacity(4096);
             while drained < DRAIN_BYTES {
                 scratch.clear();
-                match tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut scratch).await {
+                let read =
+                    std::future::poll_fn(|cx| self.stream.poll_read_into(cx, &mut scratch)).await;
+                match read {
                     Ok(0) | Err(_) => break,
                     Ok(read) => drained += read,
                 }
@@ -300,22 +339,22 @@ impl Wire {
 
 /// Reads the CONNECT and attaches the client; `None` when the connection
 /// ends before that.
-async fn accept(
-    stream: TcpStream,
-    peer: SocketAddr,
+async fn accept<S: Socket>(
+    stream: S,
+    peer: Peer,
     broker: Arc<BrokerState>,
     order: Arc<ArrivalOrder>,
     mut shutdown: watch::Receiver<bool>,
-) -> Option<Conn> {
+) -> Option<Conn<S>> {
     let limits = &broker.settings().limits;
-    let mut wire = Wire {
-        stream,
-        codec: Codec::new(limits.max_packet_size),
-        buffers: None,
-    };
+    let mut wire = Wire::new(stream, Codec::new(limits.max_packet_size));
+    let Peer {
+        addr: peer,
+        identity,
+    } = peer;
     let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
     let connect = tokio::select! {
-        read = timeout(connect_timeout, read_connect(&mut wire)) => read,
+        read = timeout(connect_timeout, read_connect(&mut wire, broker.metrics())) => read,
         _ = shutdown.changed() => return None,
     };
     let connect = match connect {
@@ -326,25 +365,87 @@ async fn accept(
         Ok(Err(ConnectFailure::Io)) => return None,
         Ok(Err(ConnectFailure::Decode(error))) => {
             tracing::info!(%peer, %error, "CONNECT refused");
-            refuse_connect(wire, error).await;
+            refuse_connect(wire, error, broker.metrics()).await;
             return None;
         }
         Ok(Ok(connect)) => *connect,
     };
     wire.release_empty_buffers();
+    // Admission (failed-login throttle, allow_anonymous, password file)
+    // before the CONNECT touches any session; from here on the username is
+    // the one the client was admitted with, whose ACL rights it gets.
+    let connect = match broker
+        .authenticate(&connect, peer, identity.as_deref())
+        .await
+    {
+        Ok(username) => Connect {
+            username: username.map(|name| name.to_string()),
+            ..connect
+        },
+        Err(reason) => {
+            let refusal = crate::broker::Refusal::new(connect.version, reason);
+            tracing::info!(%peer, reason = %refusal.reason, "CONNECT refused");
+            if let Some(connack) = refusal.connack {
+                wire.encode_raw(Packet::ConnAck(*connack));
+                wire.write_all_within(LAST_WORDS_WAIT, broker.metrics())
+                    .await;
+                wire.close().await;
+            }
+            return None;
+        }
+    };
     let maximum_packet_size = connect.maximum_packet_size;
     let topic_alias_maximum = connect.topic_alias_maximum;
+    if let Some(max) = maximum_packet_size {
+        wire.codec.set_max_outgoing(max);
+    }
+    // v5 enhanced authentication: its AUTH exchange runs before the
+    // CONNACK, and within the connect timeout too.
+    let authenticated = match connect.authentication_method.as_deref() {
+        None => None,
+        Some(method) => {
+            let exchange = exchange_auth(&mut wire, &broker, method, &connect);
+            let outcome = tokio::select! {
+                outcome = timeout(connect_timeout, exchange) => outcome.unwrap_or(Err(None)),
+                _ = shutdown.changed() => return None,
+            };
+            match outcome {
+                Ok(authenticated) => {
+                    broker.enhanced_auth_ended(&connect.client_id, Some(peer), Ok(()));
+                    Some(authenticated)
+                }
+                // The client left, broke off or took too long.
+                Err(None) => return None,
+                Err(Some(refusal)) => {
+                    broker.enhanced_auth_ended(&connect.client_id, Some(peer), Err(&refusal));
+                    wire.encode_raw(Packet::ConnAck(ConnAck {
+                        reason: refusal.reason,
+                        ..ConnAck::default()
+                    }));
+                    wire.write_all_within(LAST_WORDS_WAIT, broker.metrics())
+                        .await;
+                    wire.close().await;
+                    return None;
+                }
+            }
+        }
+    };
+    let origin = crate::broker::Origin {
+        peer: Some(peer),
+        authenticated,
+    };
     let Connected {
         mut client,
         signal,
         previous,
-    } = match Client::connect(&broker, connect, now_ms()) {
+    } = match Client::connect_from(&broker, connect, origin, now_ms()) {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(%peer, reason = %refusal.reason, "CONNECT refused");
             if let Some(connack) = refusal.connack {
                 wire.encode_raw(Packet::ConnAck(*connack));
-                wire.write_all_within(LAST_WORDS_WAIT).await;
+                wire.write_all_within(LAST_WORDS_WAIT, broker.metrics())
+                    .await;
                 wire.close().await;
             }
             return None;
@@ -356,9 +457,6 @@ async fn accept(
         let _ = timeout(TAKEOVER_WAIT, previous.finished()).await;
     }
     client.resume(now_ms());
-    if let Some(max) = maximum_packet_size {
-        wire.codec.set_max_outgoing(max);
-    }
     wire.codec
         .set_outbound_topic_aliases(topic_alias_maximum.min(limits.max_outbound_topic_aliases));
     Some(Conn {
@@ -378,8 +476,8 @@ async fn accept(
 }
 
 /// A connection being served.
-struct Conn {
-    wire: Wire,
+struct Conn<S> {
+    wire: Wire<S>,
     client: Client,
     signal: Arc<ConnectionSignal>,
     held: Held,
@@ -401,7 +499,7 @@ struct Conn {
     backlog: bool,
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     fn broker(&self) -> &Arc<BrokerState> {
         self.client.broker()
     }
@@ -423,9 +521,12 @@ impl Conn {
     /// One round over everything the connection waits for.
     fn round(&mut self, cx: &mut Context<'_>) -> Round {
         match self.signal.stop() {
-            Some(Stop::TakenOver) => return Round::Close(self.finish_reading()),
+            Some(Stop::TakenOver) => return Round::Close(self.finish_reading(cx)),
             Some(Stop::ShuttingDown) => {
                 return Round::Close(Close::ByServer(ReasonCode::SERVER_SHUTTING_DOWN));
+            }
+            Some(Stop::Kicked) => {
+                return Round::Close(Close::ByServer(ReasonCode::ADMINISTRATIVE_ACTION));
             }
             None => {}
         }
@@ -501,22 +602,18 @@ impl Conn {
     /// Writes what the socket takes; keeps track of a client that stopped
     /// reading.
     fn write(&mut self, cx: &mut Context<'_>, now: u64) -> Result<bool, Close> {
-        if self.wire.output_len() == 0 {
+        if !self.wire.has_output() {
             self.stalled_since_ms = 0;
             return Ok(false);
         }
-        let wrote = self.wire.try_write().map_err(|_| Close::Lost)?;
+        let wrote = self
+            .wire
+            .try_write(cx, self.client.broker().metrics())
+            .map_err(|_| Close::Lost)?;
         if wrote {
             self.stalled_since_ms = 0;
         } else if self.stalled_since_ms == 0 {
             self.stalled_since_ms = now;
-        }
-        if self.wire.output_len() > 0 {
-            match self.wire.stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => return Ok(true),
-                Poll::Ready(Err(_)) => return Err(Close::Lost),
-                Poll::Pending => {}
-            }
         }
         Ok(wrote)
     }
@@ -552,12 +649,12 @@ impl Conn {
             self.waiting = Some(Box::pin(async move { broker.journal().relieved().await }));
             return Ok(true);
         }
-        match self.wire.stream.poll_read_ready(cx) {
+        match self.wire.stream.poll_readable(cx) {
             Poll::Pending => return Ok(false),
             Poll::Ready(Err(_)) => return Err(Close::Lost),
             Poll::Ready(Ok(())) => {}
         }
-        match self.wire.try_read() {
+        match self.wire.try_read(cx, self.client.broker().metrics()) {
             Read::Data => {}
             Read::Empty => return Ok(true),
             Read::Closed => {
@@ -664,8 +761,11 @@ impl Conn {
     /// Taken over: what the client sent before the takeover is still handled
     /// (an acknowledgement sent just before it reconnected must count), then
     /// the connection closes.
-    fn finish_reading(&mut self) -> Close {
-        while self.wire.input().len() < DRAIN_BYTES && self.wire.try_read() == Read::Data {}
+    fn finish_reading(&mut self, cx: &mut Context<'_>) -> Close {
+        let metrics = self.client.broker().metrics();
+        while self.wire.input().len() < DRAIN_BYTES && self.wire.try_read(cx, metrics) == Read::Data
+        {
+        }
         let mut answers = Held::default();
         match handle_input(&mut self.wire, &mut self.client, &mut answers, None) {
             Err(Close::ByServer(reason)) if reason != ReasonCode::SESSION_TAKEN_OVER => {
@@ -703,7 +803,9 @@ impl Conn {
                 packets.push(Packet::Disconnect(Disconnect::new(reason)));
             }
             self.wire.encode(&mut self.client, packets);
-            self.wire.write_all_within(LAST_WORDS_WAIT).await;
+            self.wire
+                .write_all_within(LAST_WORDS_WAIT, self.client.broker().metrics())
+                .await;
         }
         // The session is released before the goodbye drain, so a client
         // that reconnects as soon as it sees the close finds the outcome
@@ -759,7 +861,7 @@ enum Handled {
 
 /// Writes what the client core handed back, or holds it while it waits
 /// for the journal (keeping the order of everything written).
-fn send(wire: &mut Wire, client: &mut Client, held: &mut Held, output: Output) {
+fn send<S: Socket>(wire: &mut Wire<S>, client: &mut Client, held: &mut Held, output: Output) {
     if output.ticket != Ticket::NONE || !held.is_empty() {
         held.hold(output);
     } else if !output.packets.is_empty() {
@@ -771,8 +873,8 @@ fn send(wire: &mut Wire, client: &mut Client, held: &mut Held, output: Output) {
 /// answers that wait for the journal. With an arrival stamp, stops before a
 /// PUBLISH that an earlier subscription change must precede, and once the
 /// acknowledgements held reach their bound.
-fn handle_input(
-    wire: &mut Wire,
+fn handle_input<S: Socket>(
+    wire: &mut Wire<S>,
     client: &mut Client,
     held: &mut Held,
     bounds: Option<(&ArrivalOrder, Stamp, usize)>,
@@ -814,20 +916,83 @@ enum ConnectFailure {
     Decode(DecodeError),
 }
 
-async fn read_connect(wire: &mut Wire) -> Result<Box<Connect>, ConnectFailure> {
+async fn read_connect<S: Socket>(
+    wire: &mut Wire<S>,
+    metrics: &Metrics,
+) -> Result<Box<Connect>, ConnectFailure> {
+    match read_packet(wire, metrics).await? {
+        Packet::Connect(connect) => Ok(connect),
+        _ => Err(ConnectFailure::Decode(DecodeError::Protocol("not CONNECT"))),
+    }
+}
+
+use crate::broker::enhanced_auth::{AuthRefusal, AuthStep, Authenticated};
+
+/// Runs a v5 enhanced authentication exchange before the CONNACK: the
+/// broker's AUTH challenges go out, the client's AUTH answers come in.
+/// `Err(None)`: the client left (or sent DISCONNECT); `Err(Some(_))`: the
+/// CONNACK reason to refuse it with. Anything from the client but AUTH or
+/// DISCONNECT before the CONNACK is a protocol error [MQTT-3.1.2-30].
+async fn exchange_auth<S: Socket>(
+    wire: &mut Wire<S>,
+    broker: &BrokerState,
+    method: &str,
+    connect: &Connect,
+) -> Result<Authenticated, Option<AuthRefusal>> {
+    let data = connect.authentication_data.as_deref();
+    let mut step = broker.start_enhanced_auth(method, data, connect.username.as_deref());
+    loop {
+        let (challenge, conversation) = match step {
+            AuthStep::Accept(authenticated) => return Ok(authenticated),
+            AuthStep::Refuse(refusal) => return Err(Some(refusal)),
+            AuthStep::Continue(challenge, conversation) => (challenge, conversation),
+        };
+        wire.encode_raw(Packet::Auth(challenge));
+        let written = std::future::poll_fn(|cx| match wire.try_write(cx, broker.metrics()) {
+            Err(_) => Poll::Ready(false),
+            Ok(_) if !wire.has_output() => Poll::Ready(true),
+            Ok(_) => Poll::Pending,
+        });
+        if !written.await {
+            return Err(None);
+        }
+        let answer = match read_packet(wire, broker.metrics()).await {
+            Ok(Packet::Auth(answer)) => answer,
+            Ok(Packet::Disconnect(_)) | Err(ConnectFailure::Io) => return Err(None),
+            Ok(_) => {
+                return Err(Some(AuthRefusal {
+                    reason: ReasonCode::PROTOCOL_ERROR,
+                    why: "a packet other than AUTH before the CONNACK",
+                }));
+            }
+            Err(ConnectFailure::Decode(error)) => {
+                return Err(Some(AuthRefusal {
+                    reason: error.reason(),
+                    why: "AUTH not readable",
+                }));
+            }
+        };
+        step = conversation.next(&answer);
+    }
+}
+
+/// The next whole packet, reading as needed.
+async fn read_packet<S: Socket>(
+    wire: &mut Wire<S>,
+    metrics: &Metrics,
+) -> Result<Packet, ConnectFailure> {
     loop {
         match wire.decode() {
-            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
-            Ok(Some(_)) => {
-                return Err(ConnectFailure::Decode(DecodeError::Protocol("not CONNECT")));
-            }
+            Ok(Some(packet)) => return Ok(packet),
             Ok(None) => {}
             Err(error) => return Err(ConnectFailure::Decode(error)),
         }
-        if wire.stream.readable().await.is_err() {
-            return Err(ConnectFailure::Io);
-        }
-        if wire.try_read() == Read::Closed {
+        let read = std::future::poll_fn(|cx| match wire.try_read(cx, metrics) {
+            Read::Empty => Poll::Pending,
+            read => Poll::Ready(read),
+        })
+        .await;
+        if read == Read::Closed {
             return Err(ConnectFailure::Io);
         }
     }
@@ -837,7 +1002,7 @@ async fn read_connect(wire: &mut Wire) -> Result<Box<Connect>, ConnectFailure> {
 /// gets the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; a v5 CONNECT that is
 /// malformed or breaks the protocol gets a CONNACK with the reason (4.13);
 /// anything else just closes, as 3.1.1 has no code for it.
-async fn refuse_connect(mut wire: Wire, error: DecodeError) {
+async fn refuse_connect<S: Socket>(mut wire: Wire<S>, error: DecodeError, metrics: &Metrics) {
     let answer = match (error, wire.codec.version()) {
         (DecodeError::UnsupportedVersion(_), _) => true,
         (DecodeError::BadProtocolName, _) => false,
@@ -848,7 +1013,7 @@ async fn refuse_connect(mut wire: Wire, error: DecodeError) {
             reason: error.reason(),
             ..ConnAck::default()
         }));
-        wire.write_all_within(LAST_WORDS_WAIT).await;
+        wire.write_all_within(LAST_WORDS_WAIT, metrics).await;
     }
     wire.close().await;
 }
@@ -951,9 +1116,9 @@ mod tests {
     #[test]
     fn a_served_connection_is_a_small_task() {
         assert!(
-            std::mem::size_of::<Task>() <= 264,
+            std::mem::size_of::<Task<tokio::net::TcpStream>>() <= 264,
             "{} bytes",
-            std::mem::size_of::<Task>()
+            std::mem::size_of::<Task<tokio::net::TcpStream>>()
         );
     }
 }

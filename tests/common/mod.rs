@@ -8,6 +8,7 @@
 //! part, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod faulty_store;
 pub mod ids;
 pub mod mqtt;

@@ -737,7 +737,7 @@ fn python() -> &'static Path {
 
 /// `node`, once the MQTT.js module it needs is known to be installed
 /// under tests/interop/node (`npm ci --prefix tests/interop/node`).
-fn node() -> &'static Path {
+pub fn node() -> &'static Path {
     static NODE: OnceLock<PathBuf> = OnceLock::new();
     NODE.get_or_init(|| {
         let node = require_tool("node", "install Node.js (Debian packages nodejs and npm)");

@@ -10,6 +10,13 @@ Rust test reads:
 
 plus, on request, PROPS and LOG lines (see paho_sub.py).
 
+The connection is plain TCP unless asked otherwise: --cafile FILE speaks TLS
+and trusts the CAs in FILE (the broker's certificate must also name --host),
+--cert FILE --key FILE add a client certificate for mutual TLS, and
+--websocket carries MQTT in WebSocket binary messages to the path --ws-path
+(default /mqtt, subprotocol "mqtt"); --websocket with --cafile is secure
+WebSocket (wss).
+
 Anything unexpected (refused connection, lost connection, paho missing) is
 reported on stderr and ends the script with a non-zero status, so the test
 fails with the reason instead of waiting for its timeout. A watchdog ends the
@@ -70,7 +77,22 @@ def parser(description):
         help="v5 Session Expiry Interval in seconds",
     )
     p.add_argument("--deadline", type=float, default=60.0)
+    # Transport; without these, plain TCP.
+    p.add_argument("--cafile", help="TLS, trusting the CA certificates in this PEM file")
+    p.add_argument("--cert", help="client certificate (PEM) for mutual TLS; needs --cafile")
+    p.add_argument("--key", help="private key (PEM) of --cert")
+    p.add_argument("--websocket", action="store_true", help="MQTT over WebSocket")
+    p.add_argument("--ws-path", default="/mqtt", help="HTTP path of the WebSocket endpoint")
     return p
+
+
+def check_transport_args(args):
+    """--cert and --key go together and need --cafile (a client certificate
+    only means something inside TLS)."""
+    if (args.cert is None) != (args.key is None):
+        fail("--cert and --key go together", 64)
+    if args.cert is not None and args.cafile is None:
+        fail("--cert needs --cafile", 64)
 
 
 def start_watchdog(seconds):
@@ -82,13 +104,17 @@ def start_watchdog(seconds):
 
 
 def make_client(args):
-    """A client for args.version; reconnects are off so a lost connection is seen."""
+    """A client for args.version over the transport asked for; reconnects are
+    off so a lost connection is seen."""
+    check_transport_args(args)
     start_watchdog(args.deadline)
+    transport = "websockets" if args.websocket else "tcp"
     if args.version == "5":
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=args.client_id,
             protocol=mqtt.MQTTv5,
+            transport=transport,
             reconnect_on_failure=False,
         )
     else:
@@ -97,8 +123,16 @@ def make_client(args):
             client_id=args.client_id,
             clean_session=not args.no_clean,
             protocol=mqtt.MQTTv311,
+            transport=transport,
             reconnect_on_failure=False,
         )
+    if args.websocket:
+        client.ws_set_options(path=args.ws_path)
+    if args.cafile is not None:
+        # Verifies the chain and the host name (default context): a broker
+        # certificate the CA did not sign, or one for another name, fails
+        # the connect.
+        client.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key)
     return client
 
 

@@ -43,6 +43,8 @@ pub enum Incoming {
         qos: QoS,
         pkid: u16,
         payload: Bytes,
+        /// v5 user properties, in order (always empty on 3.1.1).
+        user: Vec<(String, String)>,
     },
     PubAck {
         pkid: u16,
@@ -296,6 +298,29 @@ impl Conn {
         .map_err(BenchError::Encode)
     }
 
+    /// Refuses a QoS 1 or 2 delivery with reason 0x80 (unspecified error):
+    /// a v5 PUBACK, or a v5 PUBREC, which ends a QoS 2 flow. 3.1.1 has no
+    /// way to refuse, so it is never asked to.
+    pub fn queue_refusal(&mut self, pkid: u16, qos: QoS) -> Result<(), BenchError> {
+        match (self.version, qos) {
+            (Version::V5, QoS::ExactlyOnce) => v5::PubRec {
+                pkid,
+                reason: v5::PubRecReason::UnspecifiedError,
+                properties: None,
+            }
+            .write(&mut self.wbuf),
+            (Version::V5, _) => v5::PubAck {
+                pkid,
+                reason: v5::PubAckReason::UnspecifiedError,
+                properties: None,
+            }
+            .write(&mut self.wbuf),
+            (Version::V4, _) => return Err(BenchError::RefusalNeedsV5),
+        }
+        .map(drop)
+        .map_err(BenchError::Encode)
+    }
+
     pub fn queue_pubrel(&mut self, pkid: u16) -> Result<(), BenchError> {
         match self.version {
             Version::V4 => v4::PubRel::new(pkid).write(&mut self.wbuf),
@@ -438,6 +463,13 @@ impl Conn {
     }
 }
 
+/// The value of the first v5 user property called `name`.
+pub fn user_property<'a>(user: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    user.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
 pub fn packet_name(packet: &Incoming) -> &'static str {
     match packet {
         Incoming::ConnAck { .. } => "CONNACK",
@@ -489,6 +521,7 @@ fn from_v4(packet: v4::Packet) -> Incoming {
             qos: p.qos,
             pkid: p.pkid,
             payload: p.payload,
+            user: Vec::new(),
         },
         v4::Packet::PubAck(a) => Incoming::PubAck {
             pkid: a.pkid,
@@ -525,6 +558,7 @@ fn from_v5(packet: v5::Packet) -> Incoming {
             qos: p.qos,
             pkid: p.pkid,
             payload: p.payload,
+            user: p.properties.map(|p| p.user_properties).unwrap_or_default(),
         },
         v5::Packet::PubAck(a) => Incoming::PubAck {
             pkid: a.pkid,
@@ -589,7 +623,9 @@ mod tests {
         assert!(matches!(conn.decode(), Ok(None)));
         assert!(broker.write_all(&packet[4..]).await.is_ok());
         match conn.next().await {
-            Ok(Incoming::Publish { qos, pkid, payload }) => {
+            Ok(Incoming::Publish {
+                qos, pkid, payload, ..
+            }) => {
                 assert_eq!(qos, QoS::AtLeastOnce);
                 assert_eq!(pkid, 7);
                 assert_eq!(&payload[..], b"xyz");
@@ -691,6 +727,27 @@ mod tests {
         let (closed, got) = tokio::join!(conn.disconnect(Duration::from_secs(5)), broker_side);
         assert_eq!(got, Some([0xE0, 0]));
         assert!(closed.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_a_v5_ack_with_reason_0x80_and_impossible_on_3_1_1() {
+        let Some((mut conn, mut broker)) = pair(Version::V5).await else {
+            panic!("loopback socket pair");
+        };
+        assert!(conn.queue_refusal(7, QoS::AtLeastOnce).is_ok());
+        assert!(conn.queue_refusal(8, QoS::ExactlyOnce).is_ok());
+        assert!(conn.flush().await.is_ok());
+        let mut got = [0u8; 10];
+        assert!(broker.read_exact(&mut got).await.is_ok());
+        // PUBACK then PUBREC, each: packet id, reason 0x80, no properties.
+        assert_eq!(got, [0x40, 3, 0, 7, 0x80, 0x50, 3, 0, 8, 0x80]);
+        let Some((mut v4, _broker)) = pair(Version::V4).await else {
+            panic!("loopback socket pair");
+        };
+        assert!(matches!(
+            v4.queue_refusal(1, QoS::AtLeastOnce),
+            Err(BenchError::RefusalNeedsV5)
+        ));
     }
 
     #[tokio::test]

@@ -10,16 +10,20 @@
 //! Layout: `client` (one raw connection), `publisher` and `subscriber` (the
 //! per-connection loops), `plan` (who publishes where and who listens to
 //! what), `scenario` (running fan-in, fan-out, pairs, stream),
-//! `keyed` (keys, their owners and the stream stamp), `idle` (many idle
-//! connections and broker memory), `stats` (pure accounting) and `report`
-//! (text and JSON output).
+//! `keyed` (keys, their owners and the stream stamp), `refusing` (a
+//! consumer group that refuses its deliveries, and a watcher on its dead
+//! letters), `idle` (many idle connections and broker memory), `stats`
+//! (pure accounting), `progress` (the live line on a terminal while a run
+//! goes on) and `report` (text and JSON output).
 
 mod client;
 mod flow;
 mod idle;
 mod keyed;
 mod plan;
+mod progress;
 mod publisher;
+mod refusing;
 mod report;
 mod scenario;
 mod stats;
@@ -105,6 +109,23 @@ pub struct BenchArgs {
     /// scenario, or share name of fan-in's `--members`.
     #[arg(long, default_value = "bench")]
     pub group: String,
+    /// Adds to the stream scenario a second consumer group,
+    /// `$share/{name}/$stream/{stream}`, whose members refuse deliveries
+    /// with reason 0x80 (a v5 PUBACK, or PUBREC at QoS 2), so that the
+    /// broker retries them after the stream's backoff and dead-letters them
+    /// beside the group that acknowledges everything. A watcher on
+    /// `$dlq/{name}/{stream}` counts the dead letters. Needs --protocol 5
+    /// and QoS 1 or 2.
+    #[arg(long)]
+    pub refusing_group: Option<String>,
+    /// Members of --refusing-group [default: --members, or 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub refusing_members: Option<u32>,
+    /// --refusing-group refuses every delivery of each key's messages
+    /// numbered 0, N, 2N, ... and acknowledges the others [default: 1,
+    /// refusing all].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub refuse_every: Option<u64>,
     /// Idle connections in the idle scenario.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
@@ -180,6 +201,16 @@ pub enum BenchError {
     TooFewKeys { keys: u32, publishers: u32 },
     #[error("--{option} `{name}` must be non-empty, without '/', '+' or '#'")]
     BadName { option: &'static str, name: String },
+    #[error("--{0} applies to the stream scenario with --refusing-group")]
+    RefusingOption(&'static str),
+    #[error("--refusing-group must differ from --group (both are `{0}`)")]
+    SameGroup(String),
+    #[error(
+        "refusing a delivery needs --protocol 5: a 3.1.1 acknowledgement carries no reason code"
+    )]
+    RefusalNeedsV5,
+    #[error("refusing a delivery needs QoS 1 or 2: at QoS 0 a group commits on send")]
+    RefusalNeedsQos,
     #[error("--drain must be a finite number of seconds >= 0 (got {0})")]
     BadDrain(f64),
     #[error("cannot resolve {host}:{port}: {source}")]
@@ -232,6 +263,10 @@ pub enum BenchError {
     RssRead { pid: u32, source: std::io::Error },
     #[error("/proc/{pid}/status of the broker has no VmRSS line")]
     RssMissing { pid: u32 },
+    #[error("cannot read /proc/{pid}/stat of the broker: {source}")]
+    CpuRead { pid: u32, source: std::io::Error },
+    #[error("/proc/{pid}/stat of the broker has no CPU times")]
+    CpuMissing { pid: u32 },
 }
 
 impl BenchArgs {
@@ -282,7 +317,11 @@ impl BenchArgs {
                 publishers: self.publishers,
             });
         }
-        let names = [("stream", &self.stream), ("group", &self.group)];
+        self.check_refusing()?;
+        let mut names = vec![("stream", &self.stream), ("group", &self.group)];
+        if let Some(refusing) = &self.refusing_group {
+            names.push(("refusing-group", refusing));
+        }
         for (option, name) in names {
             if name.is_empty() || name.contains(['/', '+', '#']) {
                 return Err(BenchError::BadName {
@@ -290,6 +329,31 @@ impl BenchArgs {
                     name: name.clone(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    fn check_refusing(&self) -> Result<(), BenchError> {
+        let Some(refusing) = &self.refusing_group else {
+            if self.refusing_members.is_some() {
+                return Err(BenchError::RefusingOption("refusing-members"));
+            }
+            if self.refuse_every.is_some() {
+                return Err(BenchError::RefusingOption("refuse-every"));
+            }
+            return Ok(());
+        };
+        if self.scenario != Scenario::Stream {
+            return Err(BenchError::RefusingOption("refusing-group"));
+        }
+        if *refusing == self.group {
+            return Err(BenchError::SameGroup(refusing.clone()));
+        }
+        if self.protocol != 5 {
+            return Err(BenchError::RefusalNeedsV5);
+        }
+        if self.qos_level() == 0 {
+            return Err(BenchError::RefusalNeedsQos);
         }
         Ok(())
     }
@@ -344,6 +408,19 @@ fn broker_rss_kb(pid: Option<u32>) -> Result<Option<u64>, BenchError> {
     stats::parse_vmrss_kb(&status)
         .map(Some)
         .ok_or(BenchError::RssMissing { pid })
+}
+
+/// The broker's CPU time (user + system) in clock ticks, when a broker
+/// pid was given.
+fn broker_cpu_ticks(pid: Option<u32>) -> Result<Option<u64>, BenchError> {
+    let Some(pid) = pid else {
+        return Ok(None);
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|source| BenchError::CpuRead { pid, source })?;
+    stats::parse_cpu_ticks(&stat)
+        .map(Some)
+        .ok_or(BenchError::CpuMissing { pid })
 }
 
 /// A short id that keeps topics and client ids of concurrent or successive

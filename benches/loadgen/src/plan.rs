@@ -11,6 +11,7 @@ use crate::client::SessionMode;
 use crate::flow::EndToEnd;
 use crate::keyed::{KeyOwner, messages_per_key, run_tag};
 use crate::publisher::{PublisherSpec, PublisherStats, Route};
+use crate::refusing::RefusingSpec;
 use crate::subscriber::{Expect, PERSISTENT_EXPIRY_SECS, SubscriberSpec};
 use crate::{BenchArgs, Scenario};
 
@@ -22,6 +23,8 @@ pub struct Plan {
     /// The subscribers are members of one group (a consumer group, or a
     /// shared subscription): each message is meant for one of them.
     pub group: bool,
+    /// A second consumer group on the stream that refuses its deliveries.
+    pub refusing: Option<RefusingSpec>,
 }
 
 fn qos_of(level: u8) -> QoS {
@@ -88,6 +91,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
                     .map(|_| subscriber(filter.clone(), from(0, n)))
                     .collect(),
                 group: members.is_some(),
+                refusing: None,
             }
         }
         Scenario::FanOut => {
@@ -98,6 +102,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
                     .map(|_| subscriber(one.clone(), from(0, 1)))
                     .collect(),
                 group: false,
+                refusing: None,
             }
         }
         Scenario::Pairs | Scenario::Idle => {
@@ -110,6 +115,7 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
                     .map(|i| subscriber(format!("bench/{run}/pair/{i}"), from(i, 1)))
                     .collect(),
                 group: false,
+                refusing: None,
             }
         }
         Scenario::Stream => {
@@ -135,12 +141,23 @@ pub fn plan(args: &BenchArgs, run: &str) -> Plan {
                 per_key: messages_per_key(keys, n, args.messages).into(),
             };
             let filter = format!("$share/{}/$stream/{}", args.group, args.stream);
+            let members = args.group_members().unwrap_or(1);
+            let refusing = args.refusing_group.as_ref().map(|group| RefusingSpec {
+                filter: format!("$share/{group}/$stream/{}", args.stream),
+                dead_letters: format!("$dlq/{group}/{}", args.stream),
+                group: group.clone(),
+                members: args.refusing_members.unwrap_or(members),
+                qos,
+                expect: expect.clone(),
+                every: args.refuse_every.unwrap_or(1),
+            });
             Plan {
                 publishers: (0..n).map(|i| publisher(i, keyed(i), n)).collect(),
-                subscribers: (0..args.group_members().unwrap_or(1))
+                subscribers: (0..members)
                     .map(|_| subscriber(filter.clone(), expect.clone()))
                     .collect(),
                 group: true,
+                refusing,
             }
         }
     }
@@ -343,6 +360,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_refusing_group_reads_the_same_stream_and_its_dead_letters_are_watched() {
+        let a = args(&[
+            "--scenario",
+            "stream",
+            "--protocol",
+            "5",
+            "--members",
+            "3",
+            "--refusing-group",
+            "nack",
+            "--refuse-every",
+            "4",
+        ]);
+        assert!(a.check().is_ok());
+        let p = plan(&a, "r");
+        let Some(refusing) = &p.refusing else {
+            panic!("no refusing group planned");
+        };
+        assert_eq!(refusing.filter, "$share/nack/$stream/bench");
+        assert_eq!(refusing.dead_letters, "$dlq/nack/bench");
+        assert_eq!((refusing.members, refusing.every), (3, 4));
+        assert_eq!(p.subscribers.len(), 3, "the healthy group is unchanged");
+        assert!(
+            plan(&args(&["--scenario", "stream"]), "r")
+                .refusing
+                .is_none()
+        );
+    }
+
+    #[test]
     fn options_that_cannot_run_as_asked_are_refused() {
         let refused = |extra: &[&str]| args(extra).check().is_err();
         assert!(refused(&[
@@ -371,6 +418,30 @@ pub(crate) mod tests {
             "2",
             "--group",
             ""
+        ]));
+        fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+            let mut all = vec!["--scenario", "stream", "--protocol", "5"];
+            all.extend_from_slice(extra);
+            all
+        }
+        assert!(!refused(&with(&["--refusing-group", "nack"])));
+        assert!(refused(&[
+            "--scenario",
+            "stream",
+            "--refusing-group",
+            "nack"
+        ]));
+        assert!(refused(&with(&["--refusing-group", "nack", "--qos", "0"])));
+        assert!(refused(&with(&["--refusing-group", "bench"])));
+        assert!(refused(&with(&["--refusing-group", "a/b"])));
+        assert!(refused(&with(&["--refuse-every", "2"])));
+        assert!(refused(&[
+            "--scenario",
+            "fan-in",
+            "--protocol",
+            "5",
+            "--refusing-group",
+            "nack"
         ]));
     }
 

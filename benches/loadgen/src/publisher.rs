@@ -14,6 +14,7 @@ use crate::BenchError;
 use crate::client::{Conn, Incoming, PublishTemplate, Version};
 use crate::flow::EndToEnd;
 use crate::keyed::{KeyOwner, KeyStamp};
+use crate::progress::Live;
 use crate::stats::{AckEffect, Histogram, InflightWindow, Stamp};
 
 /// PUBLISH packets queued before one socket write.
@@ -121,6 +122,8 @@ struct Publisher<'a> {
     scratch: BytesMut,
     stats: PublisherStats,
     seq: u64,
+    /// The live line's counters, and how many sends they have been told.
+    live: Option<(Arc<Live>, u64)>,
 }
 
 /// Runs one publisher on an already connected `conn` until every message is
@@ -132,6 +135,7 @@ pub async fn run(
     spec: &PublisherSpec,
     receive_max: Option<u16>,
     clock: Clock,
+    live: Option<Arc<Live>>,
 ) -> PublisherStats {
     let limit = receive_max.map_or(spec.max_inflight, |r| r.min(spec.max_inflight));
     let topics = match &spec.route {
@@ -147,6 +151,7 @@ pub async fn run(
         scratch: BytesMut::with_capacity(64 * 1024),
         stats: PublisherStats::new(spec.id),
         seq: 0,
+        live: live.map(|live| (live, 0)),
         conn,
         spec,
         clock,
@@ -321,6 +326,10 @@ impl Publisher<'_> {
                 return Ok(());
             }
             let next_due = self.queue_batch(start)?;
+            if let Some((live, told)) = &mut self.live {
+                live.sent(self.stats.sent - *told);
+                *told = self.stats.sent;
+            }
             if Instant::now() >= next_ping {
                 self.conn.queue_pingreq()?;
                 next_ping = Instant::now() + self.clock.ping_every;

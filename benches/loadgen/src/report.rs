@@ -62,7 +62,51 @@ pub struct TrafficReport {
     pub rss_before_kb: Option<u64>,
     pub rss_connected_kb: Option<u64>,
     pub rss_end_kb: Option<u64>,
+    /// The broker's CPU time while the publishers ran (their start to the
+    /// last one's last acknowledgement), in percent of one core: the
+    /// subscribers' drain at the end would dilute it with idle time.
+    pub broker_cpu_pct: Option<f64>,
+    /// The stream scenario's refusing group, when it had one.
+    pub refusing: Option<RefusingReport>,
     pub timed_out: u32,
+    pub errors: u32,
+    pub first_error: Option<String>,
+}
+
+/// What a consumer group that refuses its deliveries, and the watcher on
+/// its dead letters, saw over the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusingReport {
+    pub group: String,
+    pub members: u32,
+    /// Each key's messages numbered 0, every, 2 x every, ... were refused.
+    pub every: u64,
+    /// Every delivery, re-deliveries included.
+    pub deliveries: u64,
+    /// Deliveries the broker marked as a re-delivery (`attempt` > 1).
+    pub retries: u64,
+    pub refused: u64,
+    pub acked: u64,
+    /// Distinct messages handed to the group.
+    pub distinct: u64,
+    pub max_attempt: u32,
+    pub foreign: u64,
+    pub dead_letters: u64,
+    pub dead_letters_distinct: u64,
+    /// Dead letters for messages the members acknowledged.
+    pub dead_letters_not_refused: u64,
+    /// Dead letters for another reason than the members' refusal.
+    pub dead_letters_other_reason: u64,
+    pub dead_letter_max_attempts: u32,
+    pub unexpected: u64,
+    /// First to last delivery to any member: the stretch the group's
+    /// rates, dead letters included, are over, since it may still be busy
+    /// after the healthy group is done, or idle once it has dead-lettered
+    /// everything. (Dead letters over their own span would turn a handful
+    /// let go at once into a huge rate.)
+    pub delivery_span: Option<Duration>,
+    /// First to last dead letter.
+    pub letter_span: Option<Duration>,
     pub errors: u32,
     pub first_error: Option<String>,
 }
@@ -239,10 +283,94 @@ impl TrafficReport {
                 fmt_kb(self.rss_end_kb)
             );
         }
+        if let Some(cpu) = self.broker_cpu_pct {
+            let _ = writeln!(
+                out,
+                "  broker CPU    {cpu:.0}% of one core while the publishers ran"
+            );
+        }
+        if let Some(r) = &self.refusing {
+            self.refusing_text(r, &mut out);
+        }
         if let Some(e) = &self.first_error {
             let _ = writeln!(out, "  first error   {e}");
         }
         out.trim_end().to_string()
+    }
+
+    fn refusing_text(&self, r: &RefusingReport, out: &mut String) {
+        let per_sec = |count| fmt_rate(rate(count, r.delivery_span));
+        let which = if r.every == 1 {
+            "every message".to_string()
+        } else {
+            format!("every {}th message of each key", r.every)
+        };
+        let _ = writeln!(
+            out,
+            "  refusing      group {} of {} member(s) refusing {which}: {} deliveries ({}), {} retries ({}), {} refused, {} acknowledged, {} distinct messages, highest attempt {}",
+            r.group,
+            r.members,
+            r.deliveries,
+            per_sec(r.deliveries),
+            r.retries,
+            per_sec(r.retries),
+            r.refused,
+            r.acked,
+            r.distinct,
+            r.max_attempt
+        );
+        let _ = writeln!(
+            out,
+            "  dead letters  {} received ({}), {} distinct, highest attempts {}, {} not refused, {} for another reason, foreign {}, unexpected packets {}, errors {}",
+            r.dead_letters,
+            per_sec(r.dead_letters),
+            r.dead_letters_distinct,
+            r.dead_letter_max_attempts,
+            r.dead_letters_not_refused,
+            r.dead_letters_other_reason,
+            r.foreign,
+            r.unexpected,
+            r.errors
+        );
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(out, "  refusing error {e}");
+        }
+    }
+
+    fn refusing_json(r: &RefusingReport, j: &mut JsonObject) {
+        let secs = |span: Option<Duration>| span.map(|s| s.as_secs_f64());
+        j.text("refusing_group", &r.group);
+        j.int("refusing_members", Some(u64::from(r.members)));
+        j.int("refuse_every", Some(r.every));
+        j.int("refusing_deliveries", Some(r.deliveries));
+        j.int("refusing_retries", Some(r.retries));
+        j.int("refusing_refused", Some(r.refused));
+        j.int("refusing_acked", Some(r.acked));
+        j.int("refusing_distinct", Some(r.distinct));
+        j.int("refusing_max_attempt", Some(u64::from(r.max_attempt)));
+        j.int("refusing_foreign", Some(r.foreign));
+        j.float(
+            "refusing_delivery_rate",
+            rate(r.deliveries, r.delivery_span),
+        );
+        j.float("refusing_retry_rate", rate(r.retries, r.delivery_span));
+        j.float("refusing_span_s", secs(r.delivery_span));
+        j.int("dead_letters", Some(r.dead_letters));
+        j.int("dead_letters_distinct", Some(r.dead_letters_distinct));
+        j.int("dead_letters_not_refused", Some(r.dead_letters_not_refused));
+        j.int(
+            "dead_letters_other_reason",
+            Some(r.dead_letters_other_reason),
+        );
+        j.int(
+            "dead_letter_max_attempts",
+            Some(u64::from(r.dead_letter_max_attempts)),
+        );
+        j.float("dead_letter_rate", rate(r.dead_letters, r.delivery_span));
+        j.float("dead_letter_span_s", secs(r.letter_span));
+        j.int("refusing_unexpected", Some(r.unexpected));
+        j.int("refusing_errors", Some(u64::from(r.errors)));
+        j.opt_text("refusing_first_error", r.first_error.as_deref());
     }
 
     fn json(&self) -> String {
@@ -288,6 +416,10 @@ impl TrafficReport {
         j.int("rss_connected_kb", self.rss_connected_kb);
         j.int("rss_end_kb", self.rss_end_kb);
         j.float("rss_per_conn_bytes", self.rss_per_conn_bytes());
+        j.float("broker_cpu_pct", self.broker_cpu_pct);
+        if let Some(r) = &self.refusing {
+            Self::refusing_json(r, &mut j);
+        }
         j.int("timed_out", Some(u64::from(self.timed_out)));
         j.int("errors", Some(u64::from(self.errors)));
         j.opt_text("first_error", self.first_error.as_deref());

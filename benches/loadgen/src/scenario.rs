@@ -1,8 +1,9 @@
 //! Running a traffic scenario (fan-in, fan-out, pairs, stream) as `plan`
-//! lays it out: connect and subscribe everyone, start every publisher at
-//! once, wait for the deliveries, report.
+//! lays it out: connect and subscribe everyone (and a stream's refusing
+//! group), start every publisher at once, wait for the deliveries, report.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -11,11 +12,13 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::client::{Conn, Version};
 use crate::plan::{Plan, expected_deliveries, plan};
+use crate::progress::{Live, Reporter};
 use crate::publisher::{self, Clock, PublisherSpec, PublisherStats};
+use crate::refusing;
 use crate::report::{TrafficReport, rate};
-use crate::stats::{DeliveryTracker, Histogram};
+use crate::stats::{DeliveryTracker, Histogram, cpu_percent};
 use crate::subscriber::{self, Endpoint, SubscriberSpec, SubscriberStats};
-use crate::{BenchArgs, BenchError, Scenario, broker_rss_kb, ping_every, run_id};
+use crate::{BenchArgs, BenchError, Scenario, broker_cpu_ticks, broker_rss_kb, ping_every, run_id};
 
 /// Read buffer size of a traffic connection.
 const READ_CHUNK: usize = 64 * 1024;
@@ -53,6 +56,7 @@ fn spawn_subscriber(
     clock: Clock,
     ready: Ready,
     done: watch::Receiver<bool>,
+    live: Option<Arc<Live>>,
 ) -> SubTask {
     let (args, addr, version) = args;
     let to = Endpoint {
@@ -77,7 +81,7 @@ fn spawn_subscriber(
         };
         let _ = ready.send(Ok(())).await;
         drop(ready);
-        let stats = subscriber::run(&mut conn, &spec, clock, done).await;
+        let stats = subscriber::run(&mut conn, &spec, clock, done, live).await;
         Some((stats, conn))
     })
 }
@@ -89,6 +93,7 @@ fn spawn_publisher(
     clock: Clock,
     ready: Ready,
     mut go: watch::Receiver<bool>,
+    live: Option<Arc<Live>>,
 ) -> PubTask {
     let (args, addr, version) = args;
     let keepalive = args.keepalive;
@@ -120,7 +125,7 @@ fn spawn_publisher(
                 _ => return None,
             }
         }
-        let stats = publisher::run(&mut conn, version, &spec, receive_max, clock).await;
+        let stats = publisher::run(&mut conn, version, &spec, receive_max, clock, live).await;
         Some((stats, conn))
     })
 }
@@ -164,6 +169,7 @@ pub async fn run(
 ) -> Result<TrafficReport, BenchError> {
     let run = run_id();
     let plan = plan(args, &run);
+    let live = Live::for_terminal(args.scenario, plan.group);
     let base = Instant::now();
     let clock = Clock {
         base,
@@ -176,7 +182,15 @@ pub async fn run(
     let (ready_tx, mut ready_rx) = mpsc::channel(n_subs + n_pubs);
     let (go_tx, go_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
+    // The refusing group is stopped once the healthy one is done: under
+    // strict ordering it may never catch up, and the run has to end.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = (args, addr, version);
+    let to = Endpoint {
+        addr,
+        version,
+        keepalive: args.keepalive,
+    };
 
     let sub_names: Vec<String> = (0..n_subs).map(|i| format!("bench-{run}-s{i}")).collect();
     let subs: Vec<SubTask> = plan
@@ -191,6 +205,7 @@ pub async fn run(
                 clock,
                 ready_tx.clone(),
                 done_rx.clone(),
+                live.clone(),
             )
         })
         .collect();
@@ -199,6 +214,30 @@ pub async fn run(
         return Err(e);
     }
     tracing::info!(subscribers = n_subs, "subscribers ready");
+    let refusers = plan.refusing.as_ref().map(|spec| {
+        refusing::spawn(
+            spec,
+            &format!("bench-{run}"),
+            to,
+            clock,
+            &ready_tx,
+            &stop_rx,
+        )
+    });
+    if let Some(refusers) = &refusers {
+        let joined = wait_ready(
+            &mut ready_rx,
+            refusers.clients(),
+            clock.deadline,
+            "subscribing the refusing group",
+        )
+        .await;
+        if let Err(e) = joined {
+            subs.iter().for_each(JoinHandle::abort);
+            refusers.abort();
+            return Err(e);
+        }
+    }
 
     let pubs: Vec<PubTask> = plan
         .publishers
@@ -212,6 +251,7 @@ pub async fn run(
                 clock,
                 ready_tx.clone(),
                 go_rx.clone(),
+                live.clone(),
             )
         })
         .collect();
@@ -226,18 +266,29 @@ pub async fn run(
     {
         subs.iter().for_each(JoinHandle::abort);
         pubs.iter().for_each(JoinHandle::abort);
+        refusers.iter().for_each(refusing::Refusers::abort);
         return Err(e);
     }
     let rss_connected_kb = broker_rss_kb(args.broker_pid)?;
     tracing::info!(publishers = n_pubs, "publishers ready, starting");
 
+    let cpu_start = broker_cpu_ticks(args.broker_pid)?;
     let start = Instant::now();
     let _ = go_tx.send(true);
+    let reporter = live.map(|live| Reporter::start(live, start));
     let (pub_results, pubs_lost) = join_all(pubs, clock.deadline).await;
+    let cpu_end = broker_cpu_ticks(args.broker_pid)?;
+    let publishing = start.elapsed();
     let _ = done_tx.send(true);
     let (sub_results, subs_lost) = join_all(subs, clock.deadline).await;
     let elapsed = start.elapsed();
+    drop(reporter);
+    let _ = stop_tx.send(true);
     let rss_end_kb = broker_rss_kb(args.broker_pid)?;
+    let mut refused = match refusers {
+        Some(refusers) => Some(refusers.join(clock.deadline).await),
+        None => None,
+    };
 
     let mut conns = Vec::with_capacity(pub_results.len() + sub_results.len());
     let mut persistent_conns = Vec::new();
@@ -255,13 +306,11 @@ pub async fn run(
             conns.push(conn);
         }
     }
+    if let Some(refused) = &mut refused {
+        conns.append(&mut refused.conns);
+    }
     disconnect_all(conns).await;
     if args.persistent {
-        let to = Endpoint {
-            addr,
-            version,
-            keepalive: args.keepalive,
-        };
         subscriber::end_sessions(sub_names, persistent_conns, to).await;
     }
 
@@ -270,6 +319,10 @@ pub async fn run(
     report.rss_before_kb = rss_before_kb;
     report.rss_connected_kb = rss_connected_kb;
     report.rss_end_kb = rss_end_kb;
+    report.broker_cpu_pct = cpu_percent(cpu_start, cpu_end, publishing.as_secs_f64());
+    if let (Some(refused), Some(spec)) = (&refused, &plan.refusing) {
+        report.refusing = Some(refused.report(spec));
+    }
     report.errors += pubs_lost + subs_lost;
     if pubs_lost + subs_lost > 0 && report.first_error.is_none() {
         report.first_error = Some(BenchError::TaskLost("running").to_string());
@@ -344,6 +397,8 @@ fn summarize(
         rss_before_kb: None,
         rss_connected_kb: None,
         rss_end_kb: None,
+        broker_cpu_pct: None,
+        refusing: None,
         timed_out: 0,
         errors: 0,
         first_error: None,

@@ -47,7 +47,7 @@ const SUB_BITS: u32 = 7;
 const SUB: u64 = 1 << SUB_BITS;
 /// Values are clamped to 2^40 ns (about 18 minutes), far above any timeout.
 const MAX_VALUE: u64 = (1 << 40) - 1;
-const BUCKETS: usize = ((40 - SUB_BITS + 1) as usize + 1) * SUB as usize;
+pub(crate) const BUCKETS: usize = ((40 - SUB_BITS + 1) as usize + 1) * SUB as usize;
 
 /// A log-linear histogram of non-negative integers (nanoseconds here), in
 /// the spirit of HdrHistogram: constant memory, mergeable, bounded error.
@@ -77,7 +77,7 @@ impl Histogram {
         }
     }
 
-    fn index(value: u64) -> usize {
+    pub(crate) fn index(value: u64) -> usize {
         if value < SUB {
             return value as usize;
         }
@@ -88,7 +88,7 @@ impl Histogram {
     }
 
     /// Largest value that lands in bucket `index`.
-    fn upper(index: usize) -> u64 {
+    pub(crate) fn upper(index: usize) -> u64 {
         let index = index as u64;
         if index < SUB {
             return index;
@@ -173,6 +173,8 @@ pub struct DeliveryTracker {
     limits: Vec<u64>,
     seen: Vec<Vec<u64>>,
     next_expected: Vec<u64>,
+    /// Sequence numbers below a source's `next_expected` not yet seen.
+    holes: u64,
     pub received: u64,
     pub distinct: u64,
     pub duplicates: u64,
@@ -197,6 +199,7 @@ impl DeliveryTracker {
                 .collect(),
             next_expected: vec![0; limits.len()],
             limits,
+            holes: 0,
             received: 0,
             distinct: 0,
             duplicates: 0,
@@ -212,6 +215,12 @@ impl DeliveryTracker {
     #[cfg(test)]
     pub fn lost(&self) -> u64 {
         self.expected().saturating_sub(self.distinct)
+    }
+
+    /// Messages overtaken by a later one from the same source that have
+    /// not arrived (yet): where a source's order is kept, the losses so far.
+    pub fn holes(&self) -> u64 {
+        self.holes
     }
 
     pub fn complete(&self) -> bool {
@@ -252,7 +261,9 @@ impl DeliveryTracker {
         self.distinct += 1;
         if seq < *next {
             self.out_of_order += 1;
+            self.holes = self.holes.saturating_sub(1);
         } else {
+            self.holes += seq - *next;
             *next = seq + 1;
         }
         Delivery::New
@@ -285,6 +296,12 @@ impl DeliveryTracker {
         for (mine, theirs) in self.next_expected.iter_mut().zip(&other.next_expected) {
             *mine = (*mine).max(*theirs);
         }
+        // Every sequence seen is below its source's next_expected.
+        self.holes = self
+            .next_expected
+            .iter()
+            .sum::<u64>()
+            .saturating_sub(self.distinct);
     }
 }
 
@@ -411,9 +428,42 @@ pub fn parse_vmrss_kb(status: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Clock ticks per second of the CPU times in `/proc/PID/stat` (Linux's
+/// USER_HZ, 100 on x86-64 and arm64, whatever the kernel's own tick rate).
+pub const CLOCK_TICKS_PER_SEC: u64 = 100;
+
+/// User plus system CPU time in clock ticks from the text of
+/// `/proc/PID/stat`: fields 14 and 15, counted after the command name,
+/// which is in parentheses and may itself hold spaces or parentheses.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    // Field 3 (the state) is the first after the name.
+    let mut fields = after_name.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Percent of one core used over `wall`, from two readings of
+/// [`parse_cpu_ticks`].
+pub fn cpu_percent(before: Option<u64>, after: Option<u64>, wall_secs: f64) -> Option<f64> {
+    let used = after?.checked_sub(before?)?;
+    (wall_secs > 0.0).then(|| used as f64 / CLOCK_TICKS_PER_SEC as f64 / wall_secs * 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_past_an_awkward_command_name() {
+        let stat = "4242 (pet rel) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    1234 567 0 0 20 0 9 0 100 5000000 2000 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(parse_cpu_ticks("4242 (petrel) S 1 2"), None);
+        assert_eq!(cpu_percent(Some(100), Some(250), 3.0), Some(50.0));
+        assert_eq!(cpu_percent(Some(100), None, 3.0), None);
+    }
 
     #[test]
     fn stamp_round_trips_and_pads_to_payload_size() {
@@ -531,6 +581,32 @@ mod tests {
         assert_eq!(t.distinct, 17);
         assert_eq!(t.lost(), 3);
         assert!(!t.complete());
+    }
+
+    #[test]
+    fn holes_are_overtaken_messages_not_seen_and_fill_as_they_arrive() {
+        let mut t = DeliveryTracker::new(0, 2, 10);
+        for seq in [0, 3, 5] {
+            t.record(0, seq);
+        }
+        t.record(1, 2);
+        assert_eq!(t.holes(), 3 + 2, "1, 2, 4 from source 0; 0, 1 from 1");
+        t.record(0, 4);
+        t.record(0, 4);
+        t.record(1, 0);
+        assert_eq!(t.holes(), 3);
+        // Not yet sent, or lost at the end: not holes.
+        assert_eq!(t.lost(), 20 - 6);
+
+        let mut other = DeliveryTracker::new(0, 2, 10);
+        other.record(0, 1);
+        other.record(1, 6);
+        t.absorb(&other);
+        assert_eq!(
+            t.holes(),
+            1 + 4,
+            "2 from source 0; 1, 3, 4, 5 from source 1"
+        );
     }
 
     #[test]

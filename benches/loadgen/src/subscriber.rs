@@ -15,6 +15,7 @@ use crate::BenchError;
 use crate::client::{Conn, Incoming, SessionMode, Version};
 use crate::flow::EndToEnd;
 use crate::keyed::{KeyStamp, owner_of};
+use crate::progress::{Feed, Live};
 use crate::publisher::Clock;
 use crate::stats::{Delivery, DeliveryTracker, Histogram, Stamp};
 
@@ -240,10 +241,12 @@ pub async fn run(
     spec: &SubscriberSpec,
     clock: Clock,
     mut publishers_done: watch::Receiver<bool>,
+    live: Option<Arc<Live>>,
 ) -> SubscriberStats {
     let mut stats = SubscriberStats::new(spec.expect.tracker());
     // Packet ids of QoS 2 deliveries awaiting PUBREL.
     let mut awaiting_rel = vec![false; 1 << 16];
+    let mut feed = live.map(Feed::new);
     if let Err(e) = listen(
         conn,
         spec,
@@ -251,6 +254,7 @@ pub async fn run(
         &mut publishers_done,
         &mut stats,
         &mut awaiting_rel,
+        &mut feed,
     )
     .await
     {
@@ -266,12 +270,16 @@ async fn listen(
     publishers_done: &mut watch::Receiver<bool>,
     stats: &mut SubscriberStats,
     awaiting_rel: &mut [bool],
+    feed: &mut Option<Feed>,
 ) -> Result<(), BenchError> {
     let deadline = clock.deadline;
     let mut next_ping = Instant::now() + clock.ping_every;
     let mut quiet_until: Option<Instant> = None;
     loop {
-        let got_any = drain_incoming(conn, spec, clock, stats, awaiting_rel)?;
+        let got_any = drain_incoming(conn, spec, clock, stats, awaiting_rel, feed.as_ref())?;
+        if let Some(feed) = feed {
+            feed.update(&stats.tracker);
+        }
         if got_any && quiet_until.is_some() {
             quiet_until = Some(Instant::now() + spec.drain);
         }
@@ -325,11 +333,14 @@ fn drain_incoming(
     clock: Clock,
     stats: &mut SubscriberStats,
     awaiting_rel: &mut [bool],
+    feed: Option<&Feed>,
 ) -> Result<bool, BenchError> {
     let mut got_any = false;
     while let Some(packet) = conn.decode()? {
         match packet {
-            Incoming::Publish { qos, pkid, payload } => {
+            Incoming::Publish {
+                qos, pkid, payload, ..
+            } => {
                 got_any = true;
                 let now = Instant::now();
                 stats.first_rx.get_or_insert(now);
@@ -344,7 +355,11 @@ fn drain_incoming(
                         sent_ns,
                     } => {
                         if stats.tracker.record(source, seq) == Delivery::New {
-                            stats.latency.record(clock.now_ns().saturating_sub(sent_ns));
+                            let latency = clock.now_ns().saturating_sub(sent_ns);
+                            stats.latency.record(latency);
+                            if let Some(feed) = feed {
+                                feed.latency(latency);
+                            }
                             if let Some(e2e) = &spec.e2e {
                                 e2e.give_back();
                             }

@@ -12,6 +12,13 @@
 //
 // plus, on request, PROPS lines (see mqttjs_sub.js).
 //
+// The connection is plain TCP unless asked otherwise, with the same options
+// as the paho scripts: --cafile FILE speaks TLS and trusts the CAs in FILE
+// (the broker's certificate must also name --host), --cert FILE --key FILE
+// add a client certificate for mutual TLS, and --websocket carries MQTT in
+// WebSocket binary messages to the path --ws-path (default /mqtt,
+// subprotocol "mqtt"); --websocket with --cafile is secure WebSocket (wss).
+//
 // Anything unexpected (refused connection, lost connection, MQTT.js missing)
 // is reported on stderr and ends the script with a non-zero status, so the
 // test fails with the reason instead of waiting for its timeout. A watchdog
@@ -20,6 +27,8 @@
 //
 // MQTT.js is pinned by package-lock.json in this directory:
 // `npm ci --prefix tests/interop/node` installs it.
+
+const fs = require('fs');
 
 const ACK_TIMEOUT_MS = 10000;
 
@@ -52,6 +61,11 @@ const COMMON_OPTIONS = {
   'no-clean': 'flag',
   'session-expiry': 'value',
   deadline: 'value',
+  cafile: 'value',
+  cert: 'value',
+  key: 'value',
+  websocket: 'flag',
+  'ws-path': 'value',
 };
 
 // Parses `--name value`, `--flag` and repeatable options. `extra` maps option
@@ -97,6 +111,9 @@ function parseArgs(usage, extra) {
   args.keepalive = Number(args.keepalive || 60);
   args.sessionExpiry = Number(args.sessionExpiry || 0);
   args.deadline = Number(args.deadline || 60);
+  if (Boolean(args.cert) !== Boolean(args.key)) bad('--cert and --key go together');
+  if (args.cert && !args.cafile) bad('--cert needs --cafile');
+  args.wsPath = args.wsPath || '/mqtt';
   return args;
 }
 
@@ -104,6 +121,15 @@ function parseQos(text) {
   const qos = Number(text || 0);
   if (![0, 1, 2].includes(qos)) fail(`QoS must be 0, 1 or 2, not ${text}`, 64);
   return qos;
+}
+
+// mqtt://, mqtts://, ws:// or wss:// for the transport asked for; MQTT.js
+// picks the transport from the scheme and offers the WebSocket subprotocol
+// "mqtt" itself.
+function brokerUrl(args, host) {
+  const tls = Boolean(args.cafile);
+  if (args.websocket) return `${tls ? 'wss' : 'ws'}://${host}:${args.port}${args.wsPath}`;
+  return `${tls ? 'mqtts' : 'mqtt'}://${host}:${args.port}`;
 }
 
 // A client for args.version with reconnects off, so a lost connection is
@@ -130,8 +156,18 @@ function connect(args, extraOptions = {}) {
   if (v5 && args.sessionExpiry) {
     options.properties = { sessionExpiryInterval: args.sessionExpiry };
   }
+  if (args.cafile) {
+    // Node verifies the chain and the host name by default
+    // (rejectUnauthorized), so a certificate the CA did not sign, or one for
+    // another name, fails the connection.
+    options.ca = fs.readFileSync(args.cafile);
+    if (args.cert) {
+      options.cert = fs.readFileSync(args.cert);
+      options.key = fs.readFileSync(args.key);
+    }
+  }
   const host = args.host.includes(':') ? `[${args.host}]` : args.host;
-  const client = mqtt.connect(`mqtt://${host}:${args.port}`, options);
+  const client = mqtt.connect(brokerUrl(args, host), options);
   const state = { leaving: false };
   client.on('error', (error) => {
     // A message that arrives while the client leaves cannot be acknowledged
