@@ -44,10 +44,7 @@ fn orders(partitions: u32) -> StreamConfig {
 async fn start(token: Option<&str>) -> Broker {
     let settings = Settings {
         streams: vec![orders(8)],
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: token.map(str::to_string),
-        }),
+        admin: common::loopback_admin(token),
         ..Settings::ephemeral()
     };
     Broker::start(settings).await.expect("broker starts")
@@ -461,10 +458,7 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
             max_attempts: 1,
             ..orders(1)
         }],
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: None,
-        }),
+        admin: common::loopback_admin(None),
         ..Settings::ephemeral()
     };
     let broker = Broker::start_with_store(settings, store)
@@ -474,15 +468,7 @@ async fn dead_letters_are_listed_shown_and_redriven_into_their_stream() {
     let admin = admin_addr(&broker);
     publish_acknowledged(mqtt, DEVICE_1, 2).await;
 
-    let (mut member, _) = raw::connect_v5(mqtt, &raw::unique_id("nack")).await;
-    member
-        .send(&raw::subscribe(
-            1,
-            Some(&[]),
-            &[(b"$share/g/$stream/orders", 1)],
-        ))
-        .await;
-    member.expect_kind(raw::SUBACK).await;
+    let mut member = raw::stream_member_v5(mqtt, "$share/g/$stream/orders").await;
     let refuse_then_take = |refuse: bool, packet: raw::Packet| {
         let publish = raw::Publish::parse(&packet, true);
         let id = publish.packet_id.expect("QoS 1");
@@ -573,10 +559,7 @@ async fn metrics_count_retries_by_attempt_dead_letters_by_group_and_delay_latene
             retry_backoff: vec!["20ms".into()],
             ..orders(1)
         }],
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: None,
-        }),
+        admin: common::loopback_admin(None),
         ..Settings::ephemeral()
     };
     let broker = Broker::start(settings).await.expect("broker starts");
@@ -615,15 +598,7 @@ async fn metrics_count_retries_by_attempt_dead_letters_by_group_and_delay_latene
     .await;
 
     publish_acknowledged(mqtt, DEVICE_1, 1).await;
-    let (mut member, _) = raw::connect_v5(mqtt, &raw::unique_id("nack")).await;
-    member
-        .send(&raw::subscribe(
-            1,
-            Some(&[]),
-            &[(b"$share/g/$stream/orders", 1)],
-        ))
-        .await;
-    member.expect_kind(raw::SUBACK).await;
+    let mut member = raw::stream_member_v5(mqtt, "$share/g/$stream/orders").await;
     for _ in 0..2 {
         let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
         let id = delivery.packet_id.expect("QoS 1");
@@ -672,10 +647,7 @@ async fn metrics_count_connections_sessions_messages_by_qos_bytes_and_the_journa
     let settings = Settings {
         durability: petrel::config::Durability::Sync,
         data_dir: dir.path().to_path_buf(),
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: None,
-        }),
+        admin: common::loopback_admin(None),
         ..Settings::ephemeral()
     };
     let broker = Broker::start(settings).await.expect("broker starts");

@@ -13,7 +13,6 @@ use common::mqtt::{Client4, v4api};
 use common::ports::free_port;
 use common::scratch::TempDir;
 use petrel::admin::client::{self, ClientError};
-use petrel::config::Admin;
 use petrel::stream::StreamConfig;
 use petrel::{Broker, Settings};
 use raw::{Connect, RawClient};
@@ -36,10 +35,7 @@ async fn start(token: Option<&str>) -> Broker {
             start: "earliest".into(),
             ..StreamConfig::new("orders", &["orders/#"])
         }],
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: token.map(str::to_string),
-        }),
+        admin: common::loopback_admin(token),
         ..Settings::ephemeral()
     };
     Broker::start(settings).await.expect("broker starts")

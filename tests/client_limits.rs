@@ -6,11 +6,8 @@
 mod common;
 mod raw;
 
-use std::net::SocketAddr;
-
 use common::start_broker_with;
 use petrel::admin::client;
-use petrel::config::Admin;
 use raw::{
     CONNACK, Connack, Connect, DISCONNECT, PUBACK, RawClient, connect_v5, connect_v311, publish_v5,
     publish_v311, unique_id,
@@ -37,10 +34,7 @@ async fn scrape(broker: &common::TestBroker) -> String {
 }
 
 fn with_admin(settings: &mut petrel::Settings) {
-    settings.admin = Some(Admin {
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        token: None,
-    });
+    settings.admin = common::loopback_admin(None);
 }
 
 /// Three QoS 1 messages fit the burst; the fourth, sent at once, passes

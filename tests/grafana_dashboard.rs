@@ -8,13 +8,12 @@ mod common;
 mod raw;
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::WAIT;
 use common::scratch::TempDir;
 use petrel::admin::client;
-use petrel::config::{Admin, Durability};
+use petrel::config::Durability;
 use petrel::stream::StreamConfig;
 use petrel::{Broker, Settings};
 use raw::{PUBACK, publish_v311};
@@ -215,10 +214,7 @@ async fn start(data: &TempDir) -> Broker {
             start: "earliest".into(),
             ..StreamConfig::new("orders", &["orders/#"])
         }],
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: None,
-        }),
+        admin: common::loopback_admin(None),
         ..Settings::ephemeral()
     };
     Broker::start(settings).await.expect("broker starts")
@@ -263,15 +259,7 @@ async fn scrape_after_traffic(broker: &Broker) -> String {
         .await;
     publisher.expect_kind(PUBACK).await;
     // A v5 member refusing both attempts: a retry, then a dead letter.
-    let (mut member, _) = raw::connect_v5(mqtt, &raw::unique_id("nack")).await;
-    member
-        .send(&raw::subscribe(
-            1,
-            Some(&[]),
-            &[(b"$share/g/$stream/orders", 1)],
-        ))
-        .await;
-    member.expect_kind(raw::SUBACK).await;
+    let mut member = raw::stream_member_v5(mqtt, "$share/g/$stream/orders").await;
     for _ in 0..2 {
         let delivery = raw::Publish::parse(&member.expect_kind(raw::PUBLISH).await, true);
         let id = delivery.packet_id.expect("QoS 1");

@@ -17,7 +17,6 @@ use common::scratch::TempDir;
 use common::{TestBroker, start_broker_with};
 use petrel::Settings;
 use petrel::auth::password::{Credentials, PasswordFile};
-use petrel::config::Admin;
 use petrel::stream::StreamConfig;
 use raw::{
     CONNACK, Connect, PUBACK, PUBCOMP, PUBLISH, PUBREC, Packet, Publish, RawClient, SUBACK, Will,
@@ -722,10 +721,7 @@ async fn a_publisher_whose_only_subscriber_may_not_read_hears_success_as_from_mo
 async fn authentication_failures_and_acl_denials_are_exported_by_kind() {
     let secured = Secured::start(ACL, |s| {
         s.allow_anonymous = false;
-        s.admin = Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: None,
-        });
+        s.admin = common::loopback_admin(None);
     })
     .await;
     let addr = secured.addr();

@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::WAIT;
 use common::scratch::TempDir;
 use petrel::admin::client;
-use petrel::config::Admin;
 use petrel::stream::StreamConfig;
 use petrel::{Broker, Settings};
 use raw::{Connect, RawClient};
@@ -90,10 +89,7 @@ async fn the_status_page_renders_live_connections_subscriptions_stream_lag_and_d
             max_attempts: 1,
             ..StreamConfig::new("orders", &["orders/#"])
         }],
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: None,
-        }),
+        admin: common::loopback_admin(None),
         ..Settings::ephemeral()
     };
     let broker = Broker::start(settings).await.expect("broker starts");
@@ -159,10 +155,7 @@ async fn the_status_page_renders_live_connections_subscriptions_stream_lag_and_d
 #[tokio::test]
 async fn with_a_token_the_page_takes_it_from_the_fragment_or_asks_for_it() {
     let settings = Settings {
-        admin: Some(Admin {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: Some("s3cret".into()),
-        }),
+        admin: common::loopback_admin(Some("s3cret")),
         ..Settings::ephemeral()
     };
     let broker = Broker::start(settings).await.expect("broker starts");

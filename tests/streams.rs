@@ -208,19 +208,9 @@ impl Member {
     }
 }
 
-/// A raw v5 client in group `g` of stream `orders`, once its SUBACK is in:
-/// for tests that answer deliveries byte by byte (negative acks).
+/// A raw v5 client in group `g` of stream `orders`, once its SUBACK is in.
 async fn raw_member(addr: SocketAddr) -> raw::RawClient {
-    let (mut member, _) = raw::connect_v5(addr, &raw::unique_id("nack")).await;
-    member
-        .send(&raw::subscribe(
-            1,
-            Some(&[]),
-            &[(b"$share/g/$stream/orders", 1)],
-        ))
-        .await;
-    member.expect_kind(raw::SUBACK).await;
-    member
+    raw::stream_member_v5(addr, "$share/g/$stream/orders").await
 }
 
 /// Waits for the next `n` messages.

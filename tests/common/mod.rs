@@ -22,6 +22,14 @@ use std::time::Duration;
 
 use petrel::{Broker, Settings};
 
+/// An admin API on an ephemeral loopback port, with `token` if given.
+pub fn loopback_admin(token: Option<&str>) -> Option<petrel::config::Admin> {
+    Some(petrel::config::Admin {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        token: token.map(str::to_string),
+    })
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 

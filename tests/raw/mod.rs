@@ -351,6 +351,18 @@ pub async fn connect_v5(addr: SocketAddr, client_id: &str) -> (RawClient, Connac
     connect_v5_with(addr, &Connect::v5(client_id)).await
 }
 
+/// A v5 client subscribed at QoS 1 to the stream subscription `filter`
+/// (`$share/{group}/$stream/{name}`), once its SUBACK is in: for tests that
+/// answer stream deliveries byte by byte (negative acknowledgements).
+pub async fn stream_member_v5(addr: SocketAddr, filter: &str) -> RawClient {
+    let (mut member, _) = connect_v5(addr, &unique_id("member")).await;
+    member
+        .send(&subscribe(1, Some(&[]), &[(filter.as_bytes(), 1)]))
+        .await;
+    member.expect_kind(SUBACK).await;
+    member
+}
+
 /// A client identifier unique within this process and short enough for any
 /// broker (3.1.1 servers need only accept 1..=23 characters).
 pub fn unique_id(prefix: &str) -> String {
