@@ -637,13 +637,18 @@ impl BrokerState {
         for dead in effects.dead {
             let reason = dead.cause.describe();
             let now = crate::timer::now_ms();
-            self.metrics.stream_dead_letter(&stream.name, group);
+            let total = self.metrics.stream_dead_letter(&stream.name, group);
             self.dead_letters.add(
                 group.clone(),
                 cell.stream,
                 (now, dead.partition, dead.offset, dead.message.size() as u64),
             );
-            tracing::warn!(stream = %stream.name, %group, partition = dead.partition, offset = dead.offset, attempts = dead.attempts, %reason, "stream message dead-lettered");
+            // A consumer failing everything dead-letters thousands a second:
+            // each is logged at debug, the running total at powers of two.
+            tracing::debug!(stream = %stream.name, %group, partition = dead.partition, offset = dead.offset, attempts = dead.attempts, %reason, "stream message dead-lettered");
+            if total.is_power_of_two() {
+                tracing::warn!(stream = %stream.name, %group, total, last_reason = %reason, "stream messages dead-lettered");
+            }
             if self.keeps_messages {
                 self.journal.append(Record::PutDeadLetter {
                     group: group.clone(),

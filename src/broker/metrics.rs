@@ -207,8 +207,9 @@ impl Metrics {
         self.dead_letters_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn stream_dead_letter(&self, stream: &str, group: &str) {
-        self.stream_dead_letters.fetch_add(1, Ordering::Relaxed);
+    /// Counts a dead letter; returns the total so far.
+    pub(crate) fn stream_dead_letter(&self, stream: &str, group: &str) -> u64 {
+        let total = self.stream_dead_letters.fetch_add(1, Ordering::Relaxed) + 1;
         self.labelled
             .stream_dead_lettered
             .get_or_create(&GroupLabels {
@@ -216,6 +217,7 @@ impl Metrics {
                 group: group.into(),
             })
             .inc();
+        total
     }
 
     pub(crate) fn stream_retry(&self, stream: &str, group: &str, attempt: u32) {
