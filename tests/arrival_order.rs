@@ -13,12 +13,16 @@ use raw::{PUBACK, SUBACK, publish_v311, subscribe, unique_id};
 /// give no hard guarantee; petrel serves sockets that became readable
 /// together in that order and holds a PUBLISH back for a SUBSCRIBE read
 /// before it. The first 20 trials warm the broker up and are not counted.
-/// Measured with this test on a 2-core machine: 89-100 of 100 over ten runs
+/// Measured with this test on a 2-core machine: 60-95 of 100, median 85,
+/// over twenty quiet runs at commit 6e547d3; 73-93, median 83, at 0ffd5f2
 /// (round 1: 31); Mosquitto 2.0.11 gets 1-4 of 100 with this fast
 /// in-process client (it serves the later socket first when both arrive
 /// during one poll). docs/BENCHMARKS.md has both against a separate client
 /// process.
 #[tokio::test]
+#[ignore = "a scheduling measurement, not a pass/fail property: below its 80% bar in 3 of 20 quiet runs \
+            at commit 6e547d3 and 6 of 20 at 0ffd5f2 (docs/BENCHMARKS.md, What ordering costs); \
+            run it with --ignored"]
 async fn a_subscribe_that_arrived_before_a_publish_takes_effect_first() {
     let broker = common::IsolatedBroker::start(|_| {});
     let mut received = 0;
