@@ -310,24 +310,7 @@ impl Raw {
     }
 
     fn split_frame(&mut self) -> Option<Frame> {
-        let mut remaining = 0usize;
-        let mut header_len = 1;
-        loop {
-            let byte = *self.buf.get(header_len)?;
-            remaining |= usize::from(byte & 0x7f) << (7 * (header_len - 1));
-            header_len += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            assert!(header_len <= 4, "malformed remaining length from broker");
-        }
-        if self.buf.len() < header_len + remaining {
-            return None;
-        }
-        let mut frame = self.buf.split_to(header_len + remaining).freeze();
-        let first = frame[0];
-        frame.advance(header_len);
-        Some(Frame { first, body: frame })
+        split_frame(&mut self.buf)
     }
 
     /// Reads until the broker closes the connection and returns what it sent
@@ -345,4 +328,27 @@ impl Raw {
             }
         }
     }
+}
+
+/// Takes the first whole frame off `buf`, or `None` while more bytes are
+/// needed.
+pub fn split_frame(buf: &mut BytesMut) -> Option<Frame> {
+    let mut remaining = 0usize;
+    let mut header_len = 1;
+    loop {
+        let byte = *buf.get(header_len)?;
+        remaining |= usize::from(byte & 0x7f) << (7 * (header_len - 1));
+        header_len += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        assert!(header_len <= 4, "malformed remaining length from broker");
+    }
+    if buf.len() < header_len + remaining {
+        return None;
+    }
+    let mut frame = buf.split_to(header_len + remaining).freeze();
+    let first = frame[0];
+    frame.advance(header_len);
+    Some(Frame { first, body: frame })
 }

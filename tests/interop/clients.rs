@@ -718,7 +718,7 @@ async fn expect_mosquitto_suback(sub: &mut Proc, filters: &[&str], qos: u8) {
 /// The Python interpreter that `python3` on PATH runs. Version managers such
 /// as pyenv put a shell shim there that costs a good part of a second per
 /// start, so the shim is asked once for the real interpreter.
-fn python() -> &'static Path {
+pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let shim = require_tool("python3", "install python3, then `pip install paho-mqtt`");
@@ -754,7 +754,7 @@ pub fn node() -> &'static Path {
 
 /// The absolute path of `program` on PATH; panics with `hint` if absent, so
 /// a machine without the tool fails the test instead of skipping it.
-fn require_tool(program: &str, hint: &str) -> PathBuf {
+pub fn require_tool(program: &str, hint: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

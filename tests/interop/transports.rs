@@ -26,9 +26,8 @@
 //! ("Transports") names the test for every client and transport.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 
 use futures_util::{SinkExt, StreamExt};
 use petrel::config::{Listener, Transport};
@@ -43,7 +42,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::{MOSQUITTO_V5, MOSQUITTO_V311, MQTTJS_V5, MQTTJS_V311, PAHO_V5, PAHO_V311};
-use crate::clients::{Client, Ctx, Family, Version};
+use crate::clients::{Client, Ctx, Family, Version, node, python, require_tool};
 use crate::common::certs::Certs;
 use crate::common::mqtt::{Client5, Message as _, v5api};
 use crate::common::scratch::TempDir;
@@ -649,7 +648,7 @@ async fn rumqttc_v5_round_trip_over(test: &str, over: Over) {
 struct WsMqtt {
     socket: WebSocketStream<TcpStream>,
     /// Bytes received and not yet taken as packets.
-    pending: Vec<u8>,
+    pending: bytes::BytesMut,
 }
 
 impl WsMqtt {
@@ -671,7 +670,7 @@ impl WsMqtt {
         );
         WsMqtt {
             socket,
-            pending: Vec::new(),
+            pending: bytes::BytesMut::new(),
         }
     }
 
@@ -683,9 +682,8 @@ impl WsMqtt {
     /// messages split the stream.
     async fn next_packet(&mut self) -> (u8, Vec<u8>) {
         loop {
-            if let Some((first, body, used)) = whole_packet(&self.pending) {
-                self.pending.drain(..used);
-                return (first, body);
+            if let Some(frame) = wire::split_frame(&mut self.pending) {
+                return (frame.first, frame.body.to_vec());
             }
             match timeout(WAIT, self.socket.next()).await {
                 Ok(Some(Ok(Message::Binary(bytes)))) => self.pending.extend_from_slice(&bytes),
@@ -709,22 +707,6 @@ impl WsMqtt {
         .await;
         assert!(ended.is_ok(), "the broker did not close within {WAIT:?}");
     }
-}
-
-/// A whole packet at the start of `bytes`: first byte, body and the bytes
-/// it takes, or `None` if more are needed.
-fn whole_packet(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    let (&first, rest) = bytes.split_first()?;
-    let mut length = 0usize;
-    for (i, &byte) in rest.iter().take(4).enumerate() {
-        length |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            let start = 1 + i + 1;
-            let end = start + length;
-            return (bytes.len() >= end).then(|| (first, bytes[start..end].to_vec(), end));
-        }
-    }
-    None
 }
 
 fn connect_bytes(v5: bool, id: &str) -> Vec<u8> {
@@ -838,53 +820,4 @@ async fn v311_a_websocket_text_message_closes_the_connection() {
 #[tokio::test]
 async fn v5_a_websocket_text_message_closes_the_connection() {
     text_message_closes_the_connection(true).await;
-}
-
-// ---------------------------------------------------------------------------
-// Finding the client programs (as interop/clients.rs does).
-// ---------------------------------------------------------------------------
-
-/// The real Python interpreter behind `python3` on PATH (a version
-/// manager's shim costs a good part of a second per start).
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let shim = require_tool("python3", "install python3, then `pip install paho-mqtt`");
-        let output = std::process::Command::new(&shim)
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", shim.display()));
-        let real = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if output.status.success() && !real.is_empty() {
-            PathBuf::from(real)
-        } else {
-            shim
-        }
-    })
-}
-
-/// `node`, once MQTT.js is known to be installed under tests/interop/node.
-fn node() -> &'static Path {
-    static NODE: OnceLock<PathBuf> = OnceLock::new();
-    NODE.get_or_init(|| {
-        let node = require_tool("node", "install Node.js (Debian packages nodejs and npm)");
-        let module = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/interop/node/node_modules/mqtt/package.json");
-        assert!(
-            module.is_file(),
-            "MQTT.js is not installed at {}: run `npm ci --prefix tests/interop/node`",
-            module.display()
-        );
-        node
-    })
-}
-
-/// The absolute path of `program` on PATH; panics with `hint` if absent, so
-/// a machine without the tool fails the test instead of skipping it.
-fn require_tool(program: &str, hint: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("`{program}` is not installed or not on PATH: {hint}"))
 }
