@@ -314,6 +314,13 @@ impl<S: Socket> Wire<S> {
         self.buffers = None;
     }
 
+    /// Answers a CONNECT with a refusing CONNACK and closes.
+    async fn refuse(mut self, connack: ConnAck, metrics: &Metrics) {
+        self.encode_raw(Packet::ConnAck(connack));
+        self.write_all_within(LAST_WORDS_WAIT, metrics).await;
+        self.close().await;
+    }
+
     /// Closes gracefully: FIN first, then whatever the client still sends
     /// is read and dropped for a short while, so that closing with unread
     /// input does not turn into a reset that destroys the last packets.
@@ -386,10 +393,7 @@ async fn accept<S: Socket>(
             let refusal = crate::broker::Refusal::new(connect.version, reason);
             tracing::info!(%peer, reason = %refusal.reason, "CONNECT refused");
             if let Some(connack) = refusal.connack {
-                wire.encode_raw(Packet::ConnAck(*connack));
-                wire.write_all_within(LAST_WORDS_WAIT, broker.metrics())
-                    .await;
-                wire.close().await;
+                wire.refuse(*connack, broker.metrics()).await;
             }
             return None;
         }
@@ -418,13 +422,11 @@ async fn accept<S: Socket>(
                 Err(None) => return None,
                 Err(Some(refusal)) => {
                     broker.enhanced_auth_ended(&connect.client_id, Some(peer), Err(&refusal));
-                    wire.encode_raw(Packet::ConnAck(ConnAck {
+                    let connack = ConnAck {
                         reason: refusal.reason,
                         ..ConnAck::default()
-                    }));
-                    wire.write_all_within(LAST_WORDS_WAIT, broker.metrics())
-                        .await;
-                    wire.close().await;
+                    };
+                    wire.refuse(connack, broker.metrics()).await;
                     return None;
                 }
             }
@@ -443,10 +445,7 @@ async fn accept<S: Socket>(
         Err(refusal) => {
             tracing::info!(%peer, reason = %refusal.reason, "CONNECT refused");
             if let Some(connack) = refusal.connack {
-                wire.encode_raw(Packet::ConnAck(*connack));
-                wire.write_all_within(LAST_WORDS_WAIT, broker.metrics())
-                    .await;
-                wire.close().await;
+                wire.refuse(*connack, broker.metrics()).await;
             }
             return None;
         }
@@ -1002,20 +1001,21 @@ async fn read_packet<S: Socket>(
 /// gets the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; a v5 CONNECT that is
 /// malformed or breaks the protocol gets a CONNACK with the reason (4.13);
 /// anything else just closes, as 3.1.1 has no code for it.
-async fn refuse_connect<S: Socket>(mut wire: Wire<S>, error: DecodeError, metrics: &Metrics) {
+async fn refuse_connect<S: Socket>(wire: Wire<S>, error: DecodeError, metrics: &Metrics) {
     let answer = match (error, wire.codec.version()) {
         (DecodeError::UnsupportedVersion(_), _) => true,
         (DecodeError::BadProtocolName, _) => false,
         (_, version) => version == Some(Version::V5),
     };
     if answer {
-        wire.encode_raw(Packet::ConnAck(ConnAck {
+        let connack = ConnAck {
             reason: error.reason(),
             ..ConnAck::default()
-        }));
-        wire.write_all_within(LAST_WORDS_WAIT, metrics).await;
+        };
+        wire.refuse(connack, metrics).await;
+    } else {
+        wire.close().await;
     }
-    wire.close().await;
 }
 
 /// Packets that may go out only once a journal ticket is durable (DESIGN §4
