@@ -27,7 +27,14 @@ fn broker() -> Arc<BrokerState> {
     broker_with(|_| {})
 }
 
-fn connect_packet(version: Version, id: &str, clean_start: bool, expiry: u32) -> Connect {
+/// A CONNECT with everything at its default but these; the core tests of
+/// other modules start from it too.
+pub(in crate::broker) fn connect_packet(
+    version: Version,
+    id: &str,
+    clean_start: bool,
+    expiry: u32,
+) -> Connect {
     Connect {
         version,
         client_id: id.into(),

@@ -27,22 +27,8 @@ fn broker() -> Arc<BrokerState> {
 
 fn connect_packet(id: &str, expiry: u32, username: Option<&str>) -> Connect {
     Connect {
-        version: Version::V5,
-        client_id: id.into(),
-        clean_start: true,
-        keep_alive: 60,
         username: username.map(str::to_string),
-        password: None,
-        will: None,
-        session_expiry: expiry,
-        receive_maximum: u16::MAX,
-        maximum_packet_size: None,
-        topic_alias_maximum: 0,
-        request_response_information: false,
-        request_problem_information: true,
-        user_properties: Vec::new(),
-        authentication_method: None,
-        authentication_data: None,
+        ..crate::broker::tests::connect_packet(Version::V5, id, true, expiry)
     }
 }
 

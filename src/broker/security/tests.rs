@@ -224,22 +224,10 @@ fn clients_without_an_id_are_throttled_by_address_only() {
 
 fn connect_as(username: Option<&str>, password: Option<&[u8]>) -> Connect {
     Connect {
-        version: crate::protocol::Version::V5,
-        client_id: "device-1".into(),
-        clean_start: true,
-        keep_alive: 60,
         username: username.map(str::to_string),
         password: password.map(bytes::Bytes::copy_from_slice),
-        will: None,
-        session_expiry: 0,
         receive_maximum: 10,
-        maximum_packet_size: None,
-        topic_alias_maximum: 0,
-        request_response_information: false,
-        request_problem_information: true,
-        user_properties: Vec::new(),
-        authentication_method: None,
-        authentication_data: None,
+        ..crate::broker::tests::connect_packet(crate::protocol::Version::V5, "device-1", true, 0)
     }
 }
 
