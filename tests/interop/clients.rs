@@ -668,6 +668,12 @@ impl Client {
     /// script for `role` (sub, pub, will), with the connection arguments
     /// both take; returns a name for reports and the command.
     fn script(&self, role: &str, ctx: &Ctx, id: &str) -> (String, Command) {
+        self.script_to(role, ctx.addr, id)
+    }
+
+    /// `script` for a broker at `addr`: other modules add their own
+    /// arguments (transports) to the command.
+    pub fn script_to(&self, role: &str, addr: SocketAddr, id: &str) -> (String, Command) {
         let version = match self.version {
             Version::V311 => "3.1.1",
             Version::V5 => "5",
@@ -692,8 +698,8 @@ impl Client {
                 unreachable!("{} is not driven by a script", self.label())
             }
         };
-        cmd.args(["--host", &ctx.addr.ip().to_string()]);
-        cmd.args(["--port", &ctx.addr.port().to_string()]);
+        cmd.args(["--host", &addr.ip().to_string()]);
+        cmd.args(["--port", &addr.port().to_string()]);
         cmd.args(["--version", version, "--client-id", id]);
         (format!("{file} {id}"), cmd)
     }
@@ -718,7 +724,7 @@ async fn expect_mosquitto_suback(sub: &mut Proc, filters: &[&str], qos: u8) {
 /// The Python interpreter that `python3` on PATH runs. Version managers such
 /// as pyenv put a shell shim there that costs a good part of a second per
 /// start, so the shim is asked once for the real interpreter.
-pub fn python() -> &'static Path {
+fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let shim = require_tool("python3", "install python3, then `pip install paho-mqtt`");

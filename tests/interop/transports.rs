@@ -42,7 +42,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::{MOSQUITTO_V5, MOSQUITTO_V311, MQTTJS_V5, MQTTJS_V311, PAHO_V5, PAHO_V311};
-use crate::clients::{Client, Ctx, Family, Version, node, python, require_tool};
+use crate::clients::{Client, Ctx, Family, Version, require_tool};
 use crate::common::certs::Certs;
 use crate::common::mqtt::{Client5, Message as _, v5api};
 use crate::common::scratch::TempDir;
@@ -240,34 +240,7 @@ impl Net {
     /// The paho (`paho_<role>.py`) or MQTT.js (`node/mqttjs_<role>.js`)
     /// script for `role`, reaching the broker over `over` as `id`.
     fn script(&self, client: Client, role: &str, over: Over, id: &str) -> (String, Command) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-        let (file, mut cmd) = match client.family {
-            Family::Paho => {
-                let file = format!("paho_{role}.py");
-                let mut cmd = Command::new(python());
-                // No __pycache__ left in the source tree.
-                cmd.env("PYTHONDONTWRITEBYTECODE", "1");
-                cmd.arg(dir.join(&file));
-                (file, cmd)
-            }
-            Family::MqttJs => {
-                let file = format!("mqttjs_{role}.js");
-                let mut cmd = Command::new(node());
-                cmd.arg(dir.join("node").join(&file));
-                (file, cmd)
-            }
-            Family::Mosquitto | Family::Rumqttc => {
-                unreachable!("{} is not driven by a script", client.label())
-            }
-        };
-        let version = match client.version {
-            Version::V311 => "3.1.1",
-            Version::V5 => "5",
-        };
-        let addr = self.addr(over);
-        cmd.args(["--host", &addr.ip().to_string()]);
-        cmd.args(["--port", &addr.port().to_string()]);
-        cmd.args(["--version", version, "--client-id", id]);
+        let (name, mut cmd) = client.script_to(role, self.addr(over), id);
         if matches!(over, Over::Ws | Over::Wss) {
             cmd.arg("--websocket");
         }
@@ -281,7 +254,7 @@ impl Net {
             let (cert, key) = self.client_identity();
             cmd.arg("--cert").arg(cert).arg("--key").arg(key);
         }
-        (format!("{file} {id} over {over:?}"), cmd)
+        (format!("{name} over {over:?}"), cmd)
     }
 }
 
