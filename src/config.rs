@@ -43,6 +43,8 @@ pub enum ConfigError {
         key: &'static str,
         problem: String,
     },
+    #[error("invalid config: {0}")]
+    Bridge(crate::bridge::spec::SpecError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +95,9 @@ pub struct Settings {
     /// Streams fed by topic filters (DESIGN §5).
     #[serde(default)]
     pub streams: Vec<crate::stream::StreamConfig>,
+    /// Connections to other brokers (DESIGN §8).
+    #[serde(default)]
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
     #[serde(default)]
     pub log: Log,
     /// The admin HTTP API; off when the section is absent.
@@ -521,6 +526,7 @@ impl Default for Settings {
             sys_interval: default_sys_interval(),
             limits: Limits::default(),
             streams: Vec::new(),
+            bridges: Vec::new(),
             log: Log::default(),
             admin: None,
         }
@@ -643,6 +649,7 @@ impl Settings {
                 problem: error.problem,
             }
         })?;
+        crate::bridge::spec::check_all(&self.bridges, topic_limits).map_err(ConfigError::Bridge)?;
         if limits.max_packet_size < 64 || limits.max_packet_size > 268_435_455 {
             return out_of_range("limits.max_packet_size", "must be 64 ..= 268435455");
         }

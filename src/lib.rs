@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod delay;

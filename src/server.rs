@@ -48,6 +48,11 @@ pub enum BrokerError {
     Security(#[from] SecurityError),
     #[error("cannot start the journal writer: {0}")]
     Journal(std::io::Error),
+    #[error("{0}")]
+    Bridge(#[from] crate::bridge::BridgeError),
+    /// Settings made in code that loading a file would have refused.
+    #[error("invalid config: {0}")]
+    Config(String),
     #[error(
         "stream `{stream}`: partitions = {configured}, but partition {stored} holds stored messages; partitions may grow, never shrink"
     )]
@@ -159,6 +164,16 @@ impl Broker {
             };
             endpoints.push(transport::Endpoint::new(listener, tls));
         }
+        // Bridges' certificates too: one that does not load stops the start.
+        let topic_limits = crate::topic::TopicLimits {
+            max_length: settings.limits.max_topic_length,
+            max_levels: settings.limits.max_topic_levels,
+        };
+        let bridges = crate::bridge::spec::check_all(&settings.bridges, topic_limits)
+            .map_err(|error| BrokerError::Config(error.to_string()))?
+            .into_iter()
+            .map(crate::bridge::Bridge::new)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut listeners = Vec::new();
         for listener in &settings.listeners {
             let socket = tokio::net::TcpListener::bind(listener.bind)
@@ -249,6 +264,9 @@ impl Broker {
                 shutdown_rx.clone(),
                 SHUTDOWN_GRACE,
             ));
+        }
+        for bridge in bridges {
+            tasks.spawn(bridge.run(state.clone(), shutdown_rx.clone()));
         }
         tasks.spawn(run_timers(state.clone(), shutdown_rx));
         Ok(Broker {

@@ -82,6 +82,12 @@ pub(super) struct ClientExtras {
     /// groups together, one lock and one commit per partition for a whole
     /// read of acknowledgements.
     pub(super) stream_settled: Vec<StreamSettled>,
+    /// This is the local side of one of the broker's bridges: the broker
+    /// itself, held to no ACL.
+    pub(super) bridge: bool,
+    /// A 3.1.1 client that set the bridge bit: another broker's bridge,
+    /// whose subscriptions are No Local and Retain As Published.
+    pub(super) remote_bridge: bool,
 }
 
 impl ClientExtras {
@@ -132,6 +138,24 @@ impl Client {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// Whether this is the local side of one of the broker's bridges.
+    pub fn is_bridge(&self) -> bool {
+        self.extras.as_ref().is_some_and(|extras| extras.bridge)
+    }
+
+    /// A packet id the session has no message in flight under, for a
+    /// packet of the bridge's own that shares the id space (its SUBSCRIBE
+    /// to the remote).
+    pub fn free_packet_id(&self) -> u16 {
+        let state = self.session.lock();
+        let used: std::collections::HashSet<u16> =
+            state.outbound.inflight().map(|i| i.packet_id).collect();
+        (1..=u16::MAX)
+            .rev()
+            .find(|id| !used.contains(id))
+            .unwrap_or(1)
     }
 
     /// The user properties the client sent in CONNECT.

@@ -13,7 +13,7 @@ use super::enhanced_auth::{Authenticated, EnhancedAuth};
 use super::metrics::Peer;
 use crate::protocol::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode, Version, Will};
 use crate::session::{
-    ConnectionLink, ConnectionSignal, Owner, PublishLimits, Session, SessionState,
+    ConnectionLink, ConnectionSignal, Owner, PublishLimits, QueueLimits, Session, SessionState,
 };
 use crate::store::{Record, Ticket};
 use crate::stream::subscription::stream_subscription;
@@ -64,6 +64,10 @@ pub struct Origin {
     /// The enhanced authentication the connection ran before the CONNACK
     /// (`BrokerState::start_enhanced_auth`), when the CONNECT named a method.
     pub authenticated: Option<Authenticated>,
+    /// Set for the local side of one of the broker's own bridges, with the
+    /// limits of its queue (what waits for the remote). Its session never
+    /// expires and no ACL or per-client limit applies to it.
+    pub bridge: Option<QueueLimits>,
 }
 
 /// An accepted CONNECT.
@@ -181,7 +185,17 @@ impl Client {
         } else {
             connect.client_id.clone()
         };
-        let max_expiry = broker.max_session_expiry();
+        let bridge = origin.bridge;
+        if bridge.is_none() && client_id.starts_with(crate::bridge::LOCAL_CLIENT_PREFIX) {
+            // The broker's own bridges' sessions: a client taking one over
+            // would take what waits for the remote.
+            return Err(refuse(version, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+        }
+        let max_expiry = if bridge.is_some() {
+            u32::MAX
+        } else {
+            broker.max_session_expiry()
+        };
         let expiry_secs = match version {
             Version::V311 if connect.clean_start => 0,
             // A 3.1.1 persistent session lives as long as persistent
@@ -197,7 +211,10 @@ impl Client {
         };
         let mut keep_alive = connect.keep_alive;
         let max_keep_alive = limits.max_keepalive_secs;
-        if max_keep_alive > 0 && (keep_alive == 0 || keep_alive > max_keep_alive) {
+        if bridge.is_none()
+            && max_keep_alive > 0
+            && (keep_alive == 0 || keep_alive > max_keep_alive)
+        {
             // v5 is told, and must use it [MQTT-3.2.2-21]; 3.1.1 cannot
             // be, and is held to it all the same: closed when silent for
             // 1.5 times the bound.
@@ -213,15 +230,25 @@ impl Client {
             signal: signal.clone(),
         };
         let client_id: Arc<str> = client_id.into();
-        let window = connect.receive_maximum.min(limits.max_inflight);
+        let window = match bridge {
+            // As many as the remote takes, which the bridge asks for.
+            Some(_) => connect.receive_maximum,
+            None => connect.receive_maximum.min(limits.max_inflight),
+        };
         let will = connect.will.map(Box::new);
-        let owner = Owner::of(username.as_ref());
+        let owner = match bridge {
+            Some(_) => Owner::Bridge,
+            None => Owner::of(username.as_ref()),
+        };
         let Some(attached) =
             broker.attach(&client_id, connect.clean_start, link, |state, session| {
                 Session::set_expiry(state, session, expiry_secs);
                 state.outbound.set_window(window);
                 state.will = will;
                 state.owner = owner;
+                if let Some(queue) = bridge {
+                    state.outbound.set_limits(queue);
+                }
             })
         else {
             broker.metrics.connection_refused();
@@ -248,7 +275,7 @@ impl Client {
             problem_information: connect.request_problem_information,
             extras: ClientExtras::at_connect(
                 connect.user_properties,
-                PublishLimits::new(limits.publish_rates(), now_ms),
+                PublishLimits::new(limits.publish_rates(), now_ms).filter(|_| bridge.is_none()),
                 origin.authenticated.as_ref().map(EnhancedAuth::new),
                 origin.peer,
             ),
@@ -257,6 +284,12 @@ impl Client {
         };
         if username.is_some() {
             client.extras.get_or_insert_default().username = username;
+        }
+        if bridge.is_some() {
+            client.extras.get_or_insert_default().bridge = true;
+        }
+        if connect.bridge {
+            client.extras.get_or_insert_default().remote_bridge = true;
         }
         let ticket = {
             let mut state = client.session.lock();

@@ -454,7 +454,7 @@ fn covering_filter(prefix: &str) -> Option<String> {
 fn username(owner: &Owner) -> Option<String> {
     match owner {
         Owner::User(name) => Some(name.to_string()),
-        Owner::Anonymous | Owner::Unknown => None,
+        Owner::Anonymous | Owner::Unknown | Owner::Bridge => None,
     }
 }
 

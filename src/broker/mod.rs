@@ -10,6 +10,7 @@
 //! Publishes on different topics share none of them but the index's read
 //! locks.
 
+mod bridges;
 mod client;
 mod connect;
 mod consume;
@@ -198,6 +199,8 @@ pub struct BrokerState {
     next_delay_id: AtomicU64,
     /// The password file, the ACL and the failed-login throttle.
     security: Security,
+    /// What each configured bridge reports (its task writes it).
+    bridges: Vec<Arc<crate::bridge::BridgeStatus>>,
     shutting_down: AtomicBool,
 }
 
@@ -241,7 +244,21 @@ impl BrokerState {
                 tracing::error!(stream = %error.stream, key = error.key, problem = %error.problem, "stream not configured");
                 Vec::new()
             });
+        let bridges = crate::bridge::spec::check_all(&settings.bridges, topic_limits)
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "bridges not configured");
+                Vec::new()
+            })
+            .iter()
+            .map(|spec| {
+                Arc::new(crate::bridge::BridgeStatus::new(
+                    &spec.name,
+                    &spec.local_client_id(),
+                ))
+            })
+            .collect();
         let state = Arc::new(BrokerState {
+            bridges,
             settings,
             sessions: DashMap::new(),
             session_count: AtomicUsize::new(0),
@@ -330,7 +347,7 @@ impl BrokerState {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    fn topic_limits(&self) -> TopicLimits {
+    pub fn topic_limits(&self) -> TopicLimits {
         TopicLimits {
             max_length: self.settings.limits.max_topic_length,
             max_levels: self.settings.limits.max_topic_levels,

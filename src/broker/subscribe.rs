@@ -22,7 +22,23 @@ impl Client {
     /// kept with the session but joins a consumer group instead of the
     /// index, once the locks are released; the v5 user property
     /// `stream-offset` moves the group first.
-    pub(super) fn on_subscribe(&mut self, subscribe: Subscribe, now_ms: u64) -> Result<(), Close> {
+    pub(super) fn on_subscribe(
+        &mut self,
+        mut subscribe: Subscribe,
+        now_ms: u64,
+    ) -> Result<(), Close> {
+        if self
+            .extras
+            .as_ref()
+            .is_some_and(|extras| extras.remote_bridge)
+        {
+            // What Mosquitto's bridge bit asks for: nothing the bridge
+            // publishes comes back to it, and retained stays retained.
+            for (_, options) in &mut subscribe.filters {
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
+        }
         let reset = match subscribe
             .user_properties
             .iter()
@@ -217,6 +233,67 @@ impl Client {
             broker.with_stream_subscription(raw, |read| {
                 broker.leave_stream(&self.session, self.connection_id, read, now_ms);
             });
+        }
+        Ok(())
+    }
+}
+
+impl Client {
+    /// Makes a bridge's local subscriptions those of its `out` rules: each
+    /// with the rule's QoS, No Local (what the bridge brought in never goes
+    /// back), Retain As Published (the remote sees the retain flag), and
+    /// retained messages only for a rule that is new; the filters of rules
+    /// no longer configured are dropped.
+    pub fn subscribe_bridge(
+        &mut self,
+        rules: &[crate::bridge::spec::TopicRule],
+        now_ms: u64,
+    ) -> Result<(), Close> {
+        let mut wanted: Vec<(String, crate::protocol::SubscriptionOptions)> = Vec::new();
+        for rule in rules.iter().filter(|rule| rule.goes_out()) {
+            let filter = rule.local_filter();
+            match wanted.iter_mut().find(|(known, _)| *known == filter) {
+                Some((_, options)) => options.qos = options.qos.max(rule.qos),
+                None => wanted.push((
+                    filter,
+                    crate::protocol::SubscriptionOptions {
+                        qos: rule.qos,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::OnNewSubscription,
+                    },
+                )),
+            }
+        }
+        let stale: Vec<String> = {
+            let state = self.current()?;
+            state
+                .subscriptions()
+                .map(|(filter, _)| filter)
+                .filter(|filter| !wanted.iter().any(|(known, _)| known == filter))
+                .map(str::to_string)
+                .collect()
+        };
+        if !stale.is_empty() {
+            self.on_unsubscribe(
+                Unsubscribe {
+                    packet_id: 1,
+                    filters: stale,
+                    user_properties: Vec::new(),
+                },
+                now_ms,
+            )?;
+        }
+        if !wanted.is_empty() {
+            self.on_subscribe(
+                Subscribe {
+                    packet_id: 1,
+                    filters: wanted,
+                    subscription_id: None,
+                    user_properties: Vec::new(),
+                },
+                now_ms,
+            )?;
         }
         Ok(())
     }

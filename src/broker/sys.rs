@@ -342,7 +342,7 @@ impl BrokerState {
     /// Publishes one `$SYS` value: retained in memory only (never
     /// journalled, see the module comment) within the retained limits, and
     /// routed at QoS 0 like any message, the ACL deciding who receives it.
-    fn publish_sys(&self, topic: &'static str, payload: String, now: u64) {
+    fn publish_sys(&self, topic: &str, payload: String, now: u64) {
         let message = Arc::new(Message {
             topic: topic.into(),
             payload: payload.into(),
@@ -361,6 +361,15 @@ impl BrokerState {
             self.metrics.retained_refusal();
         }
         self.route(&message, None, now);
+    }
+}
+
+impl BrokerState {
+    /// `$SYS/broker/connection/{name}/state`: "1" while the bridge is
+    /// connected, "0" while not, retained, as Mosquitto publishes it.
+    pub fn publish_bridge_state(&self, name: &str, connected: bool, now: u64) {
+        let topic = format!("$SYS/broker/connection/{name}/state");
+        self.publish_sys(&topic, if connected { "1" } else { "0" }.into(), now);
     }
 }
 

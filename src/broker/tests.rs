@@ -52,6 +52,7 @@ pub(in crate::broker) fn connect_packet(
         user_properties: Vec::new(),
         authentication_method: None,
         authentication_data: None,
+        bridge: false,
     }
 }
 

@@ -141,10 +141,12 @@ impl Codec {
             }
             // The version is kept as soon as it is known, so that a CONNECT
             // that fails later can still be refused in the client's format.
-            let (version, mqtt31) = decode::connect_version(body.clone())?;
+            let announced = decode::connect_version(body.clone())?;
+            let version = announced.version;
             self.version = Some(version);
-            self.mqtt31 = mqtt31;
-            let connect = decode::connect(body, version)?;
+            self.mqtt31 = announced.mqtt31;
+            let mut connect = decode::connect(body, version)?;
+            connect.bridge = announced.bridge;
             self.enhanced_auth = connect.authentication_method.is_some();
             return Ok(Some(Packet::Connect(Box::new(connect))));
         };
@@ -726,6 +728,34 @@ mod tests {
         };
         codec.encode(&Packet::ConnAck(connack), &mut out).unwrap();
         assert_eq!(&out[..], &[0x20, 2, 0, 0]);
+    }
+
+    #[test]
+    fn the_bridge_bit_marks_a_3_1_1_connect_and_is_refused_on_v5() {
+        let connect = |level: u8| {
+            [
+                0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', level, 0, 0, 60, 0, 2, b'i', b'd',
+            ]
+        };
+        let mut codec = Codec::new(1024);
+        let Ok(Some(Packet::Connect(read))) = decode_one(&mut codec, &connect(0x84)) else {
+            panic!("a bridge's 3.1.1 CONNECT accepted");
+        };
+        assert_eq!((read.version, read.bridge), (Version::V311, true));
+        let Ok(Some(Packet::Connect(read))) = decode_one(&mut Codec::new(1024), &connect(4)) else {
+            panic!("a 3.1.1 CONNECT accepted");
+        };
+        assert!(!read.bridge);
+        let refused = decode_one(
+            &mut Codec::new(1024),
+            &[
+                0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 0x85, 0, 0, 60, 0, 0, 2, b'i', b'd',
+            ],
+        );
+        assert!(
+            matches!(refused, Err(DecodeError::UnsupportedVersion(0x85))),
+            "{refused:?}"
+        );
     }
 
     #[test]

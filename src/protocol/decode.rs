@@ -129,20 +129,37 @@ impl From<Properties> for MessageProperties {
     }
 }
 
-/// The protocol a CONNECT asks for, read from its first bytes: the packet
-/// format, and whether it is MQTT 3.1 (`MQIsdp`, level 3), whose packets are
-/// those of 3.1.1 but whose CONNACK has no Session Present flag.
-pub fn connect_version(body: Bytes) -> Result<(Version, bool), DecodeError> {
+/// The protocol a CONNECT asks for, read from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectVersion {
+    /// The packet format.
+    pub version: Version,
+    /// MQTT 3.1 (`MQIsdp`, level 3): the packets of 3.1.1, but a CONNACK
+    /// without the Session Present flag.
+    pub mqtt31: bool,
+    /// Mosquitto's bridge bit (the level's top bit, `try_private`): the
+    /// client is another broker's bridge.
+    pub bridge: bool,
+}
+
+pub fn connect_version(body: Bytes) -> Result<ConnectVersion, DecodeError> {
     let mut r = Reader::new(body);
     let name = r.string()?;
     let level = r.u8()?;
-    match (name.as_str(), level) {
-        ("MQTT", 4) => Ok((Version::V311, false)),
-        ("MQTT", 5) => Ok((Version::V5, false)),
-        ("MQIsdp", 3) => Ok((Version::V311, true)),
-        ("MQTT", level) | ("MQIsdp", level) => Err(DecodeError::UnsupportedVersion(level)),
-        _ => Err(DecodeError::BadProtocolName),
-    }
+    let bridge = level & 0x80 != 0;
+    let (version, mqtt31) = match (name.as_str(), level & 0x7f, bridge) {
+        ("MQTT", 4, _) => (Version::V311, false),
+        // v5 has No Local and Retain As Published instead.
+        ("MQTT", 5, false) => (Version::V5, false),
+        ("MQIsdp", 3, _) => (Version::V311, true),
+        ("MQTT" | "MQIsdp", _, _) => return Err(DecodeError::UnsupportedVersion(level)),
+        _ => return Err(DecodeError::BadProtocolName),
+    };
+    Ok(ConnectVersion {
+        version,
+        mqtt31,
+        bridge,
+    })
 }
 
 /// CONNECT, read completely by hand (see the module note).
@@ -227,6 +244,7 @@ pub fn connect(body: Bytes, version: Version) -> Result<Connect, DecodeError> {
         user_properties: props.user_properties,
         authentication_method: props.authentication_method,
         authentication_data: props.authentication_data,
+        bridge: false,
     })
 }
 

@@ -89,6 +89,10 @@ pub struct Connect {
     /// client-first).
     pub authentication_method: Option<String>,
     pub authentication_data: Option<Bytes>,
+    /// 3.1.1: the client set Mosquitto's bridge bit, announcing itself as
+    /// another broker's bridge: its subscriptions are served as v5's No
+    /// Local and Retain As Published, so nothing it sends comes back.
+    pub bridge: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -193,6 +193,9 @@ pub enum Owner {
     Unknown,
     Anonymous,
     User(Arc<str>),
+    /// One of the broker's own bridges: the broker itself, which every
+    /// ACL lets read and publish.
+    Bridge,
 }
 
 impl Owner {

@@ -284,6 +284,20 @@ impl Outbound {
         self.window = window.max(1);
     }
 
+    /// Replaces the queue's limits (a bridge's session has its own); what
+    /// already waits stays.
+    pub fn set_limits(&mut self, limits: QueueLimits) {
+        self.max_messages = u32::try_from(limits.max_messages).unwrap_or(u32::MAX);
+        self.max_bytes = u64::try_from(limits.max_bytes).unwrap_or(u64::MAX);
+        self.when_full = limits.when_full;
+    }
+
+    /// Sizes of the waiting messages together, as `max_queued_bytes` counts
+    /// them.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
     }

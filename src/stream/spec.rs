@@ -303,7 +303,7 @@ pub fn check_all(
 }
 
 impl ByteCount {
-    fn bytes(&self) -> Result<u64, String> {
+    pub(crate) fn bytes(&self) -> Result<u64, String> {
         let text = match self {
             ByteCount::Bytes(bytes) => return Ok(*bytes),
             ByteCount::Text(text) => text.trim(),

@@ -435,6 +435,7 @@ async fn accept<S: Socket>(
     let origin = crate::broker::Origin {
         peer: Some(peer),
         authenticated,
+        bridge: None,
     };
     let Connected {
         mut client,

@@ -14,7 +14,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConnection, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// The files one TLS listener is built from. Kept whole so that a reload
@@ -106,7 +106,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         });
     }
     let key = read_key(&files.key)?;
-    let certified = certified_key(files, chain, key, &provider)?;
+    let certified = certified_key(&files.cert, &files.key, chain, key, &provider)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -135,11 +135,42 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     ))))
 }
 
+/// The TLS configuration of a client of another broker (a bridge): the
+/// remote is verified against the CAs in `ca`; with `identity` (certificate
+/// chain, key) the bridge shows a certificate of its own (mutual TLS). The
+/// files are checked as a server's are.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(ring::default_provider());
+    let roots = read_roots(ca)?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Protocol)?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            if chain.is_empty() {
+                return Err(TlsError::NoCertificate {
+                    path: cert.to_path_buf(),
+                });
+            }
+            let certified = certified_key(cert, key, chain, read_key(key)?, &provider)?;
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// Pairs the chain with its key, telling a key that fails to load apart from
 /// one that loads but belongs to another certificate, which
 /// `with_single_cert` reports alike.
 fn certified_key(
-    files: &TlsFiles,
+    cert_path: &Path,
+    key_path: &Path,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     provider: &CryptoProvider,
@@ -148,7 +179,7 @@ fn certified_key(
         .key_provider
         .load_private_key(key)
         .map_err(|source| TlsError::UnusableKey {
-            path: files.key.clone(),
+            path: key_path.to_path_buf(),
             source,
         })?;
     let certified = CertifiedKey::new(chain, signing_key);
@@ -158,12 +189,12 @@ fn certified_key(
         Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(certified),
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
             Err(TlsError::KeyMismatch {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
+                cert: cert_path.to_path_buf(),
+                key: key_path.to_path_buf(),
             })
         }
         Err(source) => Err(TlsError::BadCertificate {
-            path: files.cert.clone(),
+            path: cert_path.to_path_buf(),
             source,
         }),
     }

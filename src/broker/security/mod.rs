@@ -477,7 +477,7 @@ impl BrokerState {
                 let state = found.session.lock();
                 let client_id = found.session.client_id();
                 let username = match &state.owner {
-                    Owner::Unknown => return true,
+                    Owner::Unknown | Owner::Bridge => return true,
                     Owner::Anonymous => None,
                     Owner::User(name) => Some(&**name),
                 };
@@ -503,6 +503,7 @@ impl BrokerState {
     /// under an ACL (the store keeps no usernames).
     pub(super) fn may_publish_will(&self, owner: &Owner, publisher: &str, will: &Message) -> bool {
         let username = match owner {
+            Owner::Bridge => return true,
             Owner::Unknown if self.security.has_acl() => {
                 self.metrics.acl_publish_denied(publisher, &will.topic);
                 tracing::warn!(
@@ -542,7 +543,7 @@ impl Client {
     /// topic is checked as `t`, where it will be published); counted when
     /// not.
     pub(super) fn may_publish(&self, topic: &str) -> bool {
-        if !self.broker.security.has_acl() {
+        if !self.broker.security.has_acl() || self.is_bridge() {
             return true;
         }
         let target = match crate::delay::delayed_topic(topic) {
@@ -565,7 +566,7 @@ impl Client {
     /// Whether a message on `topic` may go to this client now; counted
     /// when not.
     pub(super) fn may_receive(&self, topic: &str) -> bool {
-        if !self.broker.security.has_acl() {
+        if !self.broker.security.has_acl() || self.is_bridge() {
             return true;
         }
         let allowed = self
@@ -587,7 +588,7 @@ impl Client {
     /// match, so every one of them must be readable. Counted when not.
     pub(super) fn may_subscribe(&self, filter: &str, stream: Option<&str>) -> bool {
         let security = &self.broker.security;
-        if !security.has_acl() {
+        if !security.has_acl() || self.is_bridge() {
             return true;
         }
         let who = self.who();

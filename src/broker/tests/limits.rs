@@ -133,6 +133,7 @@ fn unlimited_clients_carry_no_limit_state() {
     let origin = Origin {
         peer: Some("192.0.2.7:50000".parse().unwrap()),
         authenticated: None,
+        bridge: None,
     };
     let connected = Client::connect_from(
         &limited,
