@@ -1,7 +1,8 @@
 //! The `petrel` command: `serve` runs the broker, `passwd` edits a password
 //! file, `streams` and `dlq` show a running broker's streams and dead
 //! letters through its admin API, `ctl` its clients, sessions,
-//! subscriptions and retained messages, `bench` runs the load generator.
+//! subscriptions, retained messages and bridges, `bench` runs the load
+//! generator.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,9 +31,9 @@ enum Command {
     /// List consumer groups' dead letters, show one group's, or re-drive
     /// them into their stream (through the admin API).
     Dlq(DlqArgs),
-    /// Inspect a running broker's clients, sessions, subscriptions and
-    /// retained messages, disconnect clients and delete what is stale
-    /// (through its admin API).
+    /// Inspect a running broker's clients, sessions, subscriptions,
+    /// retained messages and bridges, disconnect clients and delete what is
+    /// stale (through its admin API).
     Ctl(CtlArgs),
     /// Generate load against a running broker and report throughput and latency.
     Bench(petrel_bench::BenchArgs),
@@ -113,6 +114,9 @@ enum CtlCommand {
     Retained(RetainedArgs),
     /// Delete the retained message of a topic.
     DropRetained(TopicArgs),
+    /// List bridges (`[[bridges]]`), or show one: connected or not,
+    /// address, last error, queued, sent, received, dropped.
+    Bridges(BridgeArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +173,14 @@ struct RetainedArgs {
 struct TopicArgs {
     /// The topic, exactly (no wildcards).
     topic: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args)]
+struct BridgeArgs {
+    /// One bridge only, by name.
+    name: Option<String>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -410,6 +422,18 @@ async fn ctl(command: CtlCommand) -> Result<(), String> {
             );
             (&args.admin, Verb::Delete, path, render::retained_deleted)
         }
+        CtlCommand::Bridges(args) => match &args.name {
+            Some(name) => {
+                let path = format!("/v1/bridges/{}", percent_encode(name));
+                (&args.admin, Verb::Get, path, render::bridge)
+            }
+            None => (
+                &args.admin,
+                Verb::Get,
+                "/v1/bridges".into(),
+                render::bridges,
+            ),
+        },
     };
     let (addr, token) = (admin.admin.as_str(), admin.token.as_deref());
     let body = match verb {

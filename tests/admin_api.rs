@@ -389,6 +389,8 @@ async fn a_configured_token_guards_the_new_routes_but_not_the_page() {
         ("GET", "/v1/subscriptions"),
         ("GET", "/v1/retained"),
         ("DELETE", "/v1/retained?topic=a"),
+        ("GET", "/v1/bridges"),
+        ("GET", "/v1/bridges/x"),
     ] {
         let answer = match method {
             "GET" => client::get(&admin, None, path).await,
@@ -622,4 +624,112 @@ async fn petrel_ctl_shows_tables_and_json_and_acts_on_a_serving_broker() {
         stderr.contains("404") && stderr.contains("no session `dev/1`"),
         "{stderr}"
     );
+}
+
+/// A bridge to port 1 of the loopback, where nothing listens: it stays
+/// disconnected, with the refused connection as its last error.
+fn unreachable_bridge(name: &str) -> petrel::bridge::BridgeConfig {
+    let text = format!(
+        "name = \"{name}\"\naddress = \"127.0.0.1:1\"\n\
+         topics = [{{ pattern = \"sensors/#\", direction = \"out\", qos = 1 }}]\n"
+    );
+    config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .build()
+        .and_then(|built| built.try_deserialize())
+        .expect("a bridge table")
+}
+
+#[tokio::test]
+async fn bridges_are_listed_shown_by_name_measured_and_shown_by_petrel_ctl() {
+    let mut test = common::start_broker_with(|settings| {
+        settings.admin = common::loopback_admin(None);
+        settings.bridges = vec![unreachable_bridge("uplink")];
+    })
+    .await;
+    let admin = admin_addr(test.petrel());
+
+    let list = answer_when(&admin, "/v1/bridges", |answer| {
+        answer["bridges"][0]["last_error"]
+            .as_str()
+            .is_some_and(|error| !error.is_empty())
+    })
+    .await;
+    let bridges = list["bridges"].as_array().expect("a list");
+    assert_eq!(bridges.len(), 1, "{list:#}");
+    let uplink = &bridges[0];
+    assert_eq!(uplink["name"], "uplink");
+    assert_eq!(uplink["connected"], false);
+    assert_eq!(uplink["address"], "127.0.0.1:1");
+    for count in ["reconnects", "sent", "received"] {
+        assert_eq!(uplink[count], 0, "{count} in {uplink:#}");
+    }
+    let one = get(&admin, "/v1/bridges/uplink").await;
+    assert_eq!(one["name"], "uplink");
+    assert_eq!(one["connected"], false);
+    let (status, message) = refusal(client::get(&admin, None, "/v1/bridges/nope").await);
+    assert_eq!((status, message.as_str()), (404, "no bridge named `nope`"));
+
+    let overview = get(&admin, "/v1/overview").await;
+    assert_eq!(overview["bridges"][0]["name"], "uplink", "{overview:#}");
+    assert_eq!(overview["bridges"][0]["connected"], false);
+
+    let metrics = client::get(&admin, None, "/metrics")
+        .await
+        .expect("/metrics answers");
+    let metrics = String::from_utf8(metrics.to_vec()).expect("text");
+    for sample in [
+        "petrel_bridge_connected{bridge=\"uplink\"} 0",
+        "petrel_bridge_reconnects_total{bridge=\"uplink\"} 0",
+        "petrel_bridge_queued_messages{bridge=\"uplink\"} 0",
+        "petrel_bridge_queued_bytes{bridge=\"uplink\"} 0",
+        "petrel_bridge_sent_total{bridge=\"uplink\"} 0",
+        "petrel_bridge_received_total{bridge=\"uplink\"} 0",
+        "petrel_bridge_dropped_total{bridge=\"uplink\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == sample),
+            "no `{sample}` in\n{metrics}"
+        );
+    }
+
+    let table = ctl_ok(&admin, &["bridges"]).await;
+    let header = [
+        "BRIDGE",
+        "STATE",
+        "ADDRESS",
+        "RECONNECTS",
+        "QUEUED",
+        "QUEUED",
+        "BYTES",
+        "SENT",
+        "RECEIVED",
+        "DROPPED",
+        "LAST",
+        "ERROR",
+    ];
+    assert!(has_row(&table, &header), "{table}");
+    assert!(
+        rows(&table).iter().any(|row| row.starts_with(&[
+            "uplink",
+            "disconnected",
+            "127.0.0.1:1",
+            "0"
+        ])),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(&ctl_ok(&admin, &["bridges", "--json"]).await).unwrap();
+    assert_eq!(json["bridges"][0]["name"], "uplink");
+    let detail = ctl_ok(&admin, &["bridges", "uplink"]).await;
+    assert!(detail.starts_with("bridge uplink\n"), "{detail}");
+    assert!(has_row(&detail, &["state", "disconnected"]), "{detail}");
+    let missing = ctl(&admin, &["bridges", "nope"]).await;
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("404") && stderr.contains("no bridge named `nope`"),
+        "{stderr}"
+    );
+
+    test.petrel.take().expect("petrel").shutdown().await;
 }

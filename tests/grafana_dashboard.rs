@@ -201,8 +201,20 @@ fn the_dashboard_imports_with_a_prometheus_datasource_input_and_panels_that_do_n
     }
 }
 
-/// A broker on disk (so the storage metrics exist) with a stream and the
-/// admin listener.
+/// A bridge to port 1 of the loopback, where nothing listens: its
+/// families have a sample without a remote.
+fn unreachable_bridge() -> petrel::bridge::BridgeConfig {
+    let text = "name = \"uplink\"\naddress = \"127.0.0.1:1\"\n\
+                topics = [{ pattern = \"sensors/#\", direction = \"out\" }]\n";
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|built| built.try_deserialize())
+        .expect("a bridge table")
+}
+
+/// A broker on disk (so the storage metrics exist) with a stream, a bridge
+/// and the admin listener.
 async fn start(data: &TempDir) -> Broker {
     let settings = Settings {
         data_dir: data.path().to_path_buf(),
@@ -214,6 +226,7 @@ async fn start(data: &TempDir) -> Broker {
             start: "earliest".into(),
             ..StreamConfig::new("orders", &["orders/#"])
         }],
+        bridges: vec![unreachable_bridge()],
         admin: common::loopback_admin(None),
         ..Settings::ephemeral()
     };

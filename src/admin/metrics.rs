@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::bridge::BridgeReport;
 use crate::broker::{BrokerState, GroupLabels};
 
 use super::ApiError;
@@ -396,8 +397,72 @@ impl Collector for BrokerCollector {
                 ],
             )?;
         }
+        encode_bridges(&state.bridge_reports(), e)?;
         encode_groups(state, e)
     }
+}
+
+/// Per bridge (label `bridge`): its connection, what waits for the remote,
+/// what crossed and what was lost.
+fn encode_bridges(
+    reports: &[BridgeReport],
+    e: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let each = |pick: fn(&BridgeReport) -> u64| -> Vec<(&str, u64)> {
+        reports
+            .iter()
+            .map(|report| (report.name.as_str(), pick(report)))
+            .collect()
+    };
+    labelled_gauge(
+        e,
+        "bridge_connected",
+        "1 while the bridge is connected to its remote broker, 0 while not",
+        "bridge",
+        &each(|r| u64::from(r.connected)),
+    )?;
+    labelled_counter(
+        e,
+        "bridge_reconnects",
+        "Connections of the bridge to its remote made after the first",
+        "bridge",
+        &each(|r| r.reconnects),
+    )?;
+    labelled_gauge(
+        e,
+        "bridge_queued_messages",
+        "Messages waiting for the bridge's remote: queued and unacknowledged",
+        "bridge",
+        &each(|r| r.queued_messages),
+    )?;
+    labelled_gauge(
+        e,
+        "bridge_queued_bytes",
+        "Bytes of the messages waiting for the bridge's remote",
+        "bridge",
+        &each(|r| r.queued_bytes),
+    )?;
+    labelled_counter(
+        e,
+        "bridge_sent",
+        "Messages the bridge forwarded to its remote",
+        "bridge",
+        &each(|r| r.sent),
+    )?;
+    labelled_counter(
+        e,
+        "bridge_received",
+        "Messages the bridge received from its remote and published here",
+        "bridge",
+        &each(|r| r.received),
+    )?;
+    labelled_counter(
+        e,
+        "bridge_dropped",
+        "Messages the bridge lost: to a full queue, refused by the remote, or unsendable",
+        "bridge",
+        &each(|r| r.dropped),
+    )
 }
 
 /// What the files under `dir` take, summed (0 when it cannot be read).

@@ -7,6 +7,7 @@
 //! every request, for a known path or not, must carry it as a bearer token;
 //! only the status page at `/` (HTML holding no data) is served without.
 
+pub mod bridges;
 pub mod client;
 pub mod clients;
 pub mod dlq;
@@ -48,6 +49,8 @@ pub enum ApiError {
     NoSession(String),
     #[error("no retained message on `{0}`")]
     NoRetained(String),
+    #[error("no bridge named `{0}`")]
+    NoBridge(String),
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("no such endpoint: {0}")]
@@ -68,6 +71,7 @@ impl ApiError {
             | ApiError::NoClient(_)
             | ApiError::NoSession(_)
             | ApiError::NoRetained(_)
+            | ApiError::NoBridge(_)
             | ApiError::NoEndpoint(_) => StatusCode::NOT_FOUND,
             ApiError::NotConnected(_) => StatusCode::CONFLICT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -124,6 +128,8 @@ pub fn router(state: Arc<BrokerState>, token: Option<&str>) -> Router {
     let api = Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{name}", get(streams::one))
+        .route("/v1/bridges", get(bridges::list))
+        .route("/v1/bridges/{name}", get(bridges::one))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/{group}/{stream}", get(dlq::show))
         .route("/v1/dlq/{group}/{stream}/redrive", post(dlq::redrive))

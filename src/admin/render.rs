@@ -463,6 +463,113 @@ pub fn overview(json: &[u8]) -> Result<String, serde_json::Error> {
             rows,
         );
     }
+    if !o.bridges.is_empty() {
+        let rows = o
+            .bridges
+            .into_iter()
+            .map(|b| {
+                vec![
+                    b.name,
+                    link(b.connected).into(),
+                    b.queued_messages.to_string(),
+                    b.sent.to_string(),
+                    b.received.to_string(),
+                    b.dropped.to_string(),
+                ]
+            })
+            .collect();
+        out += "\n";
+        out += &table(
+            &["BRIDGE", "STATE", "QUEUED", "SENT", "RECEIVED", "DROPPED"],
+            rows,
+        );
+    }
+    Ok(out)
+}
+
+/// A bridge as `GET /v1/bridges` sends it.
+#[derive(Deserialize)]
+struct Bridge {
+    name: String,
+    connected: bool,
+    address: Option<String>,
+    last_error: Option<String>,
+    reconnects: u64,
+    queued_messages: u64,
+    queued_bytes: u64,
+    sent: u64,
+    received: u64,
+    dropped: u64,
+}
+
+#[derive(Deserialize)]
+struct BridgeList {
+    bridges: Vec<Bridge>,
+}
+
+/// Renders the body of `GET /v1/bridges`.
+pub fn bridges(json: &[u8]) -> Result<String, serde_json::Error> {
+    let list: BridgeList = serde_json::from_slice(json)?;
+    if list.bridges.is_empty() {
+        return Ok("no bridges configured\n".into());
+    }
+    let rows = list
+        .bridges
+        .into_iter()
+        .map(|b| {
+            vec![
+                b.name,
+                link(b.connected).into(),
+                b.address.unwrap_or_else(|| "-".into()),
+                b.reconnects.to_string(),
+                b.queued_messages.to_string(),
+                b.queued_bytes.to_string(),
+                b.sent.to_string(),
+                b.received.to_string(),
+                b.dropped.to_string(),
+                b.last_error
+                    .map_or_else(|| "-".into(), |error| one_line(&error, 80, false)),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "BRIDGE",
+            "STATE",
+            "ADDRESS",
+            "RECONNECTS",
+            "QUEUED",
+            "QUEUED BYTES",
+            "SENT",
+            "RECEIVED",
+            "DROPPED",
+            "LAST ERROR",
+        ],
+        rows,
+    ))
+}
+
+/// Renders the body of `GET /v1/bridges/{name}`.
+pub fn bridge(json: &[u8]) -> Result<String, serde_json::Error> {
+    let b: Bridge = serde_json::from_slice(json)?;
+    let mut out = format!("bridge {}\n\n", b.name);
+    out += &fields(&[
+        ("state", link(b.connected).into()),
+        ("address", b.address.unwrap_or_else(|| "-".into())),
+        ("last error", b.last_error.unwrap_or_else(|| "-".into())),
+        ("reconnects", b.reconnects.to_string()),
+        (
+            "queued",
+            format!("{} messages, {} bytes", b.queued_messages, b.queued_bytes),
+        ),
+        (
+            "messages",
+            format!(
+                "{} sent, {} received, {} dropped",
+                b.sent, b.received, b.dropped
+            ),
+        ),
+    ]);
     Ok(out)
 }
 
@@ -486,6 +593,14 @@ pub fn retained_deleted(json: &[u8]) -> Result<String, serde_json::Error> {
 
 fn state(online: bool) -> &'static str {
     if online { "online" } else { "offline" }
+}
+
+fn link(connected: bool) -> &'static str {
+    if connected {
+        "connected"
+    } else {
+        "disconnected"
+    }
 }
 
 fn yes_no(flag: bool) -> &'static str {
@@ -729,6 +844,55 @@ stream orders  filters: orders/#  key: topic:1
         assert_eq!(duration(90_061), "1d1h1m1s");
         assert_eq!(expiry(None), "never");
         assert_eq!(expiry(Some(0)), "with connection");
+    }
+
+    #[test]
+    fn bridges_render_as_a_table_and_one_bridge_as_fields() {
+        use crate::bridge::BridgeReport;
+        let up = BridgeReport {
+            name: "uplink".into(),
+            connected: true,
+            address: Some("10.0.0.2:1883".into()),
+            last_error: None,
+            reconnects: 2,
+            queued_messages: 3,
+            queued_bytes: 120,
+            sent: 40,
+            received: 7,
+            dropped: 1,
+        };
+        let down = BridgeReport {
+            name: "backup".into(),
+            connected: false,
+            address: None,
+            last_error: Some("connection refused\n(os error 111)".into()),
+            reconnects: 0,
+            queued_messages: 0,
+            queued_bytes: 0,
+            sent: 0,
+            received: 0,
+            dropped: 0,
+        };
+        // What the broker sends, from its own types.
+        let list = crate::admin::bridges::BridgeList {
+            bridges: vec![up.clone(), down],
+        };
+        let text = bridges(&serde_json::to_vec(&list).unwrap()).unwrap();
+        let expected = "  BRIDGE  STATE         ADDRESS        RECONNECTS  QUEUED  QUEUED BYTES  SENT  RECEIVED  DROPPED  LAST ERROR
+  uplink  connected     10.0.0.2:1883  2           3       120           40    7         1        -
+  backup  disconnected  -              0           0       0             0     0         0        connection refused (os error 111)
+";
+        assert_eq!(text, expected);
+        assert_eq!(
+            bridges(br#"{"bridges":[]}"#).unwrap(),
+            "no bridges configured\n"
+        );
+        let one = bridge(&serde_json::to_vec(&up).unwrap()).unwrap();
+        assert!(one.starts_with("bridge uplink\n\n"), "{one}");
+        assert!(
+            one.contains("  queued      3 messages, 120 bytes\n"),
+            "{one}"
+        );
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct Overview {
     pub streams: Vec<StreamLag>,
     /// Consumer groups with dead letters.
     pub dead_letters: Vec<DeadLetterCount>,
+    /// The configured bridges, in configuration order (absent from the
+    /// answers of brokers older than bridges).
+    #[serde(default)]
+    pub bridges: Vec<BridgeSummary>,
     pub admin_actions: AdminActions,
 }
 
@@ -112,6 +116,19 @@ pub struct DeadLetterCount {
     pub group: String,
     pub stream: String,
     pub count: usize,
+}
+
+/// A bridge as the status page shows it (`GET /v1/bridges` has it all).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BridgeSummary {
+    pub name: String,
+    pub connected: bool,
+    pub address: Option<String>,
+    pub last_error: Option<String>,
+    pub queued_messages: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +191,20 @@ pub(super) async fn overview(State(console): State<Arc<Console>>) -> Json<Overvi
             }
         })
         .collect();
+    let bridges = broker
+        .bridge_reports()
+        .into_iter()
+        .map(|bridge| BridgeSummary {
+            name: bridge.name,
+            connected: bridge.connected,
+            address: bridge.address,
+            last_error: bridge.last_error,
+            queued_messages: bridge.queued_messages,
+            sent: bridge.sent,
+            received: bridge.received,
+            dropped: bridge.dropped,
+        })
+        .collect();
     let actions = &console.actions;
     Json(Overview {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -193,6 +224,7 @@ pub(super) async fn overview(State(console): State<Arc<Console>>) -> Json<Overvi
         top_subscriptions: census.top_filters,
         streams,
         dead_letters,
+        bridges,
         admin_actions: AdminActions {
             disconnects: actions.disconnects.load(Ordering::Relaxed),
             sessions_deleted: actions.sessions_deleted.load(Ordering::Relaxed),
