@@ -226,6 +226,9 @@ impl Broker {
             now_ms(),
             security,
         );
+        for bridge in &bridges {
+            bridge.prepare(&state)?;
+        }
         // What the restore purged (expired sessions and retained messages)
         // is gone from disk before the first client is served.
         state.journal().drained().await;

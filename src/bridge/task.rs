@@ -55,6 +55,8 @@ pub enum BridgeError {
         bridge: String,
         source: Box<TlsError>,
     },
+    #[error("bridge `{bridge}`: its local session cannot be attached: {reason}")]
+    LocalSession { bridge: String, reason: String },
 }
 
 /// One configured bridge, ready to run.
@@ -68,6 +70,10 @@ struct Running {
     spec: Arc<BridgeSpec>,
     status: Arc<BridgeStatus>,
     tls: Option<TlsConnector>,
+    /// What the remote may send unacknowledged: the bridge's
+    /// `max_inflight`, within what the broker lets one client leave
+    /// awaiting PUBREL (`limits.receive_maximum`).
+    receive_maximum: u16,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -139,6 +145,25 @@ impl Bridge {
         &self.spec.name
     }
 
+    /// Makes the bridge's local session and its subscriptions before any
+    /// client is served, so that from the first PUBLISH on, what matches an
+    /// `out` rule is kept for the remote.
+    pub fn prepare(&self, broker: &Arc<BrokerState>) -> Result<(), BridgeError> {
+        let (client, signal) =
+            attach_local(broker, &self.spec, 1).map_err(|reason| BridgeError::LocalSession {
+                bridge: self.spec.name.clone(),
+                reason,
+            })?;
+        client.finish(
+            Close::ByClient {
+                publish_will: false,
+            },
+            now_ms(),
+        );
+        signal.finish();
+        Ok(())
+    }
+
     /// Runs the bridge until `shutdown` turns true, reporting to the
     /// broker's status of the bridge of this name.
     pub async fn run(self, broker: Arc<BrokerState>, shutdown: watch::Receiver<bool>) {
@@ -148,10 +173,15 @@ impl Bridge {
                 &self.spec.local_client_id(),
             ))
         });
+        let receive_maximum = self
+            .spec
+            .max_inflight
+            .min(broker.settings().limits.receive_maximum);
         Running {
             spec: self.spec,
             status,
             tls: self.tls,
+            receive_maximum,
         }
         .run(broker, shutdown)
         .await;
@@ -161,23 +191,6 @@ impl Bridge {
 impl Running {
     async fn run(self, broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
         let name = self.spec.name.clone();
-        // The local session and its subscriptions exist from the start, so
-        // what matches an `out` rule is kept while the remote is away.
-        match self.attach_local(&broker, 1) {
-            Ok((client, signal)) => {
-                client.finish(
-                    Close::ByClient {
-                        publish_will: false,
-                    },
-                    now_ms(),
-                );
-                signal.finish();
-            }
-            Err(reason) => {
-                tracing::error!(bridge = %name, %reason, "the bridge's local session cannot be attached; the bridge does not run");
-                return;
-            }
-        }
         broker.publish_bridge_state(&name, false, now_ms());
         let mut bridge_bit = self.spec.protocol == Version::V311 && self.spec.try_private;
         let mut failures = 0u32;
@@ -219,56 +232,6 @@ impl Running {
                 _ = shutdown.changed() => break,
             }
         }
-    }
-
-    /// Attaches the bridge's local session, with a window of `window`
-    /// messages in flight, and makes its subscriptions those of the `out`
-    /// rules.
-    fn attach_local(
-        &self,
-        broker: &Arc<BrokerState>,
-        window: u16,
-    ) -> Result<(Client, Arc<crate::session::ConnectionSignal>), String> {
-        let connect = Connect {
-            version: Version::V5,
-            client_id: self.spec.local_client_id(),
-            clean_start: false,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: None,
-            session_expiry: u32::MAX,
-            receive_maximum: window,
-            maximum_packet_size: None,
-            topic_alias_maximum: 0,
-            request_response_information: false,
-            request_problem_information: true,
-            user_properties: Vec::new(),
-            authentication_method: None,
-            authentication_data: None,
-            bridge: false,
-        };
-        let origin = Origin {
-            peer: None,
-            authenticated: None,
-            bridge: Some(self.spec.queue),
-        };
-        let Connected {
-            mut client,
-            signal,
-            previous,
-        } = Client::connect_from(broker, connect, origin, now_ms())
-            .map_err(|refusal| format!("refused with {}", refusal.reason))?;
-        if let Some(previous) = previous {
-            // Only a bridge connection of an earlier run could be there,
-            // and it is gone: nothing to wait for.
-            previous.take_over();
-        }
-        client.resume(now_ms());
-        client
-            .subscribe_bridge(&self.spec.rules, now_ms())
-            .map_err(|close| format!("subscriptions refused: {close:?}"))?;
-        Ok((client, signal))
     }
 
     /// Connects to the first address that answers.
@@ -347,7 +310,7 @@ impl Running {
             username: spec.username.as_deref(),
             password: spec.password.as_deref(),
             bridge_bit,
-            receive_maximum: spec.max_inflight,
+            receive_maximum: self.receive_maximum,
             maximum_packet_size: u32::try_from(MAX_PACKET).unwrap_or(u32::MAX),
         };
         wire::encode_connect(&connect, &mut out).map_err(|source| ConnectError::Wire {
@@ -408,7 +371,7 @@ impl Running {
             .spec
             .max_inflight
             .min(connack.receive_maximum.unwrap_or(u16::MAX));
-        let (mut client, signal) = match self.attach_local(broker, window) {
+        let (mut client, signal) = match attach_local(broker, &self.spec, window) {
             Ok(attached) => attached,
             Err(reason) => return Ended::Error(format!("the local session: {reason}")),
         };
@@ -615,6 +578,51 @@ impl Pipe<'_> {
         .await;
         Ended::Shutdown
     }
+}
+
+/// Attaches the bridge's local session, with a window of `window`
+/// messages in flight, and makes its subscriptions those of the `out`
+/// rules.
+fn attach_local(
+    broker: &Arc<BrokerState>,
+    spec: &BridgeSpec,
+    window: u16,
+) -> Result<(Client, Arc<crate::session::ConnectionSignal>), String> {
+    let connect = Connect {
+        version: Version::V5,
+        client_id: spec.local_client_id(),
+        clean_start: false,
+        keep_alive: 0,
+        username: None,
+        password: None,
+        will: None,
+        session_expiry: u32::MAX,
+        receive_maximum: window,
+        maximum_packet_size: None,
+        topic_alias_maximum: 0,
+        request_response_information: false,
+        request_problem_information: true,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+        bridge: false,
+    };
+    let origin = Origin {
+        peer: None,
+        authenticated: None,
+        bridge: Some(spec.queue),
+    };
+    // No earlier connection to wait for: only this task attaches to
+    // the session, and it finished the last one before this.
+    let Connected {
+        mut client, signal, ..
+    } = Client::connect_from(broker, connect, origin, now_ms())
+        .map_err(|refusal| format!("refused with {}", refusal.reason))?;
+    client.resume(now_ms());
+    client
+        .subscribe_bridge(&spec.rules, now_ms())
+        .map_err(|close| format!("subscriptions refused: {close:?}"))?;
+    Ok((client, signal))
 }
 
 /// Writes some of `out`, or flushes when it is empty (returning 0).
