@@ -42,7 +42,8 @@ use crate::config::Settings;
 use crate::protocol::{Message, QoS};
 use crate::router::{Retained, RetainedTrie, SubscriptionIndex};
 use crate::session::{
-    Change, ConnectionSignal, Delivery, Enqueued, QueueLimits, Session, SessionConfig, SessionState,
+    Change, ConnectionSignal, Delivery, Enqueued, QueueFull, QueueLimits, Session, SessionConfig,
+    SessionState,
 };
 use crate::store::{Copy, Journal, Record, SessionRecord, Snapshot, Ticket};
 use crate::stream::Streams;
@@ -201,6 +202,10 @@ pub struct BrokerState {
     security: Security,
     /// What each configured bridge reports (its task writes it).
     bridges: Vec<Arc<crate::bridge::BridgeStatus>>,
+    /// Whether any session's queue refuses publishes when full (the
+    /// `queue_full` limit, or a bridge's own): only then is a QoS 1/2
+    /// publish checked against its subscribers' queues first.
+    some_queue_refuses: bool,
     shutting_down: AtomicBool,
 }
 
@@ -244,11 +249,16 @@ impl BrokerState {
                 tracing::error!(stream = %error.stream, key = error.key, problem = %error.problem, "stream not configured");
                 Vec::new()
             });
-        let bridges = crate::bridge::spec::check_all(&settings.bridges, topic_limits)
+        let bridge_specs = crate::bridge::spec::check_all(&settings.bridges, topic_limits)
             .unwrap_or_else(|error| {
                 tracing::error!(%error, "bridges not configured");
                 Vec::new()
-            })
+            });
+        let some_queue_refuses = settings.limits.queue_full == QueueFull::Refuse
+            || bridge_specs
+                .iter()
+                .any(|spec| spec.queue.when_full == QueueFull::Refuse);
+        let bridges = bridge_specs
             .iter()
             .map(|spec| {
                 Arc::new(crate::bridge::BridgeStatus::new(
@@ -259,6 +269,7 @@ impl BrokerState {
             .collect();
         let state = Arc::new(BrokerState {
             bridges,
+            some_queue_refuses,
             settings,
             sessions: DashMap::new(),
             session_count: AtomicUsize::new(0),
@@ -583,15 +594,16 @@ impl BrokerState {
         self.route(&message, None, now);
     }
 
-    /// Whether a QoS 1/2 copy of `message` would find a subscriber's queue
-    /// full: under `queue_full = "refuse"` the publish is refused first.
+    /// Whether a QoS 1/2 copy of `message` would find full the queue of a
+    /// subscriber whose `queue_full` is `refuse`: the publish is refused
+    /// first.
     fn a_queue_is_full(&self, message: &Message) -> bool {
         let size = message.size();
         self.index
             .matches(&message.topic, message.publisher.as_deref())
             .into_iter()
             .filter(|found| found.qos != QoS::AtMostOnce)
-            .any(|found| found.session.lock().outbound.is_full(size))
+            .any(|found| found.session.lock().outbound.refuses(size))
     }
 
     /// Whether QoS 1/2 state of `session` (copies for it, its inbound QoS 2

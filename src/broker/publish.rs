@@ -9,7 +9,6 @@ use super::client::{Client, Close};
 use super::consume::DEAD_LETTER_PREFIX;
 use crate::delay::{DelayError, delayed_topic};
 use crate::protocol::{Ack, Message, Packet, Publish, QoS, ReasonCode, Version};
-use crate::session::QueueFull;
 use crate::store::Ticket;
 use crate::topic;
 
@@ -224,7 +223,7 @@ impl Client {
             })?;
         }
         if message.qos != QoS::AtMostOnce
-            && broker.settings.limits.queue_full == QueueFull::Refuse
+            && broker.some_queue_refuses
             && broker.a_queue_is_full(message)
         {
             return Err(Refused {

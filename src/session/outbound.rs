@@ -341,6 +341,12 @@ impl Outbound {
             || self.queued_bytes.saturating_add(size as u64) > self.max_bytes
     }
 
+    /// Whether a message of `size` bytes finds the queue full and the queue
+    /// refuses, rather than drops, what does not fit (`QueueFull::Refuse`).
+    pub fn refuses(&self, size: usize) -> bool {
+        self.when_full == QueueFull::Refuse && self.is_full(size)
+    }
+
     /// Adds a message behind the ones already waiting. When the queue is full
     /// QoS 0 messages go first (DESIGN §3); then `QueueFull` decides. A
     /// stored message finding `HELD_IN_MEMORY` already held (or others
