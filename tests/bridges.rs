@@ -19,7 +19,16 @@
 //! - `$SYS/broker/connection/{name}/state`, the admin API (`/v1/bridges`,
 //!   `/v1/sessions`) and the metrics;
 //! - invalid rules stopping `petrel serve` with an error naming the bridge
-//!   and the rule.
+//!   and the rule;
+//! - QoS 2 flows cut after the remote's PUBREC, by the remote closing the
+//!   connection or by a SIGKILL of petrel: the bridge resumes with PUBREL,
+//!   never the PUBLISH again (`bridge/qos2_cut.rs`, against a scripted
+//!   remote, `bridge/remote.rs`);
+//! - the outbound queue bound, `max_queued_bytes` with `queue_full =
+//!   "drop_new"` and `"refuse"` (`bridge/queue_bound.rs`);
+//! - 3.1.1 bridges and the bridge bit: a petrel's 3.1.1 bridge to another
+//!   petrel, and Mosquitto's own bridge into petrel, without echoes or
+//!   loops (`bridge/loops.rs`).
 //!
 //! Every test starts its own brokers on free ports and uses topics of its
 //! own, so the tests run in parallel. Nothing waits by sleeping: a step waits
@@ -31,7 +40,8 @@
 //!
 //! `bridge/petrel.rs` runs the petrel binary with a bridge config,
 //! `bridge/mosquitto.rs` runs Mosquitto, `bridge/client.rs` is the test
-//! client (rumqttc, v5 or 3.1.1), `bridge/support.rs` has scratch
+//! client (rumqttc, v5 or 3.1.1), `bridge/remote.rs` is a scripted MQTT 5
+//! remote that the test drives packet by packet, `bridge/support.rs` has scratch
 //! directories, ports, certificates and an HTTP GET. Brokers are killed
 //! when a test ends; a failing test prints their logs (`BRIDGE_TEST_LOGS=1`
 //! prints them for passing tests too, with `--nocapture`).
@@ -41,10 +51,18 @@
 
 #[path = "bridge/client.rs"]
 mod client;
+#[path = "bridge/loops.rs"]
+mod loops;
 #[path = "bridge/mosquitto.rs"]
 mod mosquitto;
 #[path = "bridge/petrel.rs"]
 mod petrel_process;
+#[path = "bridge/qos2_cut.rs"]
+mod qos2_cut;
+#[path = "bridge/queue_bound.rs"]
+mod queue_bound;
+#[path = "bridge/remote.rs"]
+mod remote;
 #[path = "bridge/support.rs"]
 mod support;
 

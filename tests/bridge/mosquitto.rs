@@ -42,7 +42,14 @@ impl Mosquitto {
     /// stopped, see [`Mosquitto::stop`]), waiting until it accepts
     /// connections.
     pub async fn start(name: &str) -> Mosquitto {
-        Mosquitto::start_with(name, None).await
+        Mosquitto::start_with(name, None, "").await
+    }
+
+    /// `start`, with `extra` (whole lines of mosquitto.conf) at the end of
+    /// the config: a `connection` section for a bridge of Mosquitto's own,
+    /// for instance.
+    pub async fn start_with_config(name: &str, extra: &str) -> Mosquitto {
+        Mosquitto::start_with(name, None, extra).await
     }
 
     /// A Mosquitto with a plain listener and a TLS listener using `certs`'
@@ -53,10 +60,10 @@ impl Mosquitto {
             port: free_port(),
             require_certificate,
         };
-        Mosquitto::start_with(name, Some((tls, certs))).await
+        Mosquitto::start_with(name, Some((tls, certs)), "").await
     }
 
-    async fn start_with(name: &str, tls: Option<(TlsListener, &Certs)>) -> Mosquitto {
+    async fn start_with(name: &str, tls: Option<(TlsListener, &Certs)>, extra: &str) -> Mosquitto {
         assert!(
             std::path::Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} is needed by the bridge tests"
@@ -103,6 +110,7 @@ impl Mosquitto {
             .expect("format the config");
             listener
         });
+        config.push_str(extra);
         std::fs::write(dir.path().join("mosquitto.conf"), config).expect("write mosquitto.conf");
         let mut mosquitto = Mosquitto {
             name: name.to_string(),

@@ -84,8 +84,11 @@ impl Bridge {
         self
     }
 
-    /// Adds a `key = value` line (value already in TOML syntax).
+    /// Adds a `key = value` line (value already in TOML syntax), in place
+    /// of any earlier one for `key` (`restart_backoff`, set by `new`).
     pub fn setting(mut self, key: &str, value: &str) -> Bridge {
+        let line = format!("{key} = ");
+        self.settings.retain(|setting| !setting.starts_with(&line));
         self.settings.push(format!("{key} = {value}"));
         self
     }
