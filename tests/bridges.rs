@@ -28,7 +28,8 @@
 //!   "drop_new"` and `"refuse"` (`bridge/queue_bound.rs`);
 //! - 3.1.1 bridges and the bridge bit: a petrel's 3.1.1 bridge to another
 //!   petrel, and Mosquitto's own bridge into petrel, without echoes or
-//!   loops (`bridge/loops.rs`).
+//!   loops (`bridge/loops.rs`); a remote refusing the bridge bit gets a
+//!   plain 3.1.1 CONNECT next (`bridge/bridge_bit.rs`).
 //!
 //! Every test starts its own brokers on free ports and uses topics of its
 //! own, so the tests run in parallel. Nothing waits by sleeping: a step waits
@@ -49,6 +50,8 @@
 //! Needs `/usr/sbin/mosquitto` (Mosquitto 2) and openssl (for the
 //! certificates `certs/make-dev-certs.sh` makes).
 
+#[path = "bridge/bridge_bit.rs"]
+mod bridge_bit;
 #[path = "bridge/client.rs"]
 mod client;
 #[path = "bridge/loops.rs"]

@@ -203,6 +203,12 @@ impl Conn {
         connect
     }
 
+    /// Answers a 3.1.1 CONNECT with CONNACK return code `code` (0:
+    /// accepted, 1: unacceptable protocol version, ...).
+    pub async fn connack_v311(&mut self, code: u8) {
+        self.send(&[0x20, 0x02, 0x00, code]).await;
+    }
+
     pub async fn send_pubrec(&mut self, packet_id: u16) {
         self.send_ack(0x50, packet_id).await;
     }
