@@ -35,6 +35,45 @@ fn assert_each_once(side: &str, subscriber: &Client, topics: &[&str]) {
     );
 }
 
+/// The no-loop check of two brokers A and B with one bridge between them
+/// on `#` both ways, publishers and `#` subscribers on each side: one
+/// message published on each side, then markers back and forth over the
+/// bridge (the way an echo would travel, so an echo of anything before a
+/// marker arrives before it), and every subscriber must have seen each of
+/// them exactly once. Topics are under `prefix`.
+pub async fn assert_each_crosses_once(
+    prefix: &str,
+    (pub_a, sub_a): (&mut Client, &mut Client),
+    (pub_b, sub_b): (&mut Client, &mut Client),
+) {
+    let topic = |name: &str| format!("{prefix}/{name}");
+    pub_a
+        .publish(&topic("from-a"), 1, false, b"published on A")
+        .await;
+    pub_b
+        .publish(&topic("from-b"), 1, false, b"published on B")
+        .await;
+    sub_b.expect_on(&topic("from-a")).await;
+    sub_a.expect_on(&topic("from-b")).await;
+
+    pub_b.publish(&topic("marker-1"), 1, false, b"B to A").await;
+    sub_a.expect_on(&topic("marker-1")).await;
+    pub_a.publish(&topic("marker-2"), 1, false, b"A to B").await;
+    sub_b.expect_on(&topic("marker-2")).await;
+    pub_b.publish(&topic("marker-3"), 1, false, b"B to A").await;
+    sub_a.expect_on(&topic("marker-3")).await;
+    // Published on B itself: B's own subscriber has it at once.
+    sub_b.expect_on(&topic("marker-3")).await;
+
+    let topics: Vec<String> = ["from-a", "from-b", "marker-1", "marker-2", "marker-3"]
+        .into_iter()
+        .map(topic)
+        .collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    assert_each_once("petrel A", sub_a, &topics);
+    assert_each_once("petrel B", sub_b, &topics);
+}
+
 /// Waits until `GET /v1/subscriptions?client={client_id}` on `petrel`
 /// lists the client's subscription to `#`, and asserts petrel serves it as
 /// a bridge's (the bridge bit accepted): No Local and Retain As Published.
@@ -97,32 +136,12 @@ async fn two_petrels_bridged_both_ways_over_v311_deliver_once_and_do_not_loop() 
         petrel_a.log()
     );
 
-    pub_a
-        .publish("loop311/from-a", 1, false, b"published on A")
-        .await;
-    pub_b
-        .publish("loop311/from-b", 1, false, b"published on B")
-        .await;
-    sub_b.expect_on("loop311/from-a").await;
-    sub_a.expect_on("loop311/from-b").await;
-
-    pub_b.publish("loop311/marker-1", 1, false, b"B to A").await;
-    sub_a.expect_on("loop311/marker-1").await;
-    pub_a.publish("loop311/marker-2", 1, false, b"A to B").await;
-    sub_b.expect_on("loop311/marker-2").await;
-    pub_b.publish("loop311/marker-3", 1, false, b"B to A").await;
-    sub_a.expect_on("loop311/marker-3").await;
-    sub_b.expect_on("loop311/marker-3").await;
-
-    let topics = [
-        "loop311/from-a",
-        "loop311/from-b",
-        "loop311/marker-1",
-        "loop311/marker-2",
-        "loop311/marker-3",
-    ];
-    assert_each_once("petrel A", &sub_a, &topics);
-    assert_each_once("petrel B", &sub_b, &topics);
+    assert_each_crosses_once(
+        "loop311",
+        (&mut pub_a, &mut sub_a),
+        (&mut pub_b, &mut sub_b),
+    )
+    .await;
 }
 
 /// Mosquitto's own bridge (`connection`, 3.1.1, `try_private true`,

@@ -102,9 +102,9 @@ impl Mosquitto {
                  keyfile {}\n\
                  require_certificate {}\n",
                 listener.port,
-                certs.ca().display(),
-                certs.server_cert().display(),
-                certs.server_key().display(),
+                certs.file("ca.crt").display(),
+                certs.file("server.crt").display(),
+                certs.file("server.key").display(),
                 listener.require_certificate,
             )
             .expect("format the config");

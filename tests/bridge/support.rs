@@ -4,10 +4,8 @@
 //! `petrel` binary only.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,34 +29,7 @@ pub fn show_logs() -> bool {
     std::env::var_os("BRIDGE_TEST_LOGS").is_some_and(|v| v == "1")
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "petrel-bridges-{name}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use crate::common::scratch::TempDir;
 
 /// A loopback port that was free when asked, that no other test of this
 /// process was given, and that lies below the kernel's ephemeral range.
@@ -139,46 +110,9 @@ pub async fn poll_until<T>(
 }
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, and a client
-/// certificate, made by the repository's `certs/make-dev-certs.sh`.
-pub struct Certs(TempDir);
-
-impl Certs {
-    pub fn new(name: &str) -> Certs {
-        let dir = TempDir::new(&format!("{name}-certs"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/make-dev-certs.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path())
-            .output()
-            .expect("run make-dev-certs.sh");
-        assert!(
-            output.status.success(),
-            "make-dev-certs.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Certs(dir)
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.0.path().join("ca.crt")
-    }
-
-    pub fn server_cert(&self) -> PathBuf {
-        self.0.path().join("server.crt")
-    }
-
-    pub fn server_key(&self) -> PathBuf {
-        self.0.path().join("server.key")
-    }
-
-    pub fn client_cert(&self) -> PathBuf {
-        self.0.path().join("client.crt")
-    }
-
-    pub fn client_key(&self) -> PathBuf {
-        self.0.path().join("client.key")
-    }
-}
+/// certificate (`ca.crt`, `server.crt`, `server.key`, `client.crt`,
+/// `client.key`), made by the repository's `certs/make-dev-certs.sh`.
+pub use crate::common::certs::Certs;
 
 /// `GET path` on an HTTP server: the status code and the body. HTTP/1.0,
 /// so the answer is neither chunked nor kept alive: the body is everything
