@@ -698,22 +698,8 @@ async fn messages_published_as_soon_as_petrel_accepts_are_kept_for_the_bridge() 
 /// of the first two markers time to show up on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_petrels_bridged_both_ways_deliver_once_and_do_not_loop() {
-    let tag = "loop";
-    let petrel_b = Petrel::start("loop-b", &[]).await;
-    let bridge = Bridge::new("to-b", petrel_b.addr(), Protocol::V5).rule("#", "both", 1, "", "");
-    let petrel_a = Petrel::start("loop-a", &[bridge]).await;
-
-    let mut sub_a = Client::connect(petrel_a.addr(), Protocol::V5, &format!("{tag}-sub-a")).await;
-    sub_a.subscribe("#", 1).await;
-    let mut sub_b = Client::connect(petrel_b.addr(), Protocol::V5, &format!("{tag}-sub-b")).await;
-    sub_b.subscribe("#", 1).await;
-    let mut pub_a = Client::connect(petrel_a.addr(), Protocol::V5, &format!("{tag}-pub-a")).await;
-    let mut pub_b = Client::connect(petrel_b.addr(), Protocol::V5, &format!("{tag}-pub-b")).await;
-    until_bridged(&mut pub_a, "loop/a/probe", &mut sub_b, "loop/a/probe").await;
-    until_bridged(&mut pub_b, "loop/b/probe", &mut sub_a, "loop/b/probe").await;
-
-    loops::assert_each_crosses_once("loop", (&mut pub_a, &mut sub_a), (&mut pub_b, &mut sub_b))
-        .await;
+    let mut petrels = loops::two_petrels("loop", Protocol::V5).await;
+    petrels.assert_each_crosses_once("loop").await;
 }
 
 // ---------------------------------------------------------------------------

@@ -35,43 +35,82 @@ fn assert_each_once(side: &str, subscriber: &Client, topics: &[&str]) {
     );
 }
 
-/// The no-loop check of two brokers A and B with one bridge between them
-/// on `#` both ways, publishers and `#` subscribers on each side: one
-/// message published on each side, then markers back and forth over the
-/// bridge (the way an echo would travel, so an echo of anything before a
-/// marker arrives before it), and every subscriber must have seen each of
-/// them exactly once. Topics are under `prefix`.
-pub async fn assert_each_crosses_once(
-    prefix: &str,
-    (pub_a, sub_a): (&mut Client, &mut Client),
-    (pub_b, sub_b): (&mut Client, &mut Client),
-) {
-    let topic = |name: &str| format!("{prefix}/{name}");
-    pub_a
-        .publish(&topic("from-a"), 1, false, b"published on A")
-        .await;
-    pub_b
-        .publish(&topic("from-b"), 1, false, b"published on B")
-        .await;
-    sub_b.expect_on(&topic("from-a")).await;
-    sub_a.expect_on(&topic("from-b")).await;
+/// Petrel A with one bridge, `to-b`, to petrel B (with the admin API) on
+/// `#` both ways at QoS 1 over `protocol`; a publisher and a `#`
+/// subscriber on each, the bridge shown to be up both ways by probes.
+pub struct TwoPetrels {
+    pub a: Petrel,
+    pub b: Petrel,
+    pub_a: Client,
+    sub_a: Client,
+    pub_b: Client,
+    sub_b: Client,
+}
 
-    pub_b.publish(&topic("marker-1"), 1, false, b"B to A").await;
-    sub_a.expect_on(&topic("marker-1")).await;
-    pub_a.publish(&topic("marker-2"), 1, false, b"A to B").await;
-    sub_b.expect_on(&topic("marker-2")).await;
-    pub_b.publish(&topic("marker-3"), 1, false, b"B to A").await;
-    sub_a.expect_on(&topic("marker-3")).await;
-    // Published on B itself: B's own subscriber has it at once.
-    sub_b.expect_on(&topic("marker-3")).await;
+pub async fn two_petrels(tag: &str, protocol: Protocol) -> TwoPetrels {
+    let b = Petrel::start_with_admin(&format!("{tag}-b"), &[]).await;
+    let bridge = Bridge::new("to-b", b.addr(), protocol).rule("#", "both", 1, "", "");
+    let a = Petrel::start(&format!("{tag}-a"), &[bridge]).await;
+    let mut sub_a = Client::connect(a.addr(), Protocol::V5, &format!("{tag}-sub-a")).await;
+    sub_a.subscribe("#", 1).await;
+    let mut sub_b = Client::connect(b.addr(), Protocol::V5, &format!("{tag}-sub-b")).await;
+    sub_b.subscribe("#", 1).await;
+    let mut pub_a = Client::connect(a.addr(), Protocol::V5, &format!("{tag}-pub-a")).await;
+    let mut pub_b = Client::connect(b.addr(), Protocol::V5, &format!("{tag}-pub-b")).await;
+    let probe = |side: &str| format!("{tag}/{side}/probe");
+    until_bridged(&mut pub_a, &probe("a"), &mut sub_b, &probe("a")).await;
+    until_bridged(&mut pub_b, &probe("b"), &mut sub_a, &probe("b")).await;
+    TwoPetrels {
+        a,
+        b,
+        pub_a,
+        sub_a,
+        pub_b,
+        sub_b,
+    }
+}
 
-    let topics: Vec<String> = ["from-a", "from-b", "marker-1", "marker-2", "marker-3"]
-        .into_iter()
-        .map(topic)
-        .collect();
-    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    assert_each_once("petrel A", sub_a, &topics);
-    assert_each_once("petrel B", sub_b, &topics);
+impl TwoPetrels {
+    /// The no-loop check: one message published on each side, then markers
+    /// back and forth over the bridge (the way an echo would travel, so an
+    /// echo of anything before a marker arrives before it); every
+    /// subscriber must have seen each of them exactly once. Topics are
+    /// under `prefix`.
+    pub async fn assert_each_crosses_once(&mut self, prefix: &str) {
+        let topic = |name: &str| format!("{prefix}/{name}");
+        let TwoPetrels {
+            pub_a,
+            sub_a,
+            pub_b,
+            sub_b,
+            ..
+        } = self;
+        pub_a
+            .publish(&topic("from-a"), 1, false, b"published on A")
+            .await;
+        pub_b
+            .publish(&topic("from-b"), 1, false, b"published on B")
+            .await;
+        sub_b.expect_on(&topic("from-a")).await;
+        sub_a.expect_on(&topic("from-b")).await;
+
+        pub_b.publish(&topic("marker-1"), 1, false, b"B to A").await;
+        sub_a.expect_on(&topic("marker-1")).await;
+        pub_a.publish(&topic("marker-2"), 1, false, b"A to B").await;
+        sub_b.expect_on(&topic("marker-2")).await;
+        pub_b.publish(&topic("marker-3"), 1, false, b"B to A").await;
+        sub_a.expect_on(&topic("marker-3")).await;
+        // Published on B itself: B's own subscriber has it at once.
+        sub_b.expect_on(&topic("marker-3")).await;
+
+        let topics: Vec<String> = ["from-a", "from-b", "marker-1", "marker-2", "marker-3"]
+            .into_iter()
+            .map(topic)
+            .collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        assert_each_once("petrel A", sub_a, &topics);
+        assert_each_once("petrel B", sub_b, &topics);
+    }
 }
 
 /// Waits until `GET /v1/subscriptions?client={client_id}` on `petrel`
@@ -115,33 +154,16 @@ async fn assert_served_as_a_bridge(petrel: &Petrel, client_id: &str) {
 /// an echo would take, arrive after any echo of what came before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_petrels_bridged_both_ways_over_v311_deliver_once_and_do_not_loop() {
-    let tag = "loop311";
-    let petrel_b = Petrel::start_with_admin("loop311-b", &[]).await;
-    let bridge = Bridge::new("to-b", petrel_b.addr(), Protocol::V311).rule("#", "both", 1, "", "");
-    let petrel_a = Petrel::start("loop311-a", &[bridge]).await;
-
-    let mut sub_a = Client::connect(petrel_a.addr(), Protocol::V5, &format!("{tag}-sub-a")).await;
-    sub_a.subscribe("#", 1).await;
-    let mut sub_b = Client::connect(petrel_b.addr(), Protocol::V5, &format!("{tag}-sub-b")).await;
-    sub_b.subscribe("#", 1).await;
-    let mut pub_a = Client::connect(petrel_a.addr(), Protocol::V5, &format!("{tag}-pub-a")).await;
-    let mut pub_b = Client::connect(petrel_b.addr(), Protocol::V5, &format!("{tag}-pub-b")).await;
-    until_bridged(&mut pub_a, "loop311/a/probe", &mut sub_b, "loop311/a/probe").await;
-    until_bridged(&mut pub_b, "loop311/b/probe", &mut sub_a, "loop311/b/probe").await;
-    assert_served_as_a_bridge(&petrel_b, "petrel-bridge-to-b").await;
+    let mut petrels = two_petrels("loop311", Protocol::V311).await;
+    assert_served_as_a_bridge(&petrels.b, "petrel-bridge-to-b").await;
     assert!(
-        !petrel_a.log().contains("refused the bridge bit"),
+        !petrels.a.log().contains("refused the bridge bit"),
         "petrel B must accept the bridge bit (protocol level 0x84) of petrel A's \
          3.1.1 bridge; A's log:\n{}",
-        petrel_a.log()
+        petrels.a.log()
     );
 
-    assert_each_crosses_once(
-        "loop311",
-        (&mut pub_a, &mut sub_a),
-        (&mut pub_b, &mut sub_b),
-    )
-    .await;
+    petrels.assert_each_crosses_once("loop311").await;
 }
 
 /// Mosquitto's own bridge (`connection`, 3.1.1, `try_private true`,
