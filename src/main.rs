@@ -713,6 +713,7 @@ fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<&'static str>
         ("listeners", differs(&running.listeners, &new.listeners)),
         ("limits", differs(&running.limits, &new.limits)),
         ("streams", differs(&running.streams, &new.streams)),
+        ("bridges", differs(&running.bridges, &new.bridges)),
         ("durability", differs(&running.durability, &new.durability)),
         ("data_dir", differs(&running.data_dir, &new.data_dir)),
         ("admin", differs(&running.admin, &new.admin)),
