@@ -428,12 +428,11 @@ impl Pipe<'_> {
         signal: &crate::session::ConnectionSignal,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
-        match self
+        if let Err(error) = self
             .link
             .subscribe(self.client.free_packet_id(), &mut self.out)
         {
-            Ok(_) => {}
-            Err(error) => return Ended::Error(error.to_string()),
+            return Ended::Error(error.to_string());
         }
         let journal = self.broker.journal();
         let mut unflushed = false;
