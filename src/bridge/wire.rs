@@ -7,7 +7,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mqttbytes::{v4, v5};
 
-use crate::protocol::{MessageProperties, Publish, QoS, Version};
+use crate::protocol::{MessageProperties, Publish, QoS, Reader, Version, frame_header, put_varint};
 
 /// A packet from the remote broker.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,30 +74,17 @@ pub fn split_frame(
     input: &mut BytesMut,
     max_size: usize,
 ) -> Result<Option<(u8, Bytes)>, WireError> {
-    let mut length = 0usize;
-    let mut shift = 0;
-    let mut header = 1;
-    loop {
-        let Some(&byte) = input.get(header) else {
-            return Ok(None);
-        };
-        length |= usize::from(byte & 0x7f) << shift;
-        header += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if header > 4 {
-            return Err(WireError::RemainingLength);
-        }
-    }
+    let Some((first, header, length)) =
+        frame_header(input).map_err(|_| WireError::RemainingLength)?
+    else {
+        return Ok(None);
+    };
     if header + length > max_size {
         return Err(WireError::TooLarge(header + length));
     }
     if input.len() < header + length {
         return Ok(None);
     }
-    let first = input[0];
     let mut frame = input.split_to(header + length);
     frame.advance(header);
     Ok(Some((first, frame.freeze())))
@@ -133,37 +120,6 @@ pub fn decode(version: Version, first: u8, body: Bytes) -> Result<Inbound, WireE
     }
 }
 
-/// The remaining length of `length` as MQTT's variable byte integer.
-fn put_remaining_length(out: &mut BytesMut, mut length: usize) {
-    loop {
-        let mut byte = (length % 128) as u8;
-        length /= 128;
-        if length > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if length == 0 {
-            break;
-        }
-    }
-}
-
-/// Reads a v5 variable byte integer at the front of `body`.
-fn take_varint(body: &mut Bytes) -> Option<usize> {
-    let mut value = 0usize;
-    for shift in [0, 7, 14, 21] {
-        if body.is_empty() {
-            return None;
-        }
-        let byte = body.get_u8();
-        value |= usize::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 fn decode_connack(version: Version, body: Bytes) -> Result<Inbound, WireError> {
     if body.len() < 2 {
         return Err(WireError::Malformed("CONNACK"));
@@ -177,7 +133,7 @@ fn decode_connack(version: Version, body: Bytes) -> Result<Inbound, WireError> {
         // Properties through mqttbytes, from the whole packet again.
         let mut whole = BytesMut::with_capacity(body.len() + 5);
         whole.put_u8(0x20);
-        put_remaining_length(&mut whole, body.len());
+        put_varint(&mut whole, body.len());
         whole.extend_from_slice(&body);
         if let Ok(v5::Packet::ConnAck(read)) = v5::read(&mut whole, usize::MAX)
             && let Some(properties) = read.properties
@@ -194,7 +150,7 @@ fn decode_connack(version: Version, body: Bytes) -> Result<Inbound, WireError> {
 fn decode_publish(version: Version, first: u8, body: Bytes) -> Result<Publish, WireError> {
     let mut whole = BytesMut::with_capacity(body.len() + 5);
     whole.put_u8(first);
-    put_remaining_length(&mut whole, body.len());
+    put_varint(&mut whole, body.len());
     whole.extend_from_slice(&body);
     let malformed = |_| WireError::Malformed("PUBLISH");
     match version {
@@ -246,22 +202,19 @@ fn decode_publish(version: Version, first: u8, body: Bytes) -> Result<Publish, W
     }
 }
 
-fn decode_suback(version: Version, mut body: Bytes) -> Result<Inbound, WireError> {
-    if body.len() < 3 {
+fn decode_suback(version: Version, body: Bytes) -> Result<Inbound, WireError> {
+    let malformed = |_| WireError::Malformed("SUBACK");
+    let mut r = Reader::new(body);
+    let packet_id = r.u16().map_err(malformed)?;
+    if version == Version::V5 {
+        let properties = r.varint().map_err(malformed)?;
+        r.sub(properties as usize).map_err(malformed)?;
+    }
+    let codes = r.rest().to_vec();
+    if codes.is_empty() {
         return Err(WireError::Malformed("SUBACK"));
     }
-    let packet_id = body.get_u16();
-    if version == Version::V5 {
-        let length = take_varint(&mut body).ok_or(WireError::Malformed("SUBACK"))?;
-        if length > body.len() {
-            return Err(WireError::Malformed("SUBACK"));
-        }
-        body.advance(length);
-    }
-    Ok(Inbound::SubAck {
-        packet_id,
-        codes: body.to_vec(),
-    })
+    Ok(Inbound::SubAck { packet_id, codes })
 }
 
 fn qos_from(qos: mqttbytes::QoS) -> QoS {

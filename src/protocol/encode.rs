@@ -246,7 +246,7 @@ fn v5_connack(c: &ConnAck, out: &mut BytesMut) -> Result<(), EncodeError> {
 }
 
 /// Writes a variable byte integer.
-fn put_varint(out: &mut impl BufMut, mut value: usize) {
+pub(crate) fn put_varint(out: &mut impl BufMut, mut value: usize) {
     loop {
         let mut byte = (value % 128) as u8;
         value /= 128;

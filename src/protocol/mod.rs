@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use codec::frame_header;
 pub use codec::{Codec, DecodeError, EncodeError};
+pub(crate) use decode::Reader;
+pub(crate) use encode::put_varint;
 pub use reason::ReasonCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
