@@ -402,7 +402,7 @@ mod tests {
     }
 
     fn link_with(connack: ConnAck) -> (Link, Arc<BridgeStatus>) {
-        let status = Arc::new(BridgeStatus::new("up", "$bridge/up"));
+        let status = Arc::new(BridgeStatus::new("up"));
         let link = Link::new(spec(), status.clone(), Version::V5, &connack, LIMITS, 0);
         (link, status)
     }

@@ -221,16 +221,20 @@ impl BridgeSpec {
             .map(|rule| swap_prefix(remote, &rule.remote_prefix, &rule.local_prefix))
     }
 
-    /// The client id of the bridge's own session on this broker, which
-    /// holds what waits for the remote.
     pub fn local_client_id(&self) -> String {
-        format!("{LOCAL_CLIENT_PREFIX}{}", self.name)
+        local_client_id(&self.name)
     }
 }
 
 /// Client ids the broker keeps for its bridges' sessions: refused to
 /// clients.
 pub const LOCAL_CLIENT_PREFIX: &str = "$bridge/";
+
+/// The client id of bridge `name`'s own session on this broker, which
+/// holds what waits for the remote.
+pub fn local_client_id(name: &str) -> String {
+    format!("{LOCAL_CLIENT_PREFIX}{name}")
+}
 
 fn swap_prefix(topic: &str, from: &str, to: &str) -> String {
     let rest = topic.strip_prefix(from).unwrap_or(topic);

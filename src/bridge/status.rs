@@ -13,8 +13,6 @@ pub struct BridgeStatus {
     name: String,
     local_client_id: Arc<str>,
     connected: AtomicBool,
-    /// Connections made after the first.
-    reconnects: AtomicU64,
     /// Messages the remote acknowledged (QoS 1/2) or was sent (QoS 0).
     sent: AtomicU64,
     /// Messages that came from the remote and were published here.
@@ -30,6 +28,8 @@ pub struct BridgeStatus {
 struct Detail {
     address: Option<String>,
     last_error: Option<String>,
+    /// Connections the remote accepted: those after the first are the
+    /// reconnections.
     connections: u64,
 }
 
@@ -60,12 +60,11 @@ pub struct QueueFigures {
 }
 
 impl BridgeStatus {
-    pub fn new(name: &str, local_client_id: &str) -> BridgeStatus {
+    pub fn new(name: &str) -> BridgeStatus {
         BridgeStatus {
             name: name.to_string(),
-            local_client_id: local_client_id.into(),
+            local_client_id: super::spec::local_client_id(name).into(),
             connected: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -96,11 +95,7 @@ impl BridgeStatus {
 
     /// The remote accepted the bridge.
     pub fn connected(&self) {
-        let mut detail = self.detail();
-        detail.connections += 1;
-        if detail.connections > 1 {
-            self.reconnects.fetch_add(1, Ordering::Relaxed);
-        }
+        self.detail().connections += 1;
         self.connected.store(true, Ordering::Release);
     }
 
@@ -126,10 +121,6 @@ impl BridgeStatus {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-
     /// The report, with what the bridge's session holds.
     pub fn report(&self, queue: QueueFigures) -> BridgeReport {
         let detail = self.detail().clone();
@@ -138,7 +129,7 @@ impl BridgeStatus {
             connected: self.is_connected(),
             address: detail.address,
             last_error: detail.last_error,
-            reconnects: self.reconnects(),
+            reconnects: detail.connections.saturating_sub(1),
             queued_messages: queue.messages,
             queued_bytes: queue.bytes,
             sent: self.sent.load(Ordering::Relaxed),
@@ -154,7 +145,7 @@ mod tests {
 
     #[test]
     fn the_first_connection_is_not_a_reconnect_and_failures_keep_the_last_error() {
-        let status = BridgeStatus::new("up", "$bridge/up");
+        let status = BridgeStatus::new("up");
         status.trying("127.0.0.1:1884");
         status.connected();
         assert!(status.is_connected());

@@ -167,12 +167,9 @@ impl Bridge {
     /// Runs the bridge until `shutdown` turns true, reporting to the
     /// broker's status of the bridge of this name.
     pub async fn run(self, broker: Arc<BrokerState>, shutdown: watch::Receiver<bool>) {
-        let status = broker.bridge_status(&self.spec.name).unwrap_or_else(|| {
-            Arc::new(BridgeStatus::new(
-                &self.spec.name,
-                &self.spec.local_client_id(),
-            ))
-        });
+        let status = broker
+            .bridge_status(&self.spec.name)
+            .unwrap_or_else(|| Arc::new(BridgeStatus::new(&self.spec.name)));
         let receive_maximum = self
             .spec
             .max_inflight

@@ -249,23 +249,17 @@ impl BrokerState {
                 tracing::error!(stream = %error.stream, key = error.key, problem = %error.problem, "stream not configured");
                 Vec::new()
             });
-        let bridge_specs = crate::bridge::spec::check_all(&settings.bridges, topic_limits)
-            .unwrap_or_else(|error| {
-                tracing::error!(%error, "bridges not configured");
-                Vec::new()
-            });
+        // Bridges are checked where they are built (`Broker::start`); the
+        // state needs only their names and queue policies.
         let some_queue_refuses = settings.limits.queue_full == QueueFull::Refuse
-            || bridge_specs
+            || settings
+                .bridges
                 .iter()
-                .any(|spec| spec.queue.when_full == QueueFull::Refuse);
-        let bridges = bridge_specs
+                .any(|bridge| bridge.queue_full == QueueFull::Refuse);
+        let bridges = settings
+            .bridges
             .iter()
-            .map(|spec| {
-                Arc::new(crate::bridge::BridgeStatus::new(
-                    &spec.name,
-                    &spec.local_client_id(),
-                ))
-            })
+            .map(|bridge| Arc::new(crate::bridge::BridgeStatus::new(&bridge.name)))
             .collect();
         let state = Arc::new(BrokerState {
             bridges,
