@@ -309,6 +309,32 @@ async fn refused_connect_ignores_the_publish_sent_after_it() {
     );
 }
 
+/// Section 3.1.4: a client may send packets right after CONNECT, without
+/// waiting for the CONNACK (paho's `subscribe()` before its network loop
+/// does). A SUBSCRIBE in the same write as the CONNECT is answered, and
+/// the subscription works.
+#[tokio::test]
+async fn a_subscribe_sent_with_the_connect_before_its_connack_is_handled() {
+    let broker = common::start_broker().await;
+    let base = prefix("eager");
+    let filter = format!("{base}/#");
+    let mut bytes = Connect::v311(&unique_id("eager")).encode();
+    bytes.extend(subscribe(7, None, &[(filter.as_bytes(), 1)]));
+    let mut client = RawClient::connect(broker.addr).await;
+    client.send(&bytes).await;
+    expect_connack(&mut client, [0x20, 0x02, 0x00, 0x00]).await;
+    let suback = client.expect_kind(SUBACK).await;
+    assert_eq!(suback.to_bytes(), [0x90, 0x03, 0x00, 0x07, 0x01]);
+
+    let marker = format!("{base}/marker");
+    send_marker(broker.addr, &marker).await;
+    let seen = deliveries_before_marker(&mut client, &marker).await;
+    assert!(
+        seen.is_empty(),
+        "nothing but the marker was published: {seen:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3.3 PUBLISH
 

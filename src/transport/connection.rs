@@ -459,6 +459,10 @@ async fn accept<S: Socket>(
     client.resume(now_ms());
     wire.codec
         .set_outbound_topic_aliases(topic_alias_maximum.min(limits.max_outbound_topic_aliases));
+    // A client need not wait for the CONNACK: what it sent behind the
+    // CONNECT may already be in the input, and the socket will not turn
+    // readable again for it.
+    let backlog = !wire.input().is_empty();
     Some(Conn {
         wire,
         client,
@@ -471,7 +475,7 @@ async fn accept<S: Socket>(
         alarm: TimerId::default(),
         alarm_at: 0,
         durable_epoch: 0,
-        backlog: false,
+        backlog,
     })
 }
 
